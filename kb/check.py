@@ -1,0 +1,110 @@
+"""Whole-KB validation: per-file schema errors plus cross-item rules (`hotline kb check`)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kb.loader import KnowledgeBase
+from kb.schema import (
+    REQUIRED_SECTIONS_REFERRAL,
+    REQUIRED_SECTIONS_SERVICE,
+    SECTION_FIELDS,
+    SMS_MAX_CHARS,
+    ItemKind,
+    ServiceItem,
+)
+
+CHANNELS_FILE = Path(__file__).resolve().parent / "channels.yaml"
+# Longest phone number an operator is expected to configure (e.g. "0773-12345678-123").
+PHONE_PLACEHOLDER = "0" * 17
+UNVERIFIED_MARK = "〔待核实〕"
+
+
+@dataclass
+class CheckReport:
+    items: int
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    characters: int = 0
+    categories: dict[str, int] = field(default_factory=dict)
+    unverified: int = 0
+    referrals: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sms_footer(item: ServiceItem, phone: str, signature: str) -> str:
+    """What code appends to every SMS guide: the policy basis, the centre's phone and the signature."""
+    documents = "；".join(basis.citation() for basis in item.policy_basis[:3])
+    return f"\n依据：{documents}\n咨询电话：{phone}【{signature}】"
+
+
+def compose_sms(item: ServiceItem, phone: str, signature: str) -> str:
+    return item.sms.strip() + sms_footer(item, phone, signature)
+
+
+def load_channels(path: Path = CHANNELS_FILE) -> dict[str, set[str]]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {kind: set((data.get(kind) or {}).keys()) for kind in ("online", "offline")}
+
+
+def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> CheckReport:
+    report = CheckReport(items=len(kb.items))
+    report.errors.extend(str(error) for error in kb.errors)
+    channels = load_channels()
+    alias_owners: dict[str, list[str]] = defaultdict(list)
+    ids = Counter(item.id for item in kb.items)
+    service_numbers = Counter(item.service_no for item in kb.items if item.service_no is not None)
+    known_ids = set(ids)
+
+    for item in kb.items:
+        where = item.path or item.id
+        report.characters += len(item.authored_text())
+        report.categories[item.category] = report.categories.get(item.category, 0) + 1
+        if item.kind is ItemKind.REFERRAL:
+            report.referrals += 1
+        for alias in item.aliases:
+            alias_owners[alias].append(item.id)
+        required = REQUIRED_SECTIONS_REFERRAL if item.kind is ItemKind.REFERRAL else REQUIRED_SECTIONS_SERVICE
+        for heading in required:
+            if not item.section(SECTION_FIELDS[heading]):
+                report.errors.append(f"{where}: missing or empty section '## {heading}'")
+        sms_length = len(compose_sms(item, PHONE_PLACEHOLDER, signature))
+        if sms_length > SMS_MAX_CHARS:
+            report.errors.append(f"{where}: SMS as sent is {sms_length} characters, limit {SMS_MAX_CHARS}")
+        if UNVERIFIED_MARK in item.sms:
+            report.errors.append(f"{where}: the SMS guide must not carry unverified facts ({UNVERIFIED_MARK})")
+        for kind, names in (("online", item.channels.online), ("offline", item.channels.offline)):
+            for name in names:
+                if name not in channels[kind]:
+                    report.errors.append(f"{where}: unknown {kind} channel {name!r} (see kb/channels.yaml)")
+        for related in item.related:
+            if related not in known_ids:
+                report.errors.append(f"{where}: related item {related!r} does not exist")
+        for audience in item.audiences:
+            if not any(f"### {audience.label}" in text for text in item.sections.values()):
+                report.warnings.append(f"{where}: audience {audience.label!r} has no '### {audience.label}' subsection")
+        marks = sum(text.count(UNVERIFIED_MARK) for text in item.sections.values())
+        if marks and not item.verify:
+            report.errors.append(f"{where}: text carries {UNVERIFIED_MARK} but the item has no verify entries")
+        report.unverified += len(item.verify) + sum(1 for basis in item.policy_basis if basis.verify)
+
+    for item_id, count in ids.items():
+        if count > 1:
+            report.errors.append(f"duplicate item id {item_id!r} ({count} files)")
+    for number, count in service_numbers.items():
+        if count > 1:
+            report.errors.append(f"service_no {number} is used by {count} items")
+    for alias, owners in sorted(alias_owners.items()):
+        if len(set(owners)) > 1:
+            report.errors.append(f"alias {alias!r} is shared by items {', '.join(sorted(set(owners)))}")
+    return report

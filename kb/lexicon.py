@@ -1,0 +1,53 @@
+"""Colloquial-to-standard word map and ASR hotwords, read from `kb/lexicon.yaml`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kb.errors import KbFileError
+
+DEFAULT_LEXICON_FILE = Path(__file__).resolve().parent / "lexicon.yaml"
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    synonyms: dict[str, str]
+    hotwords: tuple[str, ...]
+
+    def normalize(self, text: str) -> str:
+        """Replace colloquial words by standard terms, longest first, in one left-to-right pass."""
+        if not self.synonyms:
+            return text
+        # Standard terms map to themselves so that "资格认证" is not rewritten by the key "认证".
+        table = {value: value for value in self.synonyms.values()} | self.synonyms
+        keys = sorted(table, key=len, reverse=True)
+        out: list[str] = []
+        index = 0
+        while index < len(text):
+            for key in keys:
+                if text.startswith(key, index):
+                    out.append(table[key])
+                    index += len(key)
+                    break
+            else:
+                out.append(text[index])
+                index += 1
+        return "".join(out)
+
+    def dictionary_words(self) -> set[str]:
+        """Words jieba should keep whole."""
+        return set(self.hotwords) | set(self.synonyms.values()) | set(self.synonyms)
+
+
+def load_lexicon(path: Path | str = DEFAULT_LEXICON_FILE) -> Lexicon:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise KbFileError(str(path), f"cannot read lexicon: {exc}") from exc
+    synonyms = {str(key): str(value) for key, value in (data.get("synonyms") or {}).items()}
+    hotwords = tuple(str(word) for word in (data.get("hotwords") or []))
+    return Lexicon(synonyms=synonyms, hotwords=hotwords)

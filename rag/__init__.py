@@ -1,0 +1,1 @@
+"""Retrieval and answers: retrievers, confidence gates, answer composers, calculators, evaluation."""

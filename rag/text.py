@@ -1,0 +1,77 @@
+"""Query and document text processing: cleanup, lexicon normalisation, jieba words, character n-grams."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable
+
+import jieba
+
+from kb.lexicon import Lexicon
+
+# Fillers callers wrap around a question; they carry no meaning for retrieval.
+FILLER_PATTERN = re.compile(
+    r"怎么办|怎么弄|怎么样|怎么搞|咋办|咋弄|咋整|喂+|你好+啊?|您好|请问一下|请问|我想问一下|我想问问|想问一下|问一下|麻烦问一下|麻烦你|那个|这个嘛|就是说|嗯+|啊+|呀|哈|吧|呢|嘛|哦+|噢+"
+)
+_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+_STOPWORDS = frozenset("的 了 是 我 你 他 她 在 要 有 和 就 都 也 还 吗 么 啥 什么 怎么 怎样 如何 可以 能 能不能 可不可以 一下 一个 这 那 个 去 到 给 把 被 让 会 又 些 多少".split())
+
+_jieba_lock = threading.Lock()
+_jieba_words: set[str] = set()
+logging.getLogger("jieba").setLevel(logging.WARNING)
+
+
+def clean(text: str) -> str:
+    """NFKC-normalise (full-width digits and letters), lower-case, drop fillers and punctuation."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = FILLER_PATTERN.sub(" ", text)
+    return _NON_WORD.sub(" ", text).strip()
+
+
+def register_words(words: Iterable[str]) -> None:
+    """Teach jieba domain words (idempotent, thread-safe)."""
+    with _jieba_lock:
+        for word in words:
+            word = word.strip()
+            if len(word) >= 2 and word not in _jieba_words:
+                jieba.add_word(word, freq=200000)
+                _jieba_words.add(word)
+
+
+def words(text: str) -> list[str]:
+    """jieba search-mode tokens of cleaned text, without stopwords and spaces."""
+    tokens = []
+    for chunk in text.split():
+        tokens.extend(token for token in jieba.cut_for_search(chunk) if token.strip() and token not in _STOPWORDS)
+    return tokens
+
+
+def char_ngrams(text: str, n: int = 2) -> list[str]:
+    """Character n-grams inside each whitespace-separated chunk (single characters for short chunks)."""
+    grams: list[str] = []
+    for chunk in text.split():
+        if len(chunk) < n:
+            grams.append(chunk)
+            continue
+        grams.extend(chunk[index:index + n] for index in range(len(chunk) - n + 1))
+    return grams
+
+
+class TextProcessor:
+    """Turns raw caller or document text into the token streams the retrieval channels index."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+        register_words(lexicon.dictionary_words())
+
+    def normalize(self, text: str) -> str:
+        return self.lexicon.normalize(clean(text))
+
+    def words(self, text: str) -> list[str]:
+        return words(self.normalize(text))
+
+    def bigrams(self, text: str) -> list[str]:
+        return char_ngrams(self.normalize(text), 2)

@@ -1,0 +1,132 @@
+"""FastAPI app factory: health, readiness, the ask endpoint, errors mapped to clear JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rag.errors import InvalidQuestionError
+from telephony.errors import StorageError, UnknownConversationError
+from telephony.service import HotlineService
+from telephony.settings import Settings
+from telephony.store import CallChannel, Database
+
+log = logging.getLogger(__name__)
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="The caller's question as text (e.g. an ASR transcript)")
+    conversation_id: str | None = Field(default=None, max_length=64, description="Continue an earlier conversation")
+
+
+class AskResponse(BaseModel):
+    question: str
+    action: str = Field(description="answer | clarify | handoff")
+    spoken: str
+    sms: str
+    citations: list[str]
+    items: list[str]
+    confidence: float
+    reason: str
+    conversation_id: str | None
+    turn: int | None
+
+
+def error_response(status: int, message: str, detail: object = None) -> JSONResponse:
+    body: dict[str, object] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(status_code=status, content=body)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.ready = False
+        database = Database(settings.resolved_database_url)
+        await asyncio.to_thread(database.migrate)
+        service = await asyncio.to_thread(HotlineService, settings, database)
+        flushed = await asyncio.to_thread(service.journal.replay, database)
+        if flushed:
+            log.info("flushed %d journaled turns into the database", flushed)
+        for part, choice in settings.engine_choices().items():
+            log.info("%s: %s", part, choice)
+        log.info("knowledge base: %d items, version %s", len(service.kb), service.kb_version)
+        # Warm the retrieval path so the first caller does not pay for jieba's dictionary load.
+        service.retriever.retrieve("社保卡")
+        app.state.service = service
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            database.close()
+            log.info("hotline stopped")
+
+    app = FastAPI(
+        title="社保语音热线助手 API",
+        description="Social-insurance hotline assistant: text questions, health and readiness.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return error_response(400, "request body is not valid JSON")
+        detail = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")} for e in errors]
+        return error_response(422, "request body does not match the schema", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", exc)
+        return error_response(500, "internal error; the incident was logged")
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        if not getattr(request.app.state, "ready", False):
+            return JSONResponse(status_code=503, content={"status": "starting"})
+        service: HotlineService = request.app.state.service
+        database_ok = await asyncio.to_thread(service.database.ping)
+        body = {
+            "status": "ready" if database_ok else "degraded",
+            "engines": settings.engine_choices(),
+            "database": "ok" if database_ok else "unreachable (turns are journaled locally)",
+            "kb": {"items": len(service.kb), "version": service.kb_version},
+        }
+        return JSONResponse(status_code=200, content=body)
+
+    @app.post("/api/ask", response_model=AskResponse, tags=["answers"])
+    async def ask(request: Request, body: AskRequest) -> JSONResponse:
+        service: HotlineService = request.app.state.service
+        try:
+            result = await service.ask(body.question, CallChannel.API, body.conversation_id)
+        except InvalidQuestionError as exc:
+            return error_response(422, str(exc))
+        except UnknownConversationError as exc:
+            return error_response(404, str(exc))
+        payload = result.answer.to_json() | {"conversation_id": result.call_id, "turn": result.turn_seq}
+        return JSONResponse(payload)
+
+    return app

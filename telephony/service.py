@@ -1,0 +1,123 @@
+"""The text question path shared by the API and the CLI: retrieve, answer, time, store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kb.lexicon import load_lexicon
+from kb.loader import KnowledgeBase, load_knowledge_base
+from rag.base import Answer, ConversationContext
+from rag.extractive import AnswerPolicy, ExtractiveAnswerer
+from rag.lexical import LexicalRetriever
+from rag.text import TextProcessor
+from telephony.errors import StorageError, UnknownConversationError
+from telephony.settings import Settings
+from telephony.store import CallChannel, Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AskResult:
+    answer: Answer
+    call_id: str | None
+    turn_seq: int | None
+    timings_ms: dict[str, float]
+
+
+class TurnJournal:
+    """Turns that could not be stored are appended here and replayed when the database is back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as journal:
+            journal.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def replay(self, database: Database) -> int:
+        """Store every journaled turn; returns how many were flushed. Lines that fail stay."""
+        if not self.path.exists():
+            return 0
+        kept, flushed = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                call = database.start_call(CallChannel(record.pop("channel")), kb_version=record.pop("kb_version", None))
+                database.add_turn(call.id, **record)
+                flushed += 1
+            except (StorageError, ValueError, TypeError, KeyError) as exc:
+                log.warning("journaled turn not flushed: %s", exc)
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return flushed
+
+
+class HotlineService:
+    """Holds the loaded KB, the retriever and the answerer, and records every question as a turn."""
+
+    def __init__(self, settings: Settings, database: Database, kb: KnowledgeBase | None = None) -> None:
+        self.settings = settings
+        self.database = database
+        self.kb = kb or load_knowledge_base(settings.kb_dir)
+        if self.kb.errors:
+            for error in self.kb.errors:
+                log.error("knowledge base: %s (item skipped)", error)
+        self.text = TextProcessor(load_lexicon())
+        self.retriever = LexicalRetriever(self.kb, self.text)
+        self.answerer = ExtractiveAnswerer(
+            self.kb,
+            self.retriever,
+            AnswerPolicy(
+                centre_phone=settings.centre_phone,
+                sms_signature=settings.sms_signature,
+                high_confidence=settings.answer_high_confidence,
+                low_confidence=settings.answer_low_confidence,
+                max_question_chars=settings.max_question_chars,
+            ),
+        )
+        self.journal = TurnJournal(settings.data_dir / "turn-journal.jsonl")
+
+    @property
+    def kb_version(self) -> str:
+        return self.kb.content_hash[:12]
+
+    async def ask(
+        self, question: str, channel: CallChannel = CallChannel.API, conversation_id: str | None = None,
+        context: ConversationContext | None = None,
+    ) -> AskResult:
+        started = time.perf_counter()
+        answer = await self.answerer.answer(question, context)
+        timings = {"answer_ms": round((time.perf_counter() - started) * 1000, 3)}
+        record = {
+            "caller_text": answer.question,
+            "spoken_text": answer.spoken,
+            "sms_text": answer.sms,
+            "item_ids": list(answer.items),
+            "citations": [citation.text for citation in answer.citations],
+            "confidence": answer.confidence,
+            "action": answer.action.value,
+            "reason": answer.reason,
+            "timings_ms": timings,
+        }
+        try:
+            call_id, seq = await asyncio.to_thread(self._store, channel, conversation_id, record)
+        except StorageError as exc:
+            log.error("turn not stored, journaled for later: %s", exc)
+            self.journal.append({"channel": channel.value, "kb_version": self.kb_version, **record})
+            call_id, seq = conversation_id, None
+        return AskResult(answer, call_id, seq, timings)
+
+    def _store(self, channel: CallChannel, conversation_id: str | None, record: dict) -> tuple[str, int]:
+        if conversation_id is None:
+            conversation_id = self.database.start_call(channel, kb_version=self.kb_version).id
+        elif self.database.get_call(conversation_id) is None:
+            raise UnknownConversationError(f"no conversation {conversation_id}")
+        turn = self.database.add_turn(conversation_id, **record)
+        return conversation_id, turn.seq

@@ -1,0 +1,110 @@
+"""The one validated settings model (environment prefix HOTLINE_, optional .env file)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kb.loader import DEFAULT_ITEMS_DIR
+
+PHONE_PATTERN = re.compile(r"^\+?[0-9][0-9-]{2,19}$")
+NATIONAL_HOTLINE = "12333"
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOTLINE_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Environment = Environment.LOCAL
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite file in data_dir when unset")
+    kb_dir: Path = DEFAULT_ITEMS_DIR
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    centre_name: str = "桂林市社会保险事业管理中心"
+    centre_phone: str = Field(default=NATIONAL_HOTLINE, description="The number every answer ends with")
+    sms_signature: str = Field(default="桂林社保", min_length=2, max_length=12)
+
+    answer_high_confidence: float = Field(default=0.55, ge=0, le=1)
+    answer_low_confidence: float = Field(default=0.35, ge=0, le=1)
+    max_question_chars: int = Field(default=500, ge=10, le=5000)
+
+    llm_api_key: SecretStr | None = None
+    llm_base_url: str = "https://api.deepseek.com"
+    llm_model: str = "deepseek-chat"
+
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin endpoints")
+
+    @field_validator("centre_phone")
+    @classmethod
+    def _phone_format(cls, value: str) -> str:
+        value = value.strip().replace(" ", "")
+        if not PHONE_PATTERN.match(value):
+            raise ValueError("centre_phone must be digits with optional dashes, e.g. 0773-12333")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @field_validator("sms_signature")
+    @classmethod
+    def _signature_without_brackets(cls, value: str) -> str:
+        if any(mark in value for mark in "【】[]"):
+            raise ValueError("sms_signature is the bare name; code adds 【】")
+        return value
+
+    @model_validator(mode="after")
+    def _gates_and_secrets(self) -> Settings:
+        if self.answer_low_confidence >= self.answer_high_confidence:
+            raise ValueError("answer_low_confidence must be below answer_high_confidence")
+        if self.environment is Environment.PRODUCTION:
+            if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
+                raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
+            if self.centre_phone == NATIONAL_HOTLINE:
+                raise ValueError("production needs HOTLINE_CENTRE_PHONE set to the centre's own number")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hotline.db').resolve()}"
+
+    def engine_choices(self) -> dict[str, str]:
+        """Which engine each part runs, and why: logged at start and shown by /readyz."""
+        url = self.resolved_database_url
+        storage = (
+            "postgresql (HOTLINE_DATABASE_URL)" if url.startswith("postgresql")
+            else "sqlite file (default; set HOTLINE_DATABASE_URL for PostgreSQL)" if self.database_url is None
+            else f"{url.split(':', 1)[0]} (HOTLINE_DATABASE_URL)"
+        )
+        answers = (
+            "extractive (HOTLINE_LLM_API_KEY is set but this build has no LLM composer yet)" if self.llm_api_key
+            else "extractive (no LLM key set)"
+        )
+        phone = (
+            "national 12333 (HOTLINE_CENTRE_PHONE not set: set the centre's own number)"
+            if self.centre_phone == NATIONAL_HOTLINE else f"{self.centre_phone} (HOTLINE_CENTRE_PHONE)"
+        )
+        return {
+            "storage": storage,
+            "retrieval": "lexical: BM25 on jieba words and character bigrams, alias matching (embedded default)",
+            "answers": answers,
+            "centre phone": phone,
+        }

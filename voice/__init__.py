@@ -1,0 +1,1 @@
+"""Speech: audio frames and codecs, VAD, streaming ASR, TTS, endpointing and barge-in."""
