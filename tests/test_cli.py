@@ -1,0 +1,82 @@
+"""The `hotline` command as a user runs it: ask (argument and stdin, JSON lines), kb check, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HOTLINE = [sys.executable, "-m", "telephony.cli"]
+
+
+def run(args: list[str], tmp_path: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("HOTLINE_")}
+    environment |= {"HOTLINE_DATA_DIR": str(tmp_path / "var"), "HOTLINE_CENTRE_PHONE": "0773-0000000", **env}
+    return subprocess.run(
+        [*HOTLINE, *args], input=stdin, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=120
+    )
+
+
+def test_ask_json_reads_one_question_per_line_and_answers_in_order(tmp_path: Path) -> None:
+    result = run(["ask", "--json"], tmp_path, stdin="社保卡丢了怎么办\n\n转人工\n")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["question"] for line in lines] == ["社保卡丢了怎么办", "", "转人工"]
+    assert lines[0]["action"] == "answer" and lines[0]["items"][0] == "card-loss-report"
+    assert lines[0]["sms"].endswith("咨询电话：0773-0000000【桂林社保】")
+    assert lines[1] == {"question": "", "error": "question is empty"}
+    assert lines[2]["action"] == "handoff"
+
+
+def test_ask_argument_prints_a_readable_answer_and_stores_the_turn(tmp_path: Path) -> None:
+    result = run(["ask", "社保卡丢了怎么办"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("问：社保卡丢了怎么办\n答（answer，")
+    assert "短信：" in result.stdout
+    from telephony.store import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'var' / 'hotline.db'}")
+    calls = database.recent_calls()
+    assert [call.channel.value for call in calls] == ["cli"]
+    database.close()
+
+
+def test_empty_question_argument_fails_with_a_clear_message(tmp_path: Path) -> None:
+    result = run(["ask", "  "], tmp_path)
+    assert result.returncode == 1
+    assert "错误：question is empty" in result.stderr
+
+
+def test_bad_configuration_is_reported_not_raised(tmp_path: Path) -> None:
+    result = run(["ask", "社保卡"], tmp_path, HOTLINE_CENTRE_PHONE="not a number")
+    assert result.returncode == 2
+    assert "configuration error: HOTLINE_CENTRE_PHONE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kb_check_json_reports_counts(tmp_path: Path) -> None:
+    result = run(["kb", "check", "--json"], tmp_path)
+    report = json.loads(result.stdout)
+    assert set(report) >= {"items", "errors", "warnings", "characters", "categories", "unverified"}
+    assert report["items"] >= 1 and report["characters"] > 1000
+    assert result.returncode == (0 if not report["errors"] else 1)
+
+
+def test_kb_check_flags_a_broken_item(tmp_path: Path) -> None:
+    items = tmp_path / "items"
+    items.mkdir()
+    (items / "broken.md").write_text("---\nid: Bad Id\n---\n", encoding="utf-8")
+    result = run(["kb", "check", "--dir", str(items)], tmp_path)
+    assert result.returncode == 1
+    assert "broken.md: id: Value error, id must be lowercase kebab-case" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["kb", "--help"]])
+def test_help_lists_the_commands(tmp_path: Path, command: list[str]) -> None:
+    result = run(command, tmp_path)
+    assert result.returncode == 0
+    assert ("serve" in result.stdout and "ask" in result.stdout) or "check" in result.stdout

@@ -1,0 +1,101 @@
+"""Storage round trips on SQLite and PostgreSQL, migrations from nothing, failure translation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select
+
+from telephony.errors import StorageError
+from telephony.store import (
+    CallChannel,
+    CallStatus,
+    Database,
+    HandoffStatus,
+    HandoffTicket,
+    SmsMessage,
+    SmsStatus,
+    User,
+    UserRole,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    db = Database(url)
+    db.migrate()
+    yield db
+    db.close()
+
+
+def test_migration_creates_every_table_and_is_idempotent(database: Database) -> None:
+    tables = set(inspect(database.engine).get_table_names())
+    assert {"calls", "turns", "sms_messages", "handoff_tickets", "users", "alembic_version"} <= tables
+    database.migrate()  # a second run is a no-op, not an error
+    assert set(inspect(database.engine).get_table_names()) == tables
+
+
+def test_call_and_turns_round_trip(database: Database) -> None:
+    call = database.start_call(CallChannel.TWILIO, caller_number="13800000000", kb_version="abc123")
+    first = database.add_turn(
+        call.id, caller_text="社保卡丢了怎么办", spoken_text="请先挂失。", sms_text="短信正文",
+        item_ids=["card-loss-report"], citations=["《某通知》"], confidence=0.91, action="answer",
+        reason="top item", timings_ms={"asr_final_ms": 120.5, "answer_ms": 3.25},
+    )
+    second = database.add_turn(call.id, caller_text="转人工", action="handoff", confidence=1.0)
+    database.end_call(call.id, reason="caller hung up")
+
+    stored = database.get_call(call.id)
+    assert stored is not None
+    assert stored.status is CallStatus.ENDED and stored.end_reason == "caller hung up"
+    assert stored.ended_at is not None and stored.caller_number == "13800000000"
+    assert [turn.seq for turn in stored.turns] == [1, 2]
+    assert (first.seq, second.seq) == (1, 2)
+    turn = stored.turns[0]
+    assert turn.item_ids == ["card-loss-report"]
+    assert turn.timings_ms == {"asr_final_ms": 120.5, "answer_ms": 3.25}
+    assert turn.confidence == pytest.approx(0.91)
+    assert stored.turns[1].action == "handoff" and stored.turns[1].item_ids == []
+
+
+def test_sms_handoff_and_user_rows_link_to_the_call(database: Database) -> None:
+    call = database.start_call(CallChannel.SOFTPHONE)
+    turn = database.add_turn(call.id, caller_text="我要投诉", action="handoff")
+    with database.session() as session:
+        agent = User(username="agent1", display_name="李工号", role=UserRole.AGENT)
+        session.add(agent)
+        session.flush()
+        session.add(SmsMessage(call_id=call.id, turn_id=turn.id, phone="13800000000", body="办理指南"))
+        session.add(HandoffTicket(call_id=call.id, turn_id=turn.id, reason="caller asked", assigned_user_id=agent.id))
+    stored = database.get_call(call.id)
+    assert stored is not None
+    assert [message.status for message in stored.sms_messages] == [SmsStatus.QUEUED]
+    assert stored.sms_messages[0].body == "办理指南"
+    assert [ticket.status for ticket in stored.handoff_tickets] == [HandoffStatus.OPEN]
+    with database.session() as session:
+        assert session.scalar(select(User.role).where(User.username == "agent1")) is UserRole.AGENT
+
+
+def test_unknown_call_is_a_storage_error(database: Database) -> None:
+    with pytest.raises(StorageError, match="no call nope"):
+        database.add_turn("nope", caller_text="x", action="answer")
+
+
+def test_duplicate_username_is_translated_to_storage_error(database: Database) -> None:
+    with database.session() as session:
+        session.add(User(username="sup", display_name="A", role=UserRole.SUPERVISOR))
+    with pytest.raises(StorageError, match="IntegrityError"):
+        with database.session() as session:
+            session.add(User(username="sup", display_name="B", role=UserRole.SUPERVISOR))
+
+
+def test_unreachable_database_raises_storage_error() -> None:
+    db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert db.ping() is False
+    with pytest.raises(StorageError, match="cannot migrate database"):
+        db.migrate()
