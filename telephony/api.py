@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+import secrets
+from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, Request
+import watchfiles
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kb.errors import KbError
 from rag.errors import InvalidQuestionError
 from telephony.errors import StorageError, UnknownConversationError
 from telephony.service import HotlineService
@@ -48,6 +51,31 @@ def error_response(status: int, message: str, detail: object = None) -> JSONResp
     return JSONResponse(status_code=status, content=body)
 
 
+async def watch_builds(service: HotlineService, stop: asyncio.Event) -> None:
+    """Switch to a newly published build when `hotline kb build` moves the CURRENT pointer."""
+    root = service.builds.root
+    root.mkdir(parents=True, exist_ok=True)
+    async for _changes in watchfiles.awatch(root, stop_event=stop, debounce=200, recursive=False):
+        current = service.builds.current()
+        if current and current != service.stack.version:
+            try:
+                await asyncio.to_thread(service.reload)
+            except (KbError, OSError, ValueError) as exc:
+                log.error("new knowledge-base build %s not loaded, still serving %s: %s", current,
+                          service.stack.version, exc)
+
+
+def admin_denied(request: Request, settings: Settings) -> JSONResponse | None:
+    if settings.admin_token is None:
+        return error_response(403, "admin endpoints are disabled: set HOTLINE_ADMIN_TOKEN")
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        return error_response(401, "missing bearer token")
+    if not secrets.compare_digest(header[7:].strip().encode(), settings.admin_token.get_secret_value().encode()):
+        return error_response(403, "wrong admin token")
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -62,15 +90,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("flushed %d journaled turns into the database", flushed)
         for part, choice in settings.engine_choices().items():
             log.info("%s: %s", part, choice)
-        log.info("knowledge base: %d items, version %s", len(service.kb), service.kb_version)
-        # Warm the retrieval path so the first caller does not pay for jieba's dictionary load.
-        service.retriever.retrieve("社保卡")
+        log.info("knowledge base: %d items, version %s from %s", len(service.kb), service.kb_version,
+                 service.stack.source)
         app.state.service = service
         app.state.ready = True
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_builds(service, stop)) if settings.kb_watch else None
         try:
             yield
         finally:
             app.state.ready = False
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watcher
             database.close()
             log.info("hotline stopped")
 
@@ -128,5 +162,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(404, str(exc))
         payload = result.answer.to_json() | {"conversation_id": result.call_id, "turn": result.turn_seq}
         return JSONResponse(payload)
+
+    @app.get("/api/kb/search", tags=["knowledge base"])
+    async def kb_search(request: Request, q: str = Query(min_length=1, max_length=500), limit: int = Query(10, ge=1, le=50)) -> dict:
+        """Retrieval hit-test for staff: the ranked items with each channel's score."""
+        stack = request.app.state.service.stack
+        ranked = stack.retriever.retrieve(q, limit=limit)
+        return {
+            "query": q,
+            "kb_version": stack.version,
+            "results": [
+                {"item": scored.item_id, "title": stack.kb.get(scored.item_id).title, "score": round(scored.score, 4),
+                 "channels": {name: round(value, 4) for name, value in scored.channel_scores.items()},
+                 "matched": scored.matched_alias}
+                for scored in ranked
+            ],
+        }
+
+    @app.post("/api/admin/kb/reload", tags=["knowledge base"])
+    async def kb_reload(request: Request) -> JSONResponse:
+        """Switch to the currently published KB build now (the file watch does this by itself)."""
+        denied = admin_denied(request, settings)
+        if denied is not None:
+            return denied
+        service: HotlineService = request.app.state.service
+        try:
+            old, new = await asyncio.to_thread(service.reload)
+        except (KbError, OSError, ValueError) as exc:
+            return error_response(409, f"build not loaded, still serving {service.stack.version}: {exc}")
+        return JSONResponse({"previous": old, "current": new, "items": len(service.kb)})
 
     return app

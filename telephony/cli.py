@@ -128,6 +128,137 @@ def kb_check(
         raise typer.Exit(1)
 
 
+@app.command("eval")
+def eval_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
+    eval_set: Annotated[Optional[Path], typer.Option("--set", help="Labelled question file or directory")] = None,
+    write_doc: Annotated[Optional[Path], typer.Option("--doc", help="Markdown file for the table")] = Path("docs/eval.md"),
+) -> None:
+    """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
+    from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
+    from telephony.service import HotlineService
+    from telephony.store import Database
+
+    settings = load_settings()
+    configure_logging("WARNING")
+    database = Database("sqlite://")  # evaluation stores nothing
+    service = HotlineService(settings, database)
+    cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
+    report = asyncio.run(evaluate(cases, service.retriever, service.answerer))
+    table = markdown_table(report)
+    if write_doc is not None:
+        write_doc.parent.mkdir(parents=True, exist_ok=True)
+        write_doc.write_text(
+            "# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evalset/` "
+            f"(knowledge base version {service.kb_version}, {len(service.kb)} items).\n\n" + table,
+            encoding="utf-8",
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(table)
+        for failure in report.failures:
+            typer.echo(f"miss: {failure}")
+
+
+def passage_store(settings: Settings):
+    from kb.ingest import PassageStore
+
+    return PassageStore(settings.data_dir / "passages.jsonl")
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders: docx, pdf, xlsx FAQ sheets, md, txt")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Add the bureau's documents as passages linked to items (deduplicated; bad files are reported)."""
+    from dataclasses import asdict
+
+    from kb.ingest import ingest
+
+    settings = load_settings()
+    kb = load_knowledge_base(settings.kb_dir)
+    report = ingest(paths, kb, passage_store(settings))
+    if as_json:
+        typer.echo(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(f"files: {report.files}  passages added: {report.passages_added}  "
+                   f"duplicates skipped: {report.duplicates_skipped}  linked to items: {report.linked}")
+        for error in report.errors:
+            typer.echo(f"错误：{error}", err=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@kb_app.command("build")
+def kb_build(
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
+) -> None:
+    """Check the KB, write a content-hashed build and publish it (a running server switches to it)."""
+    from kb.builds import BuildStore
+    from kb.lexicon import DEFAULT_LEXICON_FILE
+
+    settings = load_settings()
+    kb = load_knowledge_base(settings.kb_dir)
+    report = check_knowledge_base(kb, signature=settings.sms_signature)
+    if not report.ok:
+        for error in report.errors:
+            typer.echo(f"error: {error}", err=True)
+        typer.echo(f"not built: {len(report.errors)} error(s); fix them (hotline kb check) and build again", err=True)
+        raise typer.Exit(1)
+    store = BuildStore(settings.data_dir / "kb-builds")
+    previous = store.current()
+    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, progress=progress)
+    state = "built" if written else "unchanged, already built"
+    typer.echo(f"version {manifest.version} ({state}): {len(manifest.item_hashes)} items, "
+               f"{manifest.passages} passages; published (previous: {previous or 'none'})")
+
+
+@kb_app.command("diff")
+def kb_diff(
+    old: Annotated[Optional[str], typer.Argument(help="Older version (default: the one before the current)")] = None,
+    new: Annotated[Optional[str], typer.Argument(help="Newer version (default: the current)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON")] = False,
+) -> None:
+    """Show which items were added, removed or changed between two builds."""
+    from dataclasses import asdict
+
+    from kb.builds import BuildStore
+
+    settings = load_settings()
+    store = BuildStore(settings.data_dir / "kb-builds")
+    versions = store.versions()
+    new = new or store.current()
+    if old is None:
+        earlier = [version for version in versions if version != new]
+        old = earlier[-1] if earlier else None
+    if old is None or new is None:
+        typer.echo("错误：need two builds to compare; run `hotline kb build` after a change", err=True)
+        raise typer.Exit(2)
+    try:
+        diff = store.diff(old, new)
+    except KbError as exc:
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(asdict(diff), ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{old} -> {new}")
+    for item_id in diff.added:
+        typer.echo(f"+ {item_id}")
+    for item_id in diff.removed:
+        typer.echo(f"- {item_id}")
+    for item_id, fields in diff.changed.items():
+        typer.echo(f"~ {item_id}: {', '.join(fields)}")
+    if diff.passages_delta:
+        typer.echo(f"passages: {diff.passages_delta:+d}")
+    if diff.lexicon_changed:
+        typer.echo("lexicon changed")
+    if diff.empty:
+        typer.echo("no differences")
+
+
 def main() -> None:
     app()
 

@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.lexicon import load_lexicon
+from kb.builds import BuildStore
+from kb.ingest import Passage
+from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
 from rag.extractive import AnswerPolicy, ExtractiveAnswerer
@@ -59,41 +61,95 @@ class TurnJournal:
         return flushed
 
 
+@dataclass(frozen=True)
+class AnswerStack:
+    """One KB version with the retriever and answerer built on it; replaced whole, never mutated."""
+
+    version: str
+    source: str
+    kb: KnowledgeBase
+    passages: tuple[Passage, ...]
+    retriever: LexicalRetriever
+    answerer: ExtractiveAnswerer
+
+
+def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str, lexicon_path: Path,
+                passages: tuple[Passage, ...] = ()) -> AnswerStack:
+    for error in kb.errors:
+        log.error("knowledge base: %s (item skipped)", error)
+    text = TextProcessor(load_lexicon(lexicon_path))
+    retriever = LexicalRetriever(kb, text)
+    answerer = ExtractiveAnswerer(
+        kb,
+        retriever,
+        AnswerPolicy(
+            centre_phone=settings.centre_phone,
+            sms_signature=settings.sms_signature,
+            high_confidence=settings.answer_high_confidence,
+            low_confidence=settings.answer_low_confidence,
+            max_question_chars=settings.max_question_chars,
+        ),
+    )
+    retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
+    return AnswerStack(version, source, kb, passages, retriever, answerer)
+
+
 class HotlineService:
-    """Holds the loaded KB, the retriever and the answerer, and records every question as a turn."""
+    """Serves questions from the current answer stack and records every question as a turn."""
 
     def __init__(self, settings: Settings, database: Database, kb: KnowledgeBase | None = None) -> None:
         self.settings = settings
         self.database = database
-        self.kb = kb or load_knowledge_base(settings.kb_dir)
-        if self.kb.errors:
-            for error in self.kb.errors:
-                log.error("knowledge base: %s (item skipped)", error)
-        self.text = TextProcessor(load_lexicon())
-        self.retriever = LexicalRetriever(self.kb, self.text)
-        self.answerer = ExtractiveAnswerer(
-            self.kb,
-            self.retriever,
-            AnswerPolicy(
-                centre_phone=settings.centre_phone,
-                sms_signature=settings.sms_signature,
-                high_confidence=settings.answer_high_confidence,
-                low_confidence=settings.answer_low_confidence,
-                max_question_chars=settings.max_question_chars,
-            ),
-        )
+        self.builds = BuildStore(settings.data_dir / "kb-builds")
         self.journal = TurnJournal(settings.data_dir / "turn-journal.jsonl")
+        self.stack = self._load_stack(kb)
+
+    def _load_stack(self, kb: KnowledgeBase | None = None) -> AnswerStack:
+        if kb is not None:
+            return build_stack(self.settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE)
+        if self.builds.current() is not None:
+            build = self.builds.load()
+            return build_stack(self.settings, build.kb, build.manifest.version, f"build {build.manifest.version}",
+                               build.lexicon_path, build.passages)
+        kb = load_knowledge_base(self.settings.kb_dir)
+        return build_stack(self.settings, kb, kb.content_hash[:12], f"directory {self.settings.kb_dir}",
+                           DEFAULT_LEXICON_FILE)
+
+    def reload(self) -> tuple[str, str]:
+        """Build a stack from the current build and swap it in with one assignment.
+
+        Requests in flight finish on the stack they started with; a failed load keeps the old stack.
+        """
+        old = self.stack.version
+        new_stack = self._load_stack()
+        self.stack = new_stack
+        log.info("knowledge base switched from %s to %s (%d items)", old, new_stack.version, len(new_stack.kb))
+        return old, new_stack.version
+
+    # Shortcuts to the current stack, for callers that need one piece.
+    @property
+    def kb(self) -> KnowledgeBase:
+        return self.stack.kb
+
+    @property
+    def retriever(self) -> LexicalRetriever:
+        return self.stack.retriever
+
+    @property
+    def answerer(self) -> ExtractiveAnswerer:
+        return self.stack.answerer
 
     @property
     def kb_version(self) -> str:
-        return self.kb.content_hash[:12]
+        return self.stack.version
 
     async def ask(
         self, question: str, channel: CallChannel = CallChannel.API, conversation_id: str | None = None,
         context: ConversationContext | None = None,
     ) -> AskResult:
+        stack = self.stack  # one version for the whole request, even if a switch happens meanwhile
         started = time.perf_counter()
-        answer = await self.answerer.answer(question, context)
+        answer = await stack.answerer.answer(question, context)
         timings = {"answer_ms": round((time.perf_counter() - started) * 1000, 3)}
         record = {
             "caller_text": answer.question,
@@ -107,16 +163,16 @@ class HotlineService:
             "timings_ms": timings,
         }
         try:
-            call_id, seq = await asyncio.to_thread(self._store, channel, conversation_id, record)
+            call_id, seq = await asyncio.to_thread(self._store, channel, conversation_id, record, stack.version)
         except StorageError as exc:
             log.error("turn not stored, journaled for later: %s", exc)
-            self.journal.append({"channel": channel.value, "kb_version": self.kb_version, **record})
+            self.journal.append({"channel": channel.value, "kb_version": stack.version, **record})
             call_id, seq = conversation_id, None
         return AskResult(answer, call_id, seq, timings)
 
-    def _store(self, channel: CallChannel, conversation_id: str | None, record: dict) -> tuple[str, int]:
+    def _store(self, channel: CallChannel, conversation_id: str | None, record: dict, version: str) -> tuple[str, int]:
         if conversation_id is None:
-            conversation_id = self.database.start_call(channel, kb_version=self.kb_version).id
+            conversation_id = self.database.start_call(channel, kb_version=version).id
         elif self.database.get_call(conversation_id) is None:
             raise UnknownConversationError(f"no conversation {conversation_id}")
         turn = self.database.add_turn(conversation_id, **record)

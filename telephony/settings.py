@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     llm_base_url: str = "https://api.deepseek.com"
     llm_model: str = "deepseek-chat"
 
+    kb_watch: bool = Field(default=True, description="Switch to a newly published KB build automatically")
+
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin endpoints")
 
     @field_validator("centre_phone")

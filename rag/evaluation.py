@@ -1,0 +1,154 @@
+"""Batch evaluation of retrieval and answers against a labelled question set (`hotline eval`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rag.base import Action, Answerer, ConversationContext, Retriever
+from rag.errors import RetrievalError
+
+DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "evalset"
+HANDOFF = "handoff"
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    question: str
+    expect: tuple[str, ...]  # acceptable item ids, or ("handoff",)
+    category: str
+    facts: tuple[str, ...] = ()
+    context_items: tuple[str, ...] = ()
+
+    @property
+    def expects_handoff(self) -> bool:
+        return self.expect == (HANDOFF,)
+
+
+@dataclass
+class CaseResult:
+    case: EvalCase
+    ranked: list[str]
+    action: Action
+    answered_item: str | None
+    facts_ok: bool
+
+    @property
+    def rank(self) -> int | None:
+        for position, item_id in enumerate(self.ranked, start=1):
+            if item_id in self.case.expect:
+                return position
+        return None
+
+
+@dataclass
+class Metrics:
+    questions: int = 0
+    hit_at_1: float = 0.0
+    hit_at_3: float = 0.0
+    mrr: float = 0.0
+    answer_fact_accuracy: float = 0.0
+    clarify_rate: float = 0.0
+    handoff_precision: float = 0.0
+    handoff_recall: float = 0.0
+    confidently_wrong_rate: float = 0.0
+
+
+@dataclass
+class EvalReport:
+    overall: Metrics
+    by_category: dict[str, Metrics] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {
+            "overall": asdict(self.overall),
+            "by_category": {name: asdict(metrics) for name, metrics in sorted(self.by_category.items())},
+            "failures": self.failures,
+        }
+
+
+def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    cases = []
+    for file in files:
+        for index, raw in enumerate(yaml.safe_load(file.read_text(encoding="utf-8")) or []):
+            try:
+                expect = raw["expect"]
+                cases.append(EvalCase(
+                    question=str(raw["q"]),
+                    expect=tuple(expect) if isinstance(expect, list) else (str(expect),),
+                    category=str(raw.get("category", file.stem)),
+                    facts=tuple(raw.get("facts", ())),
+                    context_items=tuple(raw.get("context", ())),
+                ))
+            except (KeyError, TypeError) as exc:
+                raise RetrievalError(f"{file.name} entry {index}: needs q and expect ({exc})") from exc
+    return cases
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return round(numerator / denominator, 4) if denominator else 0.0
+
+
+def summarize(results: list[CaseResult]) -> Metrics:
+    scored = [result for result in results if not result.case.expects_handoff]
+    ranks = [result.rank for result in scored]
+    answered = [result for result in results if result.action is Action.ANSWER]
+    handed_off = [result for result in results if result.action is Action.HANDOFF]
+    should_handoff = [result for result in results if result.case.expects_handoff]
+    confidently_wrong = [
+        result for result in answered if result.answered_item not in result.case.expect
+    ]
+    return Metrics(
+        questions=len(results),
+        hit_at_1=_ratio(sum(1 for rank in ranks if rank == 1), len(scored)),
+        hit_at_3=_ratio(sum(1 for rank in ranks if rank is not None and rank <= 3), len(scored)),
+        mrr=round(sum(1 / rank for rank in ranks if rank) / len(scored), 4) if scored else 0.0,
+        answer_fact_accuracy=_ratio(sum(1 for result in scored if result.facts_ok), len(scored)),
+        clarify_rate=_ratio(sum(1 for result in results if result.action is Action.CLARIFY), len(results)),
+        handoff_precision=_ratio(sum(1 for result in handed_off if result.case.expects_handoff), len(handed_off)),
+        handoff_recall=_ratio(sum(1 for result in should_handoff if result.action is Action.HANDOFF), len(should_handoff)),
+        confidently_wrong_rate=_ratio(len(confidently_wrong), len(results)),
+    )
+
+
+async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answerer) -> EvalReport:
+    results: list[CaseResult] = []
+    for case in cases:
+        ranked = [scored.item_id for scored in retriever.retrieve(case.question, limit=10)]
+        context = ConversationContext(previous_item_ids=case.context_items) if case.context_items else None
+        answer = await answerer.answer(case.question, context)
+        answered_item = answer.items[0] if answer.action is Action.ANSWER and answer.items else None
+        text = answer.spoken + "\n" + answer.sms
+        facts_ok = answer.action is not Action.HANDOFF and all(fact in text for fact in case.facts)
+        if not case.expects_handoff and answer.action is Action.ANSWER and answered_item not in case.expect:
+            facts_ok = False
+        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok))
+    by_category: dict[str, list[CaseResult]] = defaultdict(list)
+    for result in results:
+        by_category[result.case.category].append(result)
+    failures = [
+        {"q": r.case.question, "expect": list(r.case.expect), "action": r.action.value,
+         "answered": r.answered_item, "top3": r.ranked[:3]}
+        for r in results
+        if (r.case.expects_handoff and r.action is not Action.HANDOFF)
+        or (not r.case.expects_handoff and (r.rank != 1 or not r.facts_ok))
+    ]
+    return EvalReport(summarize(results), {name: summarize(group) for name, group in by_category.items()}, failures)
+
+
+def markdown_table(report: EvalReport) -> str:
+    columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "clarify_rate",
+               "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
+    header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    rows = []
+    for name, metrics in [("**overall**", report.overall), *sorted(report.by_category.items())]:
+        values = [getattr(metrics, column) for column in columns]
+        rows.append(f"| {name} | " + " | ".join(str(value) for value in values) + " |")
+    return header + "\n".join(rows) + "\n"
