@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,13 +58,21 @@ def load_channels(path: Path = CHANNELS_FILE) -> dict[str, set[str]]:
     return {kind: set((data.get(kind) or {}).keys()) for kind in ("online", "offline")}
 
 
+def periods_overlap(a: ServiceItem, b: ServiceItem) -> bool:
+    """Whether two items can be served on the same day (a staged policy change replaces, not overlaps)."""
+    a_start, b_start = a.effective_from or dt.date.min, b.effective_from or dt.date.min
+    a_end, b_end = a.effective_until or dt.date.max, b.effective_until or dt.date.max
+    return a_start <= b_end and b_start <= a_end
+
+
 def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> CheckReport:
     report = CheckReport(items=len(kb.items))
     report.errors.extend(str(error) for error in kb.errors)
     channels = load_channels()
     alias_owners: dict[str, list[str]] = defaultdict(list)
     ids = Counter(item.id for item in kb.items)
-    service_numbers = Counter(item.service_no for item in kb.items if item.service_no is not None)
+    by_id = {item.id: item for item in kb.items}
+    service_owners: dict[int, list[str]] = defaultdict(list)
     known_ids = set(ids)
 
     for item in kb.items:
@@ -74,6 +83,8 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
             report.referrals += 1
         for alias in item.aliases:
             alias_owners[alias].append(item.id)
+        if item.service_no is not None:
+            service_owners[item.service_no].append(item.id)
         required = REQUIRED_SECTIONS_REFERRAL if item.kind is ItemKind.REFERRAL else REQUIRED_SECTIONS_SERVICE
         for heading in required:
             if not item.section(SECTION_FIELDS[heading]):
@@ -101,10 +112,22 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
     for item_id, count in ids.items():
         if count > 1:
             report.errors.append(f"duplicate item id {item_id!r} ({count} files)")
-    for number, count in service_numbers.items():
-        if count > 1:
-            report.errors.append(f"service_no {number} is used by {count} items")
+    for number, owners in sorted(service_owners.items()):
+        clashes = _overlapping(owners, by_id)
+        if clashes:
+            report.errors.append(f"service_no {number} is used by items in effect at the same time: {', '.join(clashes)}")
     for alias, owners in sorted(alias_owners.items()):
-        if len(set(owners)) > 1:
-            report.errors.append(f"alias {alias!r} is shared by items {', '.join(sorted(set(owners)))}")
+        clashes = _overlapping(owners, by_id)
+        if clashes:
+            report.errors.append(f"alias {alias!r} is shared by items {', '.join(clashes)}")
     return report
+
+
+def _overlapping(owners: list[str], by_id: dict[str, ServiceItem]) -> list[str]:
+    """The owners that clash: two different items whose effective periods overlap."""
+    unique = sorted(set(owners))
+    clashing = {
+        first for first in unique for second in unique
+        if first != second and periods_overlap(by_id[first], by_id[second])
+    }
+    return sorted(clashing)

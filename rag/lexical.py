@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from rank_bm25 import BM25Okapi
@@ -65,7 +66,8 @@ class LexicalRetriever:
             [(key, set(text.bigrams(key))) for key in item_keys(item)] for item in self.items
         ]
 
-    def retrieve(self, query: str, limit: int = 5) -> list[ScoredItem]:
+    def retrieve(self, query: str, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
+        """Rank the items in effect on `on` (today by default) for the query."""
         query_words = self.text.words(query)
         query_grams = self.text.bigrams(query)
         if not query_words and not query_grams:
@@ -73,8 +75,11 @@ class LexicalRetriever:
         word_scores = self._normalized(self._words_index.get_scores(query_words)) if query_words else None
         char_scores = self._normalized(self._chars_index.get_scores(query_grams)) if query_grams else None
         gram_set = set(query_grams)
+        day = on or dt.date.today()
         results = []
         for index, item in enumerate(self.items):
+            if not item.is_effective(day):
+                continue
             best_alias, alias_score = None, 0.0
             for key, key_grams in self._keys[index]:
                 score = _coverage(gram_set, key_grams)
