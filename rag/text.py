@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Iterable
 
 import jieba
+from pypinyin import lazy_pinyin
 
 from kb.lexicon import Lexicon
 
@@ -60,6 +61,17 @@ def char_ngrams(text: str, n: int = 2) -> list[str]:
     return grams
 
 
+def pinyin_bigrams(text: str) -> list[str]:
+    """Toneless pinyin syllable bigrams inside each chunk: 公伤 and 工伤 both give 'gong|shang'."""
+    grams: list[str] = []
+    for chunk in text.split():
+        syllables = lazy_pinyin(chunk, errors=lambda chars: list(chars))
+        if len(syllables) == 1:
+            grams.append(syllables[0])
+        grams.extend(f"{syllables[i]}|{syllables[i + 1]}" for i in range(len(syllables) - 1))
+    return grams
+
+
 class TextProcessor:
     """Turns raw caller or document text into the token streams the retrieval channels index."""
 
@@ -75,3 +87,16 @@ class TextProcessor:
 
     def bigrams(self, text: str) -> list[str]:
         return char_ngrams(self.normalize(text), 2)
+
+    # The *_of_normalized forms skip normalisation for text that is already normalised.
+    @staticmethod
+    def words_of_normalized(text: str) -> list[str]:
+        return words(text)
+
+    @staticmethod
+    def bigrams_of_normalized(text: str) -> list[str]:
+        return char_ngrams(text, 2)
+
+    @staticmethod
+    def pinyin_bigrams_of_normalized(text: str) -> list[str]:
+        return pinyin_bigrams(text)

@@ -259,6 +259,19 @@ def kb_diff(
         typer.echo("no differences")
 
 
+@kb_app.command("hotwords")
+def kb_hotwords(
+    weight: Annotated[int, typer.Option(help="Bias weight written after each word (FunASR hotword file format)")] = 20,
+) -> None:
+    """Print the ASR hotword list (lexicon hotwords and standard terms), one `word weight` per line."""
+    from kb.lexicon import load_lexicon
+
+    lexicon = load_lexicon()
+    words = sorted(set(lexicon.hotwords) | set(lexicon.synonyms.values()), key=lambda word: (-len(word), word))
+    for word in words:
+        typer.echo(f"{word} {weight}")
+
+
 def main() -> None:
     app()
 

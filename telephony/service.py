@@ -15,7 +15,7 @@ from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
 from rag.extractive import AnswerPolicy, ExtractiveAnswerer
-from rag.lexical import LexicalRetriever
+from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from telephony.errors import StorageError, UnknownConversationError
 from telephony.settings import Settings
@@ -69,7 +69,7 @@ class AnswerStack:
     source: str
     kb: KnowledgeBase
     passages: tuple[Passage, ...]
-    retriever: LexicalRetriever
+    retriever: HybridRetriever
     answerer: ExtractiveAnswerer
 
 
@@ -78,7 +78,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
     for error in kb.errors:
         log.error("knowledge base: %s (item skipped)", error)
     text = TextProcessor(load_lexicon(lexicon_path))
-    retriever = LexicalRetriever(kb, text)
+    retriever = HybridRetriever(kb, text)
     answerer = ExtractiveAnswerer(
         kb,
         retriever,
@@ -132,7 +132,7 @@ class HotlineService:
         return self.stack.kb
 
     @property
-    def retriever(self) -> LexicalRetriever:
+    def retriever(self) -> HybridRetriever:
         return self.stack.retriever
 
     @property

@@ -11,7 +11,7 @@ import pytest
 from kb.check import check_knowledge_base
 from kb.errors import KbFileError
 from kb.loader import load_knowledge_base, parse_item
-from rag.lexical import LexicalRetriever
+from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from kb.lexicon import load_lexicon
 from tests.kbfixtures import example_text, make_mini_kb
@@ -75,7 +75,7 @@ def test_a_staged_policy_change_may_reuse_aliases(tmp_path: Path) -> None:
     write(root, "card-loss-report-2100.md", staged)
     kb = load_knowledge_base(root)
     assert check_knowledge_base(kb).errors == []
-    retriever = LexicalRetriever(kb, TextProcessor(load_lexicon()))
+    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()))
     assert retriever.retrieve("社保卡丢了怎么办")[0].item_id == "card-loss-report"
     later = retriever.retrieve("社保卡丢了怎么办", on=dt.date(2100, 6, 1))
     assert later[0].item_id == "card-loss-report-2100"

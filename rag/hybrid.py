@@ -1,0 +1,199 @@
+"""Hybrid retrieval over KB items: BM25 on jieba words, character bigrams and pinyin bigrams, alias
+matching (characters and pinyin), and an optional vector channel in chromadb, fused with named weights."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, fields
+
+import bm25s
+import numpy as np
+from scipy import sparse
+
+from kb.loader import KnowledgeBase
+from kb.schema import ServiceItem
+from rag.base import ScoredItem
+from rag.errors import RetrievalError
+from rag.text import TextProcessor, register_words
+from rag.vector import VectorIndex
+
+log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+# Sections that describe what a service *is*; the rest adds noise to the index.
+INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
+KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
+
+
+@dataclass(frozen=True)
+class FusionWeights:
+    """How much each channel counts in the fused score; a zero weight switches a channel off."""
+
+    words_bm25: float = 0.25
+    chars_bm25: float = 0.10
+    pinyin_bm25: float = 0.15
+    alias_match: float = 0.30
+    alias_pinyin: float = 0.10
+    vector: float = 0.10
+
+    @classmethod
+    def from_mapping(cls, weights: dict[str, float]) -> FusionWeights:
+        known = {field.name for field in fields(cls)}
+        unknown = set(weights) - known
+        if unknown:
+            raise RetrievalError(f"unknown retrieval channel(s) {sorted(unknown)}; known: {sorted(known)}")
+        if any(value < 0 for value in weights.values()):
+            raise RetrievalError("retrieval weights must not be negative")
+        return cls(**weights)
+
+    def as_dict(self) -> dict[str, float]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+def item_keys(item: ServiceItem) -> list[str]:
+    """The short texts a caller's question is matched against: title, aliases, audience phrasings."""
+    keys = [item.title, *item.aliases]
+    for audience in item.audiences:
+        keys.extend(audience.phrasings)
+    return keys
+
+
+def item_document(item: ServiceItem) -> str:
+    keys = "\n".join(item_keys(item))
+    body = "\n".join(item.section(name) for name in INDEXED_SECTIONS)
+    return "\n".join([*([keys] * KEY_REPEAT), item.spoken, body])
+
+
+class _KeyMatcher:
+    """Bigram-overlap similarity of a query to every key, maximised per item, with sparse algebra."""
+
+    def __init__(self, key_grams: list[list[str]], key_items: list[int], item_count: int) -> None:
+        self.vocabulary: dict[str, int] = {}
+        rows, cols = [], []
+        for row, grams in enumerate(key_grams):
+            for gram in set(grams):
+                rows.append(row)
+                cols.append(self.vocabulary.setdefault(gram, len(self.vocabulary)))
+        shape = (len(key_grams), max(1, len(self.vocabulary)))
+        self.matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+        self.key_sizes = np.asarray(self.matrix.sum(axis=1)).ravel()
+        order = np.argsort(np.asarray(key_items), kind="stable")
+        self.order = order
+        sorted_items = np.asarray(key_items)[order]
+        self.group_starts = np.searchsorted(sorted_items, np.arange(item_count))
+        self.item_count = item_count
+
+    def scores(self, query_grams: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: best key similarity (0..1) and the index of that key."""
+        columns = sorted({self.vocabulary[gram] for gram in query_grams if gram in self.vocabulary})
+        unique_query = len(set(query_grams))
+        if not columns or unique_query == 0:
+            return np.zeros(self.item_count), np.full(self.item_count, -1)
+        shared = np.asarray(self.matrix[:, columns].sum(axis=1)).ravel()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dice = np.where(self.key_sizes > 0, 2 * shared / (unique_query + self.key_sizes), 0.0)
+            covered = np.where(self.key_sizes > 0, shared / self.key_sizes, 0.0)
+        per_key = (0.5 * dice + 0.5 * covered)[self.order]
+        best = np.maximum.reduceat(per_key, self.group_starts)
+        best_key = np.empty(self.item_count, dtype=np.int64)
+        bounds = list(self.group_starts) + [len(per_key)]
+        for item in range(self.item_count):
+            segment = per_key[bounds[item]:bounds[item + 1]]
+            best_key[item] = self.order[bounds[item] + int(np.argmax(segment))] if len(segment) else -1
+        return best, best_key
+
+
+class HybridRetriever:
+    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights = FusionWeights(),
+                 vector: VectorIndex | None = None) -> None:
+        self.kb = kb
+        self.text = text
+        self.weights = weights
+        self.vector = vector if weights.vector > 0 else None
+        self.items = list(kb.items)
+        if not self.items:
+            raise RetrievalError("the knowledge base has no items to retrieve from")
+        register_words(key for item in self.items for key in item_keys(item) if 2 <= len(key) <= 6)
+        documents = [self.text.normalize(item_document(item)) for item in self.items]
+        self._words = self._bm25([self.text.words_of_normalized(doc) for doc in documents])
+        self._chars = self._bm25([self.text.bigrams_of_normalized(doc) for doc in documents])
+        self._pinyin = self._bm25([self.text.pinyin_bigrams_of_normalized(doc) for doc in documents])
+        self.keys: list[str] = []
+        key_items: list[int] = []
+        for index, item in enumerate(self.items):
+            for key in item_keys(item):
+                self.keys.append(key)
+                key_items.append(index)
+        normalized_keys = [self.text.normalize(key) for key in self.keys]
+        self._alias_chars = _KeyMatcher([self.text.bigrams_of_normalized(k) for k in normalized_keys], key_items, len(self.items))
+        self._alias_pinyin = _KeyMatcher([self.text.pinyin_bigrams_of_normalized(k) for k in normalized_keys], key_items,
+                                         len(self.items))
+        self._index_of = {item.id: index for index, item in enumerate(self.items)}
+
+    @staticmethod
+    def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
+        index = bm25s.BM25()
+        index.index([tokens or ["∅"] for tokens in corpus], show_progress=False)
+        return index
+
+    def vector_documents(self) -> tuple[list[str], list[str]]:
+        """(text, item id) pairs for the vector channel: every key plus each item's spoken summary."""
+        texts, item_ids = [], []
+        for item in self.items:
+            for key in [*item_keys(item), item.spoken]:
+                texts.append(self.text.normalize(key))
+                item_ids.append(item.id)
+        return texts, item_ids
+
+    def channel_scores(self, query: str) -> dict[str, np.ndarray]:
+        normalized = self.text.normalize(query)
+        words = self.text.words_of_normalized(normalized)
+        grams = self.text.bigrams_of_normalized(normalized)
+        syllables = self.text.pinyin_bigrams_of_normalized(normalized)
+        count = len(self.items)
+        channels: dict[str, np.ndarray] = {}
+        channels["words_bm25"] = self._normalized(self._words.get_scores(words)) if words else np.zeros(count)
+        channels["chars_bm25"] = self._normalized(self._chars.get_scores(grams)) if grams else np.zeros(count)
+        channels["pinyin_bm25"] = self._normalized(self._pinyin.get_scores(syllables)) if syllables else np.zeros(count)
+        channels["alias_match"], self._last_best_keys = self._alias_chars.scores(grams)
+        channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
+        vector_scores = np.zeros(count)
+        if self.vector is not None and normalized.strip():
+            try:
+                for item_id, similarity in self.vector.query(normalized).items():
+                    if item_id in self._index_of:
+                        vector_scores[self._index_of[item_id]] = similarity
+            except RetrievalError as exc:
+                log.warning("vector channel skipped: %s", exc)
+        channels["vector"] = vector_scores
+        return channels
+
+    def retrieve(self, query: str, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
+        """Rank the items in effect on `on` (today by default) for the query; [] for an empty query."""
+        if not self.text.normalize(query).strip():
+            return []
+        channels = self.channel_scores(query)
+        best_keys = self._last_best_keys
+        weights = self.weights.as_dict()
+        fused = sum(weights[name] * scores for name, scores in channels.items())
+        day = on or dt.date.today()
+        ranked = []
+        for index in np.argsort(-fused, kind="stable"):
+            item = self.items[index]
+            if not item.is_effective(day):
+                continue
+            key_index = int(best_keys[index])
+            ranked.append(ScoredItem(
+                item.id, float(fused[index]), {name: float(scores[index]) for name, scores in channels.items()},
+                self.keys[key_index] if key_index >= 0 else None,
+            ))
+            if len(ranked) == limit:
+                break
+        return ranked
+
+    @staticmethod
+    def _normalized(scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
+        top = float(scores.max()) if scores.size else 0.0
+        return scores / top if top > 0 else np.zeros_like(scores)

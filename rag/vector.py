@@ -1,0 +1,71 @@
+"""The vector channel: item keys and summaries embedded into a chromadb collection per KB version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import chromadb
+from chromadb.api import ClientAPI
+from chromadb.api.types import EmbeddingFunction
+from chromadb.config import Settings as ChromaSettings
+
+from rag.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+
+
+def chroma_client(path: str | None = None, host: str | None = None, port: int = 8000) -> ClientAPI:
+    """PersistentClient in a folder (embedded default), HttpClient for a server, or in-memory."""
+    settings = ChromaSettings(anonymized_telemetry=False)
+    if host:
+        return chromadb.HttpClient(host=host, port=port, settings=settings)
+    if path:
+        return chromadb.PersistentClient(path=path, settings=settings)
+    return chromadb.EphemeralClient(settings=settings)
+
+
+class VectorIndex:
+    """One collection holding (text, item id) pairs; queried by embedding, best score per item."""
+
+    def __init__(self, client: ClientAPI, collection_name: str, embedding: EmbeddingFunction) -> None:
+        self.embedding = embedding
+        # The embedding function is always passed: chroma's own default would try to download a model.
+        self.collection = client.get_or_create_collection(
+            collection_name, embedding_function=embedding, configuration={"hnsw": {"space": "cosine"}},
+        )
+
+    def populate(self, texts: Sequence[str], item_ids: Sequence[str], batch_size: int = 512, progress=None) -> None:
+        """Fill an empty collection (a populated one is reused: collections are named by content)."""
+        if self.collection.count() == len(texts):
+            return
+        if self.collection.count():
+            existing = self.collection.get(include=[])["ids"]
+            self.collection.delete(ids=existing)
+        for start in range(0, len(texts), batch_size):
+            end = min(start + batch_size, len(texts))
+            self.collection.add(
+                ids=[str(index) for index in range(start, end)],
+                documents=list(texts[start:end]),
+                metadatas=[{"item_id": item_id} for item_id in item_ids[start:end]],
+            )
+            if progress is not None:
+                progress(end - start)
+
+    def query(self, text: str, limit: int = 30) -> dict[str, float]:
+        """Cosine similarity (0..1) of the best-matching text of each item among the nearest `limit`."""
+        try:
+            embedding = self.embedding([text])
+            result = self.collection.query(query_embeddings=embedding, n_results=min(limit, self.collection.count()),
+                                           include=["metadatas", "distances"])
+        except RetrievalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - chroma raises several unrelated types
+            raise RetrievalError(f"vector query failed: {exc}") from exc
+        best: dict[str, float] = {}
+        for metadata, distance in zip(result["metadatas"][0], result["distances"][0], strict=True):
+            item_id = str(metadata["item_id"])
+            similarity = max(0.0, 1.0 - float(distance))
+            if similarity > best.get(item_id, 0.0):
+                best[item_id] = similarity
+        return best
