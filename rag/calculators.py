@@ -90,3 +90,102 @@ def unemployment_benefit_months(contribution_years: float) -> int:
     if contribution_years < 10:
         return 18
     return 24
+
+
+# -- understanding a caller's calculator question ----------------------------------------------
+
+import re  # noqa: E402 - the parsing half of the module
+
+from rag import phrases  # noqa: E402
+from rag.numerals import find_year_month, find_years_amount  # noqa: E402
+
+RETIREMENT_ITEM = "retirement-age-query"
+MIN_YEARS_ITEM = "insufficient-years-extension"
+UNEMPLOYMENT_ITEM = "unemployment-benefit-application"
+
+_RETIRE_WORDS = re.compile(r"退休|退得|能退|可以退|领养老金|领退休金|延迟")
+_BIRTH_WORDS = re.compile(r"出生|生的|生人|属")
+_MIN_YEARS_WORDS = re.compile(r"最低缴费|最少(要)?交|最少缴|交满几年|交多少年|要交几年|交够几年|缴费年限")
+_UNEMPLOYMENT_WORDS = re.compile(r"失业(保险)?金|失业保险")
+_MONTHS_WORDS = re.compile(r"几个月|多少个月|多久|多长时间|领多长")
+_MALE = re.compile(r"男|老公|丈夫|老头|爸|父亲|儿子|哥|弟|爷|先生|他")
+_FEMALE = re.compile(r"女|老婆|妻子|爱人|媳妇|妈|母亲|女儿|姐|妹|奶|太太|她")
+_FEMALE_50 = re.compile(r"50岁|五十岁|工人|原来50|原50|车间|生产岗|一线")
+_FEMALE_55 = re.compile(r"55岁|五十五|干部|管理|技术岗|原来55|原55|办公室")
+
+
+@dataclass(frozen=True)
+class CalculatorAnswer:
+    item_id: str
+    spoken: str
+    complete: bool  # False: `spoken` asks for what is missing
+    reason: str
+
+
+def _month_text(year: int, month: int | None) -> str:
+    return f"{year}年{month}月" if month else f"{year}年"
+
+
+def retirement_question(text: str) -> CalculatorAnswer | None:
+    year, month = find_year_month(text)
+    if year is not None and not 1930 <= year <= 2010:
+        return None  # not a birth year: "2032年退休" is about the retirement year
+    if not _RETIRE_WORDS.search(text) or not (year or _BIRTH_WORDS.search(text)):
+        return None
+    if year is None:
+        return CalculatorAnswer(RETIREMENT_ITEM, phrases.ASK_BIRTH, False, "retirement calculator: birth date missing")
+    male, female = bool(_MALE.search(text)), bool(_FEMALE.search(text))
+    if male == female:
+        return CalculatorAnswer(RETIREMENT_ITEM, phrases.ASK_GENDER, False, "retirement calculator: gender missing")
+    if male:
+        category, who = RetirementCategory.MALE, "男职工"
+    elif _FEMALE_50.search(text) and not _FEMALE_55.search(text):
+        category, who = RetirementCategory.FEMALE_50, "原50岁退休的女职工"
+    elif _FEMALE_55.search(text):
+        category, who = RetirementCategory.FEMALE_55, "原55岁退休的女职工"
+    else:
+        return CalculatorAnswer(RETIREMENT_ITEM, phrases.ASK_FEMALE_CATEGORY, False,
+                                "retirement calculator: female category missing")
+    result = retirement_age(category, year, month or 12)
+    # Without a month, December is the latest case; say so by naming only the year.
+    when = f"{result.retire_year}年{result.retire_month}月" if month else f"最晚{result.retire_year}年{result.retire_month}月"
+    template = phrases.RETIREMENT_UNCHANGED if result.delay_months == 0 else phrases.RETIREMENT_RESULT
+    spoken = template.format(birth=_month_text(year, month), who=who, age=result.age_text, when=when)
+    return CalculatorAnswer(RETIREMENT_ITEM, spoken, True,
+                            f"retirement calculator: {category.value} born {year}-{month or 12}, delay {result.delay_months} months")
+
+
+def minimum_years_question(text: str) -> CalculatorAnswer | None:
+    if not _MIN_YEARS_WORDS.search(text):
+        return None
+    match = re.search(r"(20[2-9]\d)\s*年", text)
+    if match is None:
+        return None  # a general question: the KB item answers it
+    year = int(match.group(1))
+    spoken = phrases.MIN_YEARS_RESULT.format(year=year, years=years_text(minimum_contribution_years(year)))
+    return CalculatorAnswer(MIN_YEARS_ITEM, spoken, True, f"minimum-years calculator: retirement year {year}")
+
+
+def unemployment_question(text: str) -> CalculatorAnswer | None:
+    if not (_UNEMPLOYMENT_WORDS.search(text) and _MONTHS_WORDS.search(text)):
+        return None
+    years = find_years_amount(text)
+    if years is None:
+        return None  # the KB item explains the general rule
+    months = unemployment_benefit_months(years)
+    if months == 0:
+        return CalculatorAnswer(UNEMPLOYMENT_ITEM, phrases.UNEMPLOYMENT_TOO_SHORT, True,
+                                f"unemployment calculator: {years} years")
+    shown = int(years) if years == int(years) else years
+    spoken = phrases.UNEMPLOYMENT_RESULT.format(years=shown, months=months)
+    return CalculatorAnswer(UNEMPLOYMENT_ITEM, spoken, True, f"unemployment calculator: {years} years -> {months} months")
+
+
+def calculate(question: str, previous_questions: tuple[str, ...] = ()) -> CalculatorAnswer | None:
+    """A calculator answer when the question (with what the caller said just before) needs numbers."""
+    for text in (question, " ".join([*previous_questions[-2:], question])):
+        for parser in (minimum_years_question, unemployment_question, retirement_question):
+            result = parser(text)
+            if result is not None and (result.complete or text is question):
+                return result
+    return None

@@ -1,4 +1,4 @@
-"""The embedded-default answerer: curated spoken summary and SMS guide of the best KB item, no LLM."""
+"""The curated composer (embedded default, no LLM): spoken summary, SMS guide and citations of one item."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ import re
 from dataclasses import dataclass
 
 from kb.check import compose_sms
-from kb.loader import KnowledgeBase
-from kb.schema import ServiceItem
+from kb.schema import SPOKEN_MAX_CHARS, ServiceItem
 from rag import phrases
-from rag.base import Action, Answer, Citation, ConversationContext, Retriever, ScoredItem
+from rag.base import Action, Answer, Citation
 from rag.errors import InvalidQuestionError
 
-HUMAN_REQUEST = re.compile(r"转人工|找人工|要人工|人工服务|人工客服|接人工|真人|接线员|跟人说|人来接")
+# Follow-up intents -> the item section that answers them.
+FOLLOWUP_SECTIONS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"材料|带什么|带啥|证件|要什么东西|准备什么|准备啥"), "materials", "所需材料"),
+    (re.compile(r"在哪|哪里办|去哪|哪个地方|网上|手机上|线上|渠道"), "channels", "办理渠道"),
+    (re.compile(r"多久|几天|多长时间|什么时候|时限|期限"), "time_limits", "办理时限"),
+    (re.compile(r"钱|收费|费用|工本费|免费"), "fees", "收费标准"),
+    (re.compile(r"条件|符合|能不能办|可以办吗|有没有资格"), "conditions", "办理条件"),
+    (re.compile(r"流程|步骤|怎么办理|咋办理|手续"), "steps", "办理流程"),
+    (re.compile(r"进度|查询|办好了没|办到哪"), "progress", "进度查询"),
+)
+_MARKUP = re.compile(r"\*\*|#+ |〔待核实〕|^\s*[-*]\s*|^\s*\d+[.、]\s*", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -26,23 +35,6 @@ class AnswerPolicy:
     max_question_chars: int = 500
 
 
-def item_citations(item: ServiceItem) -> tuple[Citation, ...]:
-    return tuple(
-        Citation(item.id, basis.document, basis.number, basis.articles, basis.citation()) for basis in item.policy_basis
-    )
-
-
-def confidence_of(ranked: list[ScoredItem]) -> float:
-    """Map the top candidate's alias match and its lead over the runner-up to 0..1."""
-    if not ranked:
-        return 0.0
-    top = ranked[0]
-    runner_up = ranked[1].score if len(ranked) > 1 else 0.0
-    lead = (top.score - runner_up) / top.score if top.score > 0 else 0.0
-    alias = top.channel_scores.get("alias_match", 0.0)
-    return max(0.0, min(1.0, 0.7 * alias + 0.3 * min(1.0, 2 * lead)))
-
-
 def validate_question(question: str, max_chars: int) -> str:
     if not isinstance(question, str):
         raise InvalidQuestionError("question must be text")
@@ -54,31 +46,43 @@ def validate_question(question: str, max_chars: int) -> str:
     return question
 
 
-class ExtractiveAnswerer:
-    """Answers with the curated text of the top item when retrieval is confident, else hands off."""
+def item_citations(item: ServiceItem) -> tuple[Citation, ...]:
+    return tuple(
+        Citation(item.id, basis.document, basis.number, basis.articles, basis.citation()) for basis in item.policy_basis
+    )
 
-    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy) -> None:
-        self.kb = kb
-        self.retriever = retriever
+
+def for_the_ear(text: str, limit: int = SPOKEN_MAX_CHARS) -> str:
+    """Plain sentences from Markdown, cut at a sentence end within `limit` characters."""
+    plain = _MARKUP.sub("", text)
+    plain = re.sub(r"\s*\n\s*", "；", plain).strip("； ")
+    plain = re.sub(r"；+", "；", plain)
+    if len(plain) <= limit:
+        return plain
+    cut = max(plain.rfind(mark, 0, limit) for mark in "。；！？")
+    return plain[: cut + 1] if cut > limit // 3 else plain[: limit - 1] + "…"
+
+
+class CuratedComposer:
+    """Builds answers from the item text itself, with citations and phone appended by code."""
+
+    def __init__(self, policy: AnswerPolicy) -> None:
         self.policy = policy
 
-    async def answer(self, question: str, context: ConversationContext | None = None) -> Answer:
-        question = validate_question(question, self.policy.max_question_chars)
-        if HUMAN_REQUEST.search(question):
-            return Answer(question, Action.HANDOFF, phrases.HANDOFF_REQUESTED, "", (), (), 1.0, "caller asked for a human")
-        ranked = self.retriever.retrieve(question, limit=5)
-        confidence = confidence_of(ranked)
-        if not ranked or confidence < self.policy.low_confidence:
-            best = f"best candidate {ranked[0].item_id}" if ranked else "no candidate"
-            return Answer(
-                question, Action.HANDOFF, phrases.NOT_SURE, "", (), tuple(r.item_id for r in ranked[:3]), confidence,
-                f"confidence {confidence:.2f} below the low gate {self.policy.low_confidence:.2f} ({best})",
-            )
-        top = ranked[0]
-        item = self.kb.get(top.item_id)
-        assert item is not None, "retriever returned an item the KB does not hold"
-        sms = compose_sms(item, self.policy.centre_phone, self.policy.sms_signature)
-        reason = f"top item {item.id} ({item.title}); matched {top.matched_alias!r}; confidence {confidence:.2f}"
-        return Answer(
-            question, Action.ANSWER, item.spoken, sms, item_citations(item), (item.id,), confidence, reason
-        )
+    def sms(self, item: ServiceItem) -> str:
+        return compose_sms(item, self.policy.centre_phone, self.policy.sms_signature)
+
+    def answer(self, question: str, item: ServiceItem, confidence: float, reason: str,
+               spoken: str | None = None) -> Answer:
+        return Answer(question, Action.ANSWER, spoken or item.spoken, self.sms(item), item_citations(item),
+                      (item.id,), confidence, reason)
+
+    def followup(self, question: str, item: ServiceItem) -> Answer | None:
+        """Answer "那要带什么材料" from the matching section of the item asked about before."""
+        for pattern, field, heading in FOLLOWUP_SECTIONS:
+            if pattern.search(question):
+                section = item.section(field)
+                spoken = for_the_ear(section) if section else phrases.FOLLOWUP_MISSING
+                reason = f"follow-up on {item.id}: section {heading}"
+                return self.answer(question, item, 0.9 if section else 0.5, reason, spoken=spoken)
+        return None

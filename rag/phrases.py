@@ -2,4 +2,20 @@
 
 HANDOFF_REQUESTED = "好的，马上为您转接人工服务，请稍候。"
 NOT_SURE = "抱歉，这个问题我没有把握答准确，为了不耽误您，我帮您转人工服务。"
-EMPTY_QUESTION = "抱歉，我没有听清您的问题，请您再说一遍。"
+EMPTY_QUESTION = "请问您想咨询哪方面的社保业务？比如社保卡、养老金、失业金、工伤。"
+ABUSE = "您的心情我理解，我帮您转人工服务，请稍候。"
+CONFIRM_ITEM = "您问的是不是“{title}”？"
+CHOOSE_ITEMS = "请问您问的是“{first}”，还是“{second}”？"
+FOLLOWUP_MISSING = "这一项暂时没有相关说明，详细情况请咨询工作人员。"
+
+# Calculators.
+ASK_GENDER = "请问是男同志还是女同志？"
+ASK_FEMALE_CATEGORY = "请问她原来是按50岁退休的女工人，还是按55岁退休的女干部或管理技术岗位？"
+ASK_BIRTH = "请告诉我出生的年份和月份，比如一九七零年五月。"
+ASK_RETIRE_YEAR = "请问是哪一年到退休年龄？"
+ASK_CONTRIBUTION_YEARS = "请问失业保险一共交了几年？"
+RETIREMENT_RESULT = "按渐进式延迟退休办法，{birth}出生的{who}，法定退休年龄是{age}，{when}可以退休。具体以社保经办机构核定为准。"
+RETIREMENT_UNCHANGED = "{birth}出生的{who}，不受这次延迟退休调整影响，法定退休年龄仍是{age}，{when}可以退休。"
+MIN_YEARS_RESULT = "{year}年达到退休年龄的，按月领养老金最低要交满{years}。不够的可以延长缴费或一次性补足。"
+UNEMPLOYMENT_RESULT = "失业保险累计缴费满{years}年的，失业保险金最长可以领{months}个月。还要符合非本人意愿失业等条件。"
+UNEMPLOYMENT_TOO_SHORT = "失业保险累计缴费不满一年的，不能领取失业保险金。"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kb.errors import KbError
+from rag.base import ConversationContext
 from rag.errors import InvalidQuestionError
 from telephony.errors import StorageError, UnknownConversationError
 from telephony.service import HotlineService
@@ -24,11 +25,19 @@ from telephony.store import CallChannel, Database
 log = logging.getLogger(__name__)
 
 
+class AskContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    previous_items: list[str] = Field(default_factory=list, max_length=10, description="Item ids answered before")
+    previous_questions: list[str] = Field(default_factory=list, max_length=10, description="Earlier questions")
+
+
 class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(description="The caller's question as text (e.g. an ASR transcript)")
     conversation_id: str | None = Field(default=None, max_length=64, description="Continue an earlier conversation")
+    context: AskContext | None = Field(default=None, description="Explicit context; else taken from the conversation")
 
 
 class AskResponse(BaseModel):
@@ -155,7 +164,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ask(request: Request, body: AskRequest) -> JSONResponse:
         service: HotlineService = request.app.state.service
         try:
-            result = await service.ask(body.question, CallChannel.API, body.conversation_id)
+            context = None
+            if body.context is not None:
+                context = ConversationContext(tuple(body.context.previous_items), tuple(body.context.previous_questions))
+            result = await service.ask(body.question, CallChannel.API, body.conversation_id, context)
         except InvalidQuestionError as exc:
             return error_response(422, str(exc))
         except UnknownConversationError as exc:

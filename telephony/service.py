@@ -14,7 +14,8 @@ from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
-from rag.extractive import AnswerPolicy, ExtractiveAnswerer
+from rag.engine import AnswerEngine
+from rag.extractive import AnswerPolicy
 from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from telephony.errors import StorageError, UnknownConversationError
@@ -70,7 +71,7 @@ class AnswerStack:
     kb: KnowledgeBase
     passages: tuple[Passage, ...]
     retriever: HybridRetriever
-    answerer: ExtractiveAnswerer
+    answerer: AnswerEngine
 
 
 def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str, lexicon_path: Path,
@@ -79,7 +80,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
         log.error("knowledge base: %s (item skipped)", error)
     text = TextProcessor(load_lexicon(lexicon_path))
     retriever = HybridRetriever(kb, text)
-    answerer = ExtractiveAnswerer(
+    answerer = AnswerEngine(
         kb,
         retriever,
         AnswerPolicy(
@@ -136,7 +137,7 @@ class HotlineService:
         return self.stack.retriever
 
     @property
-    def answerer(self) -> ExtractiveAnswerer:
+    def answerer(self) -> AnswerEngine:
         return self.stack.answerer
 
     @property
@@ -148,6 +149,8 @@ class HotlineService:
         context: ConversationContext | None = None,
     ) -> AskResult:
         stack = self.stack  # one version for the whole request, even if a switch happens meanwhile
+        if context is None and conversation_id is not None:
+            context = await asyncio.to_thread(self.context_of, conversation_id)
         started = time.perf_counter()
         answer = await stack.answerer.answer(question, context)
         timings = {"answer_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -169,6 +172,20 @@ class HotlineService:
             self.journal.append({"channel": channel.value, "kb_version": stack.version, **record})
             call_id, seq = conversation_id, None
         return AskResult(answer, call_id, seq, timings)
+
+    def context_of(self, conversation_id: str) -> ConversationContext | None:
+        """What was asked and answered before in a stored conversation (None if unknown or unreachable)."""
+        try:
+            call = self.database.get_call(conversation_id)
+        except StorageError:
+            return None
+        if call is None:
+            return None
+        answered = [turn for turn in call.turns if turn.item_ids]
+        return ConversationContext(
+            previous_item_ids=tuple(turn.item_ids[0] for turn in answered[-3:]),
+            previous_questions=tuple(turn.caller_text for turn in call.turns[-3:]),
+        )
 
     def _store(self, channel: CallChannel, conversation_id: str | None, record: dict, version: str) -> tuple[str, int]:
         if conversation_id is None:

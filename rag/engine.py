@@ -1,0 +1,111 @@
+"""The answer engine: human requests, calculators, follow-ups, retrieval, confidence gates, composers."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from kb.loader import KnowledgeBase
+from kb.schema import ServiceItem
+from rag import phrases
+from rag.base import Action, Answer, ConversationContext, Retriever, ScoredItem
+from rag.calculators import calculate
+from rag.confidence import ConfidenceModel
+from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
+
+log = logging.getLogger(__name__)
+
+HUMAN_REQUEST = re.compile(r"转人工|找人工|要人工|人工服务|人工客服|接人工|转接人工|真人|接线员|跟人说|人来接|工作人员接|叫个人")
+ABUSE = re.compile(r"傻[逼比bB]|他妈的|去死|滚蛋|混蛋|王八蛋|废物")
+FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
+FOLLOWUP_MAX_CHARS = 16
+VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
+
+
+class AnswerEngine:
+    """Implements `Answerer`: decides the action in code and composes the answer."""
+
+    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy,
+                 confidence: ConfidenceModel | None = None, llm=None) -> None:
+        self.kb = kb
+        self.retriever = retriever
+        self.policy = policy
+        self.confidence = confidence or ConfidenceModel.load()
+        self.curated = CuratedComposer(policy)
+        self.llm = llm
+
+    async def answer(self, question: str, context: ConversationContext | None = None) -> Answer:
+        question = validate_question(question, self.policy.max_question_chars)
+        context = context or ConversationContext()
+        if HUMAN_REQUEST.search(question):
+            return self._handoff(question, phrases.HANDOFF_REQUESTED, 1.0, "caller asked for a human")
+        if ABUSE.search(question):
+            return self._handoff(question, phrases.ABUSE, 1.0, "abusive language")
+
+        calculated = calculate(question, context.previous_questions)
+        if calculated is not None:
+            item = self.kb.get(calculated.item_id)
+            if calculated.complete and item is not None:
+                return self.curated.answer(question, item, 0.95, calculated.reason, spoken=calculated.spoken)
+            return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,), 0.9,
+                          calculated.reason)
+
+        ranked = self.retriever.retrieve(question, limit=5)
+        if not ranked:
+            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), 0.0, "nothing to search for")
+        confidence = self.confidence(ranked)
+
+        previous = self.kb.get(context.previous_item_ids[-1]) if context.previous_item_ids else None
+        if previous is not None and self._is_followup(question, ranked, confidence, previous):
+            followed = self.curated.followup(question, previous)
+            if followed is not None:
+                return followed
+
+        top = self.kb.get(ranked[0].item_id)
+        assert top is not None, "retriever returned an item the KB does not hold"
+        if confidence >= self.policy.high_confidence:
+            return self.curated.answer(question, top, confidence, self._reason("high", ranked, confidence))
+        if confidence < self.policy.low_confidence:
+            return self._handoff(question, phrases.NOT_SURE, confidence, self._reason("low", ranked, confidence),
+                                 items=tuple(scored.item_id for scored in ranked[:3]))
+        variant = self._variant_of(top, ranked)
+        if variant is not None:
+            spoken = phrases.CHOOSE_ITEMS.format(first=top.title, second=variant.title)
+            return Answer(question, Action.CLARIFY, spoken, "", (), (top.id, variant.id), confidence,
+                          self._reason("middle, variants of one service", ranked, confidence))
+        if self.llm is not None:
+            return await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
+                                         self._reason("middle, LLM", ranked, confidence))
+        spoken = phrases.CONFIRM_ITEM.format(title=top.title)
+        return Answer(question, Action.CLARIFY, spoken, "", (), (top.id,), confidence,
+                      self._reason("middle, confirm the service", ranked, confidence))
+
+    def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
+        if ranked and ranked[0].item_id == previous.id:
+            return True
+        short = len(question) <= FOLLOWUP_MAX_CHARS
+        return bool(FOLLOWUP_CUE.search(question)) and (short or confidence < self.policy.high_confidence)
+
+    def _variant_of(self, top: ServiceItem, ranked: list[ScoredItem]) -> ServiceItem | None:
+        if len(ranked) < 2 or ranked[0].score <= 0:
+            return None
+        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
+        second = self.kb.get(ranked[1].item_id)
+        if second is None or lead > VARIANT_LEAD:
+            return None
+        related = second.id in top.related or top.id in second.related
+        return second if related and second.category == top.category else None
+
+    @staticmethod
+    def _reason(gate: str, ranked: list[ScoredItem], confidence: float) -> str:
+        top = ranked[0]
+        runner = f", runner-up {ranked[1].item_id} {ranked[1].score:.3f}" if len(ranked) > 1 else ""
+        return (f"{gate} confidence {confidence:.2f}: top {top.item_id} {top.score:.3f} "
+                f"(matched {top.matched_alias!r}){runner}")
+
+    @staticmethod
+    def _handoff(question: str, spoken: str, confidence: float, reason: str, items: tuple[str, ...] = ()) -> Answer:
+        return Answer(question, Action.HANDOFF, spoken, "", (), items, confidence, reason)
+
+
+__all__ = ["AnswerEngine", "item_citations"]
