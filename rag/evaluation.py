@@ -84,8 +84,8 @@ def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
                     question=str(raw["q"]),
                     expect=tuple(expect) if isinstance(expect, list) else (str(expect),),
                     category=str(raw.get("category", file.stem)),
-                    facts=tuple(raw.get("facts", ())),
-                    context_items=tuple(raw.get("context", ())),
+                    facts=tuple(str(fact) for fact in raw.get("facts") or ()),
+                    context_items=tuple(str(item) for item in raw.get("context") or ()),
                 ))
             except (KeyError, TypeError) as exc:
                 raise RetrievalError(f"{file.name} entry {index}: needs q and expect ({exc})") from exc

@@ -15,11 +15,16 @@ from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
 from rag.engine import AnswerEngine
-from rag.extractive import AnswerPolicy
+from rag.extractive import AnswerPolicy, CuratedComposer
+from rag.embeddings import LocalModelEmbedding, NgramHashEmbedding, OpenAICompatibleEmbedding
+from rag.errors import RetrievalError
+from rag.hybrid import FusionWeights
+from rag.vector import VectorIndex, chroma_client
+from rag.llm import LlmComposer, LlmConfig
 from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from telephony.errors import StorageError, UnknownConversationError
-from telephony.settings import Settings
+from telephony.settings import EmbeddingBackend, Settings
 from telephony.store import CallChannel, Database
 
 log = logging.getLogger(__name__)
@@ -79,20 +84,56 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
     for error in kb.errors:
         log.error("knowledge base: %s (item skipped)", error)
     text = TextProcessor(load_lexicon(lexicon_path))
-    retriever = HybridRetriever(kb, text)
-    answerer = AnswerEngine(
-        kb,
-        retriever,
-        AnswerPolicy(
-            centre_phone=settings.centre_phone,
-            sms_signature=settings.sms_signature,
-            high_confidence=settings.answer_high_confidence,
-            low_confidence=settings.answer_low_confidence,
-            max_question_chars=settings.max_question_chars,
-        ),
+    weights = FusionWeights.from_mapping(settings.retrieval_weights)
+    retriever = HybridRetriever(kb, text, weights)
+    if weights.vector > 0 and settings.embedding_backend is not EmbeddingBackend.NONE:
+        try:
+            retriever.vector = open_vector_index(settings, retriever, version)
+        except (RetrievalError, OSError, ValueError) as exc:
+            log.error("vector channel off, lexical channels only: %s", exc)
+    policy = AnswerPolicy(
+        centre_phone=settings.centre_phone,
+        sms_signature=settings.sms_signature,
+        high_confidence=settings.answer_high_confidence,
+        low_confidence=settings.answer_low_confidence,
+        max_question_chars=settings.max_question_chars,
     )
+    llm = None
+    if settings.llm_api_key is not None:
+        llm = LlmComposer(
+            LlmConfig(
+                base_url=settings.llm_base_url, model=settings.llm_model,
+                api_key=settings.llm_api_key.get_secret_value(),
+                first_token_timeout_s=settings.llm_first_token_timeout_ms / 1000,
+                total_timeout_s=settings.llm_total_timeout_ms / 1000, centre_name=settings.centre_name,
+            ),
+            CuratedComposer(policy),
+        )
+    answerer = AnswerEngine(kb, retriever, policy, llm=llm)
     retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
     return AnswerStack(version, source, kb, passages, retriever, answerer)
+
+
+def embedding_function(settings: Settings):
+    if settings.embedding_backend is EmbeddingBackend.OPENAI:
+        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else "unused"
+        return OpenAICompatibleEmbedding(settings.embedding_base_url, settings.embedding_model, api_key=key)
+    if settings.embedding_backend is EmbeddingBackend.LOCAL:
+        return LocalModelEmbedding(str(settings.embedding_model_dir))
+    return NgramHashEmbedding()
+
+
+def open_vector_index(settings: Settings, retriever: HybridRetriever, version: str) -> VectorIndex:
+    """The chromadb collection for this KB version and embedding function, filled on first use."""
+    embedding = embedding_function(settings)
+    client = chroma_client(
+        path=None if settings.chroma_host else str(settings.data_dir / "chroma"),
+        host=settings.chroma_host, port=settings.chroma_port,
+    )
+    index = VectorIndex(client, f"kb-{version}-{embedding.name()}", embedding)
+    texts, item_ids = retriever.vector_documents()
+    index.populate(texts, item_ids)
+    return index
 
 
 class HotlineService:

@@ -15,6 +15,13 @@ PHONE_PATTERN = re.compile(r"^\+?[0-9][0-9-]{2,19}$")
 NATIONAL_HOTLINE = "12333"
 
 
+class EmbeddingBackend(StrEnum):
+    NGRAM = "ngram"        # hashed character and pinyin n-grams: offline, no download
+    OPENAI = "openai"      # an OpenAI-compatible /embeddings endpoint
+    LOCAL = "local"        # a transformers model in a local directory
+    NONE = "none"          # no vector channel
+
+
 class Environment(StrEnum):
     LOCAL = "local"
     PRODUCTION = "production"
@@ -43,6 +50,18 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_base_url: str = "https://api.deepseek.com"
     llm_model: str = "deepseek-chat"
+    llm_first_token_timeout_ms: int = Field(default=1500, ge=100, le=30000)
+    llm_total_timeout_ms: int = Field(default=6000, ge=500, le=120000)
+
+    embedding_backend: EmbeddingBackend = EmbeddingBackend.NGRAM
+    embedding_base_url: str | None = None
+    embedding_model: str = "bge-m3"
+    embedding_api_key: SecretStr | None = None
+    embedding_model_dir: Path | None = None
+    chroma_host: str | None = Field(default=None, description="chromadb server; a local folder when unset")
+    chroma_port: int = 8000
+
+    retrieval_weights: dict[str, float] = Field(default_factory=dict, description="Channel weights, e.g. {\"vector\": 0}")
 
     kb_watch: bool = Field(default=True, description="Switch to a newly published KB build automatically")
 
@@ -75,6 +94,10 @@ class Settings(BaseSettings):
     def _gates_and_secrets(self) -> Settings:
         if self.answer_low_confidence >= self.answer_high_confidence:
             raise ValueError("answer_low_confidence must be below answer_high_confidence")
+        if self.embedding_backend is EmbeddingBackend.OPENAI and not self.embedding_base_url:
+            raise ValueError("embedding_backend=openai needs HOTLINE_EMBEDDING_BASE_URL")
+        if self.embedding_backend is EmbeddingBackend.LOCAL and self.embedding_model_dir is None:
+            raise ValueError("embedding_backend=local needs HOTLINE_EMBEDDING_MODEL_DIR")
         if self.environment is Environment.PRODUCTION:
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
@@ -88,6 +111,17 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'hotline.db').resolve()}"
 
+    def _vector_choice(self) -> str:
+        if self.embedding_backend is EmbeddingBackend.NONE or self.retrieval_weights.get("vector", 1) == 0:
+            return "no vector channel"
+        where = f"chromadb server {self.chroma_host}:{self.chroma_port}" if self.chroma_host else "chromadb folder"
+        what = {
+            EmbeddingBackend.NGRAM: "offline n-gram embeddings (default; no model download)",
+            EmbeddingBackend.OPENAI: f"embeddings {self.embedding_model} at {self.embedding_base_url}",
+            EmbeddingBackend.LOCAL: f"local embedding model {self.embedding_model_dir}",
+        }[self.embedding_backend]
+        return f"vectors in {where}, {what}"
+
     def engine_choices(self) -> dict[str, str]:
         """Which engine each part runs, and why: logged at start and shown by /readyz."""
         url = self.resolved_database_url
@@ -97,8 +131,9 @@ class Settings(BaseSettings):
             else f"{url.split(':', 1)[0]} (HOTLINE_DATABASE_URL)"
         )
         answers = (
-            "extractive (HOTLINE_LLM_API_KEY is set but this build has no LLM composer yet)" if self.llm_api_key
-            else "extractive (no LLM key set)"
+            f"llm {self.llm_model} at {self.llm_base_url} for middle-confidence questions, curated above the high "
+            f"gate, curated fallback after {self.llm_first_token_timeout_ms} ms (HOTLINE_LLM_API_KEY set)"
+            if self.llm_api_key else "extractive (no LLM key set)"
         )
         phone = (
             "national 12333 (HOTLINE_CENTRE_PHONE not set: set the centre's own number)"
@@ -106,7 +141,8 @@ class Settings(BaseSettings):
         )
         return {
             "storage": storage,
-            "retrieval": "lexical: BM25 on jieba words and character bigrams, alias matching (embedded default)",
+            "retrieval": "hybrid: BM25 on jieba words, character and pinyin bigrams, alias matching; "
+                         + self._vector_choice(),
             "answers": answers,
             "centre phone": phone,
         }
