@@ -21,6 +21,8 @@ from telephony.settings import Settings
 app = typer.Typer(help="社保语音热线助手 · social-insurance voice hotline", no_args_is_help=True, add_completion=False)
 kb_app = typer.Typer(help="Knowledge-base tools for bureau staff", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+bench_app = typer.Typer(help="Benchmarks that print JSON", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 
 def load_settings() -> Settings:
@@ -270,6 +272,28 @@ def kb_hotwords(
     words = sorted(set(lexicon.hotwords) | set(lexicon.synonyms.values()), key=lambda word: (-len(word), word))
     for word in words:
         typer.echo(f"{word} {weight}")
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    rounds: Annotated[int, typer.Option(help="Passes over the question set")] = 3,
+    vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
+) -> None:
+    """Retrieval p50/p95 on the shipped KB and on a synthetic 2.2M-character KB, plus index build time."""
+    from kb.lexicon import load_lexicon
+    from rag.bench import measure, synthetic_kb
+    from rag.evaluation import DEFAULT_EVAL_SET, load_eval_set
+
+    settings = load_settings()
+    configure_logging("WARNING")
+    kb = load_knowledge_base(settings.kb_dir)
+    lexicon = load_lexicon()
+    questions = [case.question for case in load_eval_set(DEFAULT_EVAL_SET)]
+    shipped = measure(kb, lexicon, questions, with_vectors=vectors, rounds=rounds)
+    large = measure(synthetic_kb(kb), lexicon, questions, with_vectors=vectors, rounds=1)
+    result = {"shipped": shipped.to_dict(), "synthetic_2_2m": large.to_dict(), "vectors": vectors}
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
 def main() -> None:
