@@ -16,6 +16,14 @@ DEFAULT_LEXICON_FILE = Path(__file__).resolve().parent / "lexicon.yaml"
 class Lexicon:
     synonyms: dict[str, str]
     hotwords: tuple[str, ...]
+    domain_terms: tuple[str, ...] = ()
+
+    def in_domain(self, text: str) -> bool:
+        """Whether the text mentions anything the hotline deals with (always true without a term list)."""
+        if not self.domain_terms:
+            return True
+        normalized = self.normalize(text)
+        return any(term in text or term in normalized for term in self.domain_terms)
 
     def normalize(self, text: str) -> str:
         """Replace colloquial words by standard terms, longest first, in one left-to-right pass."""
@@ -50,4 +58,5 @@ def load_lexicon(path: Path | str = DEFAULT_LEXICON_FILE) -> Lexicon:
         raise KbFileError(str(path), f"cannot read lexicon: {exc}") from exc
     synonyms = {str(key): str(value) for key, value in (data.get("synonyms") or {}).items()}
     hotwords = tuple(str(word) for word in (data.get("hotwords") or []))
-    return Lexicon(synonyms=synonyms, hotwords=hotwords)
+    domain_terms = tuple(str(term) for term in (data.get("domain_terms") or []))
+    return Lexicon(synonyms=synonyms, hotwords=hotwords, domain_terms=domain_terms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from rag import phrases
@@ -15,8 +16,10 @@ from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, valida
 
 log = logging.getLogger(__name__)
 
-HUMAN_REQUEST = re.compile(r"转人工|找人工|要人工|人工服务|人工客服|接人工|转接人工|真人|接线员|跟人说|人来接|工作人员接|叫个人")
-ABUSE = re.compile(r"傻[逼比bB]|他妈的|去死|滚蛋|混蛋|王八蛋|废物")
+HUMAN_REQUEST = re.compile(
+    r"人工|真人|活人|接线员|坐席|转个人|换个人|找个人|叫个人|跟人说|跟人讲|人来接|工作人员来|找工作人员|跟你们的?工作人员"
+)
+ABUSE = re.compile(r"傻[逼比bB]|他妈的|去死|滚蛋|滚远|混蛋|王八蛋|废物|烦死了")
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
 VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
@@ -26,8 +29,9 @@ class AnswerEngine:
     """Implements `Answerer`: decides the action in code and composes the answer."""
 
     def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy,
-                 confidence: ConfidenceModel | None = None, llm=None) -> None:
+                 confidence: ConfidenceModel | None = None, llm=None, lexicon: Lexicon | None = None) -> None:
         self.kb = kb
+        self.lexicon = lexicon
         self.retriever = retriever
         self.policy = policy
         self.confidence = confidence or ConfidenceModel.load()
@@ -60,6 +64,12 @@ class AnswerEngine:
             followed = self.curated.followup(question, previous)
             if followed is not None:
                 return followed
+            return self.curated.answer(question, previous, max(confidence, 0.6), f"follow-up on {previous.id}")
+        if self.lexicon is not None and not self.lexicon.in_domain(question):
+            if FOLLOWUP_CUE.search(question) or len(question) <= 6:
+                return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), confidence,
+                              "no service named and no earlier question to follow")
+            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, "out of scope: no social-insurance term")
 
         top = self.kb.get(ranked[0].item_id)
         assert top is not None, "retriever returned an item the KB does not hold"
@@ -81,10 +91,12 @@ class AnswerEngine:
                       self._reason("middle, confirm the service", ranked, confidence))
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
+        """A question about the item asked before, unless it confidently names another service."""
         if ranked and ranked[0].item_id == previous.id:
             return True
-        short = len(question) <= FOLLOWUP_MAX_CHARS
-        return bool(FOLLOWUP_CUE.search(question)) and (short or confidence < self.policy.high_confidence)
+        if confidence >= self.policy.high_confidence and len(question) > FOLLOWUP_MAX_CHARS:
+            return False
+        return bool(FOLLOWUP_CUE.search(question)) or len(question) <= FOLLOWUP_MAX_CHARS
 
     def _variant_of(self, top: ServiceItem, ranked: list[ScoredItem]) -> ServiceItem | None:
         if len(ranked) < 2 or ranked[0].score <= 0:

@@ -125,8 +125,12 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         context = ConversationContext(previous_item_ids=case.context_items) if case.context_items else None
         answer = await answerer.answer(case.question, context)
         answered_item = answer.items[0] if answer.action is Action.ANSWER and answer.items else None
+        if context is not None:
+            # A follow-up is ranked by what the conversation resolved it to, not by retrieval alone.
+            ranked = [*answer.items, *(item_id for item_id in ranked if item_id not in answer.items)]
         text = answer.spoken + "\n" + answer.sms
-        facts_ok = answer.action is not Action.HANDOFF and all(fact in text for fact in case.facts)
+        # Only an answer can be accurate: a clarifying question or a handoff has not told the caller yet.
+        facts_ok = answer.action is Action.ANSWER and all(fact in text for fact in case.facts)
         if not case.expects_handoff and answer.action is Action.ANSWER and answered_item not in case.expect:
             facts_ok = False
         results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok))
@@ -141,6 +145,22 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         or (not r.case.expects_handoff and (r.rank != 1 or not r.facts_ok))
     ]
     return EvalReport(summarize(results), {name: summarize(group) for name, group in by_category.items()}, failures)
+
+
+def calibration_samples(cases: list[EvalCase], retriever: Retriever) -> tuple[list[list[float]], list[int]]:
+    """Features of each question's ranking, labelled 1 when the top item is a right answer."""
+    from rag.confidence import features
+
+    samples, labels = [], []
+    for case in cases:
+        if case.context_items or case.category in ("calculator", "human_request"):
+            continue  # decided by code paths that do not use the confidence model
+        ranked = retriever.retrieve(case.question, limit=5)
+        if not ranked:
+            continue
+        samples.append(features(ranked))
+        labels.append(int(not case.expects_handoff and ranked[0].item_id in case.expect))
+    return samples, labels
 
 
 def markdown_table(report: EvalReport) -> str:

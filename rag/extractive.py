@@ -13,10 +13,10 @@ from rag.errors import InvalidQuestionError
 
 # Follow-up intents -> the item section that answers them.
 FOLLOWUP_SECTIONS: tuple[tuple[re.Pattern[str], str, str], ...] = (
-    (re.compile(r"材料|带什么|带啥|证件|要什么东西|准备什么|准备啥"), "materials", "所需材料"),
+    (re.compile(r"材料|带什么|带啥|带些|证件|照片|证明|要什么东西|准备|替我|帮我|代办|本人去"), "materials", "所需材料"),
     (re.compile(r"在哪|哪里办|去哪|哪个地方|网上|手机上|线上|渠道"), "channels", "办理渠道"),
     (re.compile(r"多久|几天|多长时间|什么时候|时限|期限"), "time_limits", "办理时限"),
-    (re.compile(r"钱|收费|费用|工本费|免费"), "fees", "收费标准"),
+    (re.compile(r"交钱|要钱|收费|费用|工本费|免费|收钱"), "fees", "收费标准"),
     (re.compile(r"条件|符合|能不能办|可以办吗|有没有资格"), "conditions", "办理条件"),
     (re.compile(r"流程|步骤|怎么办理|咋办理|手续"), "steps", "办理流程"),
     (re.compile(r"进度|查询|办好了没|办到哪"), "progress", "进度查询"),

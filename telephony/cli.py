@@ -135,6 +135,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
     eval_set: Annotated[Optional[Path], typer.Option("--set", help="Labelled question file or directory")] = None,
     write_doc: Annotated[Optional[Path], typer.Option("--doc", help="Markdown file for the table")] = Path("docs/eval.md"),
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Refit the confidence model on this set first")] = False,
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
     from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
@@ -146,6 +147,15 @@ def eval_command(
     database = Database("sqlite://")  # evaluation stores nothing
     service = HotlineService(settings, database)
     cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
+    if calibrate:
+        from rag.confidence import ConfidenceModel, fit
+        from rag.evaluation import calibration_samples
+
+        samples, labels = calibration_samples(cases, service.retriever)
+        model = fit(samples, labels)
+        model.save(samples=len(samples))
+        service.answerer.confidence = ConfidenceModel.load()
+        typer.echo(f"confidence model refitted on {len(samples)} questions ({sum(labels)} right at top 1)", err=True)
     report = asyncio.run(evaluate(cases, service.retriever, service.answerer))
     table = markdown_table(report)
     if write_doc is not None:

@@ -83,7 +83,8 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
                 passages: tuple[Passage, ...] = ()) -> AnswerStack:
     for error in kb.errors:
         log.error("knowledge base: %s (item skipped)", error)
-    text = TextProcessor(load_lexicon(lexicon_path))
+    lexicon = load_lexicon(lexicon_path)
+    text = TextProcessor(lexicon)
     weights = FusionWeights.from_mapping(settings.retrieval_weights)
     retriever = HybridRetriever(kb, text, weights)
     if weights.vector > 0 and settings.embedding_backend is not EmbeddingBackend.NONE:
@@ -109,7 +110,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
             ),
             CuratedComposer(policy),
         )
-    answerer = AnswerEngine(kb, retriever, policy, llm=llm)
+    answerer = AnswerEngine(kb, retriever, policy, llm=llm, lexicon=lexicon)
     retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
     return AnswerStack(version, source, kb, passages, retriever, answerer)
 
