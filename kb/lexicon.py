@@ -6,10 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pypinyin import lazy_pinyin
 
 from kb.errors import KbFileError
 
 DEFAULT_LEXICON_FILE = Path(__file__).resolve().parent / "lexicon.yaml"
+_TERM_SOUNDS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _sounds(text: str) -> str:
+    """Toneless pinyin of the text with a separator around every syllable ("|gong|shang|")."""
+    return "|" + "|".join(lazy_pinyin(text)) + "|"
 
 
 @dataclass(frozen=True)
@@ -19,11 +26,24 @@ class Lexicon:
     domain_terms: tuple[str, ...] = ()
 
     def in_domain(self, text: str) -> bool:
-        """Whether the text mentions anything the hotline deals with (always true without a term list)."""
+        """Whether the text mentions anything the hotline deals with (always true without a term list).
+
+        Terms of two or more characters also match by sound, so ASR homophones ("公伤", "丧脏费") pass.
+        """
         if not self.domain_terms:
             return True
         normalized = self.normalize(text)
-        return any(term in text or term in normalized for term in self.domain_terms)
+        if any(term in text or term in normalized for term in self.domain_terms):
+            return True
+        spoken = _sounds(normalized)
+        return any(sound in spoken for sound in self._term_sounds())
+
+    def _term_sounds(self) -> tuple[str, ...]:
+        cached = _TERM_SOUNDS.get(self.domain_terms)
+        if cached is None:
+            cached = tuple(_sounds(term) for term in self.domain_terms if len(term) >= 2 and not term.isascii())
+            _TERM_SOUNDS[self.domain_terms] = cached
+        return cached
 
     def normalize(self, text: str) -> str:
         """Replace colloquial words by standard terms, longest first, in one left-to-right pass."""

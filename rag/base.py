@@ -38,6 +38,8 @@ class ConversationContext:
 
     previous_item_ids: tuple[str, ...] = ()
     previous_questions: tuple[str, ...] = ()
+    # Items the last reply asked the caller to choose between or confirm ("您问的是A，还是B？").
+    offered_item_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ UNEMPLOYMENT_ITEM = "unemployment-benefit-application"
 
 _RETIRE_WORDS = re.compile(r"退休|退得|能退|可以退|领养老金|领退休金|延迟")
 _BIRTH_WORDS = re.compile(r"出生|生的|生人|属")
+# "我什么时候退休" asks for the caller's own date even without a birth date: ask for it.
+_WHEN_RETIRE = re.compile(r"(什么时候|啥时候|哪年|哪一年|几岁|多少岁|哪个月)(能|可以|才能|就能|该|要)?退休")
 _MIN_YEARS_WORDS = re.compile(r"最低缴费|最少(要)?交|最少缴|交满几年|交多少年|要交几年|交够几年|缴费年限")
 _UNEMPLOYMENT_WORDS = re.compile(r"失业(保险)?金|失业保险")
 _MONTHS_WORDS = re.compile(r"几个月|多少个月|多久|多长时间|领多长")
@@ -130,7 +132,7 @@ def retirement_question(text: str) -> CalculatorAnswer | None:
     year, month = find_year_month(text)
     if year is not None and not 1930 <= year <= 2010:
         return None  # not a birth year: "2032年退休" is about the retirement year
-    if not _RETIRE_WORDS.search(text) or not (year or _BIRTH_WORDS.search(text)):
+    if not _RETIRE_WORDS.search(text) or not (year or _BIRTH_WORDS.search(text) or _WHEN_RETIRE.search(text)):
         return None
     if year is None:
         return CalculatorAnswer(RETIREMENT_ITEM, phrases.ASK_BIRTH, False, "retirement calculator: birth date missing")

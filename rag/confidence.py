@@ -12,7 +12,8 @@ import numpy as np
 from rag.base import ScoredItem
 
 DEFAULT_CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration.json"
-FEATURES = ("fused", "lead", "alias_match", "alias_pinyin", "vector", "words_bm25_second")
+FEATURES = ("fused", "lead", "gap", "alias_match", "alias_pinyin", "vector", "vector_gap", "cosine", "cosine_gap",
+            "words_bm25_second")
 
 
 def features(ranked: list[ScoredItem]) -> list[float]:
@@ -21,14 +22,22 @@ def features(ranked: list[ScoredItem]) -> list[float]:
         return [0.0] * len(FEATURES)
     top = ranked[0]
     second = ranked[1] if len(ranked) > 1 else None
+
+    def channel(scored: ScoredItem | None, name: str) -> float:
+        return scored.channel_scores.get(name, 0.0) if scored is not None else 0.0
+
     lead = (top.score - second.score) / top.score if second is not None and top.score > 0 else 1.0
     return [
         top.score,
         lead,
-        top.channel_scores.get("alias_match", 0.0),
-        top.channel_scores.get("alias_pinyin", 0.0),
-        top.channel_scores.get("vector", 0.0),
-        second.channel_scores.get("words_bm25", 0.0) if second is not None else 0.0,
+        top.score - (second.score if second is not None else 0.0),
+        channel(top, "alias_match"),
+        channel(top, "alias_pinyin"),
+        channel(top, "vector"),
+        channel(top, "vector") - channel(second, "vector"),
+        channel(top, "centroid_cosine"),
+        channel(top, "centroid_cosine") - channel(second, "centroid_cosine"),
+        channel(second, "words_bm25"),
     ]
 
 
@@ -55,23 +64,25 @@ class ConfidenceModel:
     @classmethod
     def default(cls) -> ConfidenceModel:
         # Hand-set before any calibration: alias agreement and a clear lead drive confidence.
-        return cls((2.0, 3.0, 4.0, 1.0, 1.0, -0.5), -4.0)
+        return cls((1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 4.0, -0.5), -4.0)
 
     def save(self, path: Path = DEFAULT_CALIBRATION_FILE, samples: int = 0) -> None:
         path.write_text(json.dumps({"features": FEATURES, "weights": self.weights, "bias": self.bias,
                                     "samples": samples}, indent=1), encoding="utf-8")
 
 
-def fit(samples: list[list[float]], labels: list[int], epochs: int = 4000, rate: float = 0.5,
-        l2: float = 0.01) -> ConfidenceModel:
-    """Plain logistic regression by gradient descent (few features, a few hundred samples)."""
+def fit(samples: list[list[float]], labels: list[int], regularization: float = 1.0) -> ConfidenceModel:
+    """L2-regularised logistic regression on standardised features, folded back into raw-feature weights."""
+    from sklearn.linear_model import LogisticRegression
+
     x = np.asarray(samples, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    weights = np.zeros(x.shape[1])
-    bias = 0.0
-    for _ in range(epochs):
-        p = 1.0 / (1.0 + np.exp(-(x @ weights + bias)))
-        gradient = x.T @ (p - y) / len(y) + l2 * weights
-        weights -= rate * gradient
-        bias -= rate * float(np.mean(p - y))
+    y = np.asarray(labels, dtype=np.int64)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("calibration needs both right and wrong top answers in the labelled set")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=regularization, max_iter=5000).fit((x - mean) / scale, y)
+    weights = model.coef_[0] / scale
+    bias = float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale))
     return ConfidenceModel(tuple(float(w) for w in weights), bias)

@@ -23,6 +23,14 @@ ABUSE = re.compile(r"傻[逼比bB]|他妈的|去死|滚蛋|滚远|混蛋|王八�
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
 VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
+CHOICE_LEAD = 0.35  # in the middle band, a runner-up this close is offered as the second choice
+MIDDLE = "middle"  # reason prefix of a clarifying question whose items the caller is asked to choose from
+# Replies to "您问的是A，还是B？" / "您问的是不是A？".
+CHOOSE_FIRST = re.compile(r"第一|前面|前一个|头一个|上一个|第1|前头|前者")
+CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一个")
+REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
+CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
+CHOICE_REPLY_MAX_CHARS = 12
 
 
 class AnswerEngine:
@@ -45,6 +53,11 @@ class AnswerEngine:
             return self._handoff(question, phrases.HANDOFF_REQUESTED, 1.0, "caller asked for a human")
         if ABUSE.search(question):
             return self._handoff(question, phrases.ABUSE, 1.0, "abusive language")
+
+        if context.offered_item_ids:
+            chosen = self._resolve_choice(question, context.offered_item_ids)
+            if chosen is not None:
+                return chosen
 
         calculated = calculate(question, context.previous_questions)
         if calculated is not None:
@@ -80,15 +93,57 @@ class AnswerEngine:
                                  items=tuple(scored.item_id for scored in ranked[:3]))
         variant = self._variant_of(top, ranked)
         if variant is not None:
-            spoken = phrases.CHOOSE_ITEMS.format(first=top.title, second=variant.title)
-            return Answer(question, Action.CLARIFY, spoken, "", (), (top.id, variant.id), confidence,
-                          self._reason("middle, variants of one service", ranked, confidence))
+            return self._choose(question, top, variant, confidence,
+                                self._reason(f"{MIDDLE}, variants of one service", ranked, confidence))
         if self.llm is not None:
             return await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
-                                         self._reason("middle, LLM", ranked, confidence))
+                                         self._reason(f"{MIDDLE}, LLM", ranked, confidence))
+        runner_up = self._close_runner_up(ranked)
+        if runner_up is not None:
+            return self._choose(question, top, runner_up, confidence,
+                                self._reason(f"{MIDDLE}, choose between the two closest", ranked, confidence))
         spoken = phrases.CONFIRM_ITEM.format(title=top.title)
         return Answer(question, Action.CLARIFY, spoken, "", (), (top.id,), confidence,
-                      self._reason("middle, confirm the service", ranked, confidence))
+                      self._reason(f"{MIDDLE}, confirm the service", ranked, confidence))
+
+    @staticmethod
+    def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str) -> Answer:
+        spoken = phrases.CHOOSE_ITEMS.format(first=first.title, second=second.title)
+        return Answer(question, Action.CLARIFY, spoken, "", (), (first.id, second.id), confidence, reason)
+
+    def _close_runner_up(self, ranked: list[ScoredItem]) -> ServiceItem | None:
+        if len(ranked) < 2 or ranked[0].score <= 0:
+            return None
+        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
+        return self.kb.get(ranked[1].item_id) if lead <= CHOICE_LEAD else None
+
+    def _resolve_choice(self, reply: str, offered: tuple[str, ...]) -> Answer | None:
+        """The caller's reply to a clarifying question: pick the offered item, or ask to rephrase.
+
+        None when the reply is a new question rather than a choice (it then goes through the normal path).
+        """
+        items = [item for item in (self.kb.get(item_id) for item_id in offered) if item is not None]
+        if not items:
+            return None
+        picked: ServiceItem | None = None
+        if len(items) >= 2 and CHOOSE_SECOND.search(reply):
+            picked = items[1]
+        elif CHOOSE_FIRST.search(reply):
+            picked = items[0]
+        elif REJECT.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
+            return Answer(reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0,
+                          "caller rejected the offered services")
+        elif CONFIRM.search(reply) and len(items) == 1:
+            picked = items[0]
+        else:
+            # The caller may name one of the offered services ("未成年人那个"); anything whose best match is
+            # another service is a new question.
+            ranked = self.retriever.retrieve(reply, limit=1)
+            if ranked and ranked[0].item_id in offered and len(reply) <= CHOICE_REPLY_MAX_CHARS:
+                picked = self.kb.get(ranked[0].item_id)
+        if picked is None:
+            return None
+        return self.curated.answer(reply, picked, 0.9, f"caller chose {picked.id} from {', '.join(offered)}")
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
         """A question about the item asked before, unless it confidently names another service."""

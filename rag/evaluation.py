@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class CaseResult:
     action: Action
     answered_item: str | None
     facts_ok: bool
+    facts_ok_after_clarify: bool = False  # right after the caller answers one clarifying question
 
     @property
     def rank(self) -> int | None:
@@ -51,6 +53,7 @@ class Metrics:
     hit_at_3: float = 0.0
     mrr: float = 0.0
     answer_fact_accuracy: float = 0.0
+    fact_accuracy_after_clarify: float = 0.0
     clarify_rate: float = 0.0
     handoff_precision: float = 0.0
     handoff_recall: float = 0.0
@@ -92,6 +95,17 @@ def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
     return cases
 
 
+def with_asr_noise(cases: list[EvalCase], corpus: Iterable[str], rate: float = 0.15) -> list[EvalCase]:
+    """One homophone-corrupted copy of every colloquial question, in category `asr_noise`."""
+    from rag.asr_noise import HomophoneNoise, homophone_table
+
+    noise = HomophoneNoise(homophone_table(corpus), rate=rate)
+    return [
+        EvalCase(noise.corrupt(case.question), case.expect, "asr_noise", case.facts, case.context_items)
+        for case in cases if case.category == "colloquial"
+    ]
+
+
 def _ratio(numerator: int, denominator: int) -> float:
     return round(numerator / denominator, 4) if denominator else 0.0
 
@@ -111,6 +125,7 @@ def summarize(results: list[CaseResult]) -> Metrics:
         hit_at_3=_ratio(sum(1 for rank in ranks if rank is not None and rank <= 3), len(scored)),
         mrr=round(sum(1 / rank for rank in ranks if rank) / len(scored), 4) if scored else 0.0,
         answer_fact_accuracy=_ratio(sum(1 for result in scored if result.facts_ok), len(scored)),
+        fact_accuracy_after_clarify=_ratio(sum(1 for result in scored if result.facts_ok_after_clarify), len(scored)),
         clarify_rate=_ratio(sum(1 for result in results if result.action is Action.CLARIFY), len(results)),
         handoff_precision=_ratio(sum(1 for result in handed_off if result.case.expects_handoff), len(handed_off)),
         handoff_recall=_ratio(sum(1 for result in should_handoff if result.action is Action.HANDOFF), len(should_handoff)),
@@ -133,7 +148,10 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         facts_ok = answer.action is Action.ANSWER and all(fact in text for fact in case.facts)
         if not case.expects_handoff and answer.action is Action.ANSWER and answered_item not in case.expect:
             facts_ok = False
-        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok))
+        after_clarify = facts_ok
+        if answer.action is Action.CLARIFY and not case.expects_handoff and answer.items:
+            after_clarify = await _answer_after_choice(case, answer.items, context, answerer)
+        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok, after_clarify))
     by_category: dict[str, list[CaseResult]] = defaultdict(list)
     for result in results:
         by_category[result.case.category].append(result)
@@ -145,6 +163,25 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         or (not r.case.expects_handoff and (r.rank != 1 or not r.facts_ok))
     ]
     return EvalReport(summarize(results), {name: summarize(group) for name, group in by_category.items()}, failures)
+
+
+async def _answer_after_choice(case: EvalCase, offered: tuple[str, ...], context: ConversationContext | None,
+                               answerer: Answerer) -> bool:
+    """Play the caller who answers the clarifying question truthfully; True if the next answer is right."""
+    right = [index for index, item_id in enumerate(offered) if item_id in case.expect]
+    if not right:
+        reply = "都不是"
+    elif len(offered) == 1:
+        reply = "是的"
+    else:
+        reply = "第一个" if right[0] == 0 else "第二个"
+    base = context or ConversationContext()
+    follow = ConversationContext(base.previous_item_ids, (*base.previous_questions, case.question), offered)
+    answer = await answerer.answer(reply, follow)
+    if answer.action is not Action.ANSWER or not answer.items or answer.items[0] not in case.expect:
+        return False
+    text = answer.spoken + "\n" + answer.sms
+    return all(fact in text for fact in case.facts)
 
 
 def calibration_samples(cases: list[EvalCase], retriever: Retriever) -> tuple[list[list[float]], list[int]]:
@@ -164,7 +201,8 @@ def calibration_samples(cases: list[EvalCase], retriever: Retriever) -> tuple[li
 
 
 def markdown_table(report: EvalReport) -> str:
-    columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "clarify_rate",
+    columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "fact_accuracy_after_clarify",
+               "clarify_rate",
                "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
     header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = []

@@ -30,8 +30,8 @@ class AnswerPolicy:
 
     centre_phone: str
     sms_signature: str
-    high_confidence: float = 0.55
-    low_confidence: float = 0.35
+    high_confidence: float = 0.93
+    low_confidence: float = 0.25
     max_question_chars: int = 500
 
 

@@ -72,6 +72,49 @@ def pinyin_bigrams(text: str) -> list[str]:
     return grams
 
 
+class SoundCorrector:
+    """Rewrites ASR homophones of known domain terms ("失叶金" → "失业金", "公伤" → "工伤") in query text.
+
+    A span is rewritten only when its toneless pinyin equals exactly one vocabulary term and the span itself is
+    not a common word in jieba's dictionary ("事业" stays "事业"), so correct text is left alone.
+    """
+
+    MIN_CHARS = 2
+    MAX_CHARS = 8
+    # jieba dictionary frequency from which a span counts as a real word (公伤 3, 工商 1684, 事业 10025).
+    KNOWN_WORD_FREQUENCY = 100
+
+    def __init__(self, vocabulary: Iterable[str]) -> None:
+        by_sound: dict[tuple[str, ...], set[str]] = {}
+        for term in vocabulary:
+            term = term.strip()
+            if self.MIN_CHARS <= len(term) <= self.MAX_CHARS and all("\u4e00" <= char <= "\u9fff" for char in term):
+                by_sound.setdefault(tuple(lazy_pinyin(term)), set()).add(term)
+        self.table = {sound: next(iter(terms)) for sound, terms in by_sound.items() if len(terms) == 1}
+        self.lengths = sorted({len(sound) for sound in self.table}, reverse=True)
+
+    def correct(self, text: str) -> str:
+        syllables = lazy_pinyin(text, errors=lambda chars: list(chars))
+        if len(syllables) != len(text):
+            return text
+        out: list[str] = []
+        index = 0
+        while index < len(text):
+            for length in self.lengths:
+                term = self.table.get(tuple(syllables[index:index + length]))
+                if term is None:
+                    continue
+                span = text[index:index + length]
+                known = (jieba.dt.FREQ.get(span) or 0) >= self.KNOWN_WORD_FREQUENCY
+                out.append(span if span == term or known else term)
+                index += length
+                break
+            else:
+                out.append(text[index])
+                index += 1
+        return "".join(out)
+
+
 class TextProcessor:
     """Turns raw caller or document text into the token streams the retrieval channels index."""
 

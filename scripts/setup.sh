@@ -15,9 +15,10 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-apt_packages=(ca-certificates)
+# espeak-ng: the offline Mandarin TTS fallback (and the tests' synthesized callers).
+apt_packages=(ca-certificates espeak-ng)
 if [ "$mode" = test ]; then
-  apt_packages+=(postgresql)
+  apt_packages+=(postgresql chromium)
 fi
 missing=()
 for package in "${apt_packages[@]}"; do

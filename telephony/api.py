@@ -30,6 +30,8 @@ class AskContext(BaseModel):
 
     previous_items: list[str] = Field(default_factory=list, max_length=10, description="Item ids answered before")
     previous_questions: list[str] = Field(default_factory=list, max_length=10, description="Earlier questions")
+    offered_items: list[str] = Field(default_factory=list, max_length=5,
+                                     description="Item ids the previous clarifying question offered to choose from")
 
 
 class AskRequest(BaseModel):
@@ -166,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             context = None
             if body.context is not None:
-                context = ConversationContext(tuple(body.context.previous_items), tuple(body.context.previous_questions))
+                context = ConversationContext(tuple(body.context.previous_items), tuple(body.context.previous_questions),
+                                              tuple(body.context.offered_items))
             result = await service.ask(body.question, CallChannel.API, body.conversation_id, context)
         except InvalidQuestionError as exc:
             return error_response(422, str(exc))

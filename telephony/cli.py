@@ -130,12 +130,41 @@ def kb_check(
         raise typer.Exit(1)
 
 
+EVAL_DOC_NOTES = """
+## What the columns mean
+
+- **hit_at_1 / hit_at_3 / mrr**: retrieval alone; the expected item (any of the acceptable ones) at rank 1, in the
+  top 3, and the mean reciprocal rank. Follow-ups are ranked by what the conversation resolved them to.
+- **answer_fact_accuracy**: the first reply is an answer (not a clarifying question or a handoff), about an
+  expected item, and its spoken text plus SMS contain every fact the question lists.
+- **fact_accuracy_after_clarify**: the same, but when the first reply was a clarifying question
+  ("您问的是A，还是B？"), the evaluation plays a caller who answers it truthfully ("第一个", "第二个", "是的" or
+  "都不是") and scores the next reply. This is what a caller gets within one extra exchange.
+- **clarify_rate**: share of first replies that are clarifying questions.
+- **handoff_precision / handoff_recall**: over replies with action `handoff` and over questions labelled
+  `handoff` (out of scope, abuse, explicit requests for a human).
+- **confidently_wrong_rate**: share of all questions whose first reply is an answer about a wrong item.
+- **asr_noise**: every colloquial question again with homophone substitutions (`rag/asr_noise.py`, about 15% of
+  the characters that have a same-pinyin alternative in the KB text), generated at evaluation time.
+
+## How to read it
+
+The confidence model (`rag/calibration.json`) is a logistic regression over retrieval features, refitted on this
+same labelled set by `hotline eval --calibrate`; the figures are therefore in-sample for the gates. With 5-fold
+cross-validation the model's ROC AUC is 0.89, so the gates are set high: the design trades first-reply answers for
+clarifying questions, so that a wrong confident answer stays near 1%. Retrieval (hit@1) is the limit: most misses
+are the runner-up among sibling services (机关事业单位 vs 企业养老保险转移, 工伤认定 vs 劳动能力鉴定), which the
+clarifying question then resolves.
+"""
+
+
 @app.command("eval")
 def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
     eval_set: Annotated[Optional[Path], typer.Option("--set", help="Labelled question file or directory")] = None,
     write_doc: Annotated[Optional[Path], typer.Option("--doc", help="Markdown file for the table")] = Path("docs/eval.md"),
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Refit the confidence model on this set first")] = False,
+    asr_noise: Annotated[bool, typer.Option("--asr-noise/--no-asr-noise", help="Add homophone-noise variants")] = True,
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
     from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
@@ -147,6 +176,10 @@ def eval_command(
     database = Database("sqlite://")  # evaluation stores nothing
     service = HotlineService(settings, database)
     cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
+    if asr_noise:
+        from rag.evaluation import with_asr_noise
+
+        cases += with_asr_noise(cases, (item.authored_text() for item in service.kb.items))
     if calibrate:
         from rag.confidence import ConfidenceModel, fit
         from rag.evaluation import calibration_samples
@@ -162,7 +195,9 @@ def eval_command(
         write_doc.parent.mkdir(parents=True, exist_ok=True)
         write_doc.write_text(
             "# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evalset/` "
-            f"(knowledge base version {service.kb_version}, {len(service.kb)} items).\n\n" + table,
+            f"(knowledge base version {service.kb_version}, {len(service.kb)} items, gates: answer at confidence "
+            f"≥ {settings.answer_high_confidence}, hand off below {settings.answer_low_confidence}).\n\n"
+            + table + EVAL_DOC_NOTES,
             encoding="utf-8",
         )
     if as_json:

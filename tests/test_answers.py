@@ -1,0 +1,158 @@
+"""The answer engine on the shipped KB: calculators, homophones, clarifying choices, gates, noise model."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.asr_noise import HomophoneNoise, homophone_table
+from rag.base import Action, ConversationContext
+from rag.calculators import (
+    RetirementCategory,
+    minimum_contribution_years,
+    retirement_age,
+    unemployment_benefit_months,
+)
+from rag.numerals import find_year_month
+from rag.text import SoundCorrector
+from telephony.service import HotlineService
+from telephony.settings import Settings
+from telephony.store import Database
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> HotlineService:
+    directory = tmp_path_factory.mktemp("answers")
+    settings = Settings(data_dir=directory / "var", centre_phone="0773-0000000", sms_signature="测试社保")
+    database = Database(f"sqlite:///{directory / 'answers.db'}")
+    database.migrate()
+    return HotlineService(settings, database)
+
+
+# Worked examples of the 2025 gradual retirement reform (research/domain_facts.md §3).
+@pytest.mark.parametrize(("category", "year", "month", "age", "retire"), [
+    (RetirementCategory.MALE, 1965, 1, (60, 1), (2025, 2)),
+    (RetirementCategory.MALE, 1965, 12, (60, 3), (2026, 3)),
+    (RetirementCategory.MALE, 1970, 1, (61, 4), (2031, 5)),
+    (RetirementCategory.MALE, 1976, 9, (63, 0), (2039, 9)),
+    (RetirementCategory.MALE, 1964, 12, (60, 0), (2024, 12)),
+    (RetirementCategory.FEMALE_50, 1975, 1, (50, 1), (2025, 2)),
+    (RetirementCategory.FEMALE_50, 1975, 6, (50, 3), (2025, 9)),
+    (RetirementCategory.FEMALE_50, 1975, 12, (50, 6), (2026, 6)),
+    (RetirementCategory.FEMALE_50, 1976, 12, (51, 0), (2027, 12)),
+    (RetirementCategory.FEMALE_50, 1980, 1, (52, 7), (2032, 8)),
+    (RetirementCategory.FEMALE_50, 1984, 11, (55, 0), (2039, 11)),
+    (RetirementCategory.FEMALE_55, 1970, 1, (55, 1), (2025, 2)),
+    (RetirementCategory.FEMALE_55, 1975, 6, (56, 5), (2031, 11)),
+    (RetirementCategory.FEMALE_55, 1981, 9, (58, 0), (2039, 9)),
+])
+def test_retirement_age_matches_the_reform_examples(category, year, month, age, retire) -> None:
+    result = retirement_age(category, year, month)
+    assert (result.age_years, result.age_months) == age
+    assert (result.retire_year, result.retire_month) == retire
+
+
+def test_minimum_years_and_unemployment_months() -> None:
+    assert minimum_contribution_years(2029) == 15
+    assert minimum_contribution_years(2030) == 15.5
+    assert minimum_contribution_years(2039) == 20
+    assert minimum_contribution_years(2045) == 20
+    assert [unemployment_benefit_months(years) for years in (0.5, 1, 4.9, 5, 9, 10, 30)] == [0, 12, 12, 18, 18, 24, 24]
+
+
+def test_chinese_numerals_in_dates() -> None:
+    assert find_year_month("一九六五年五月出生") == (1965, 5)
+    assert find_year_month("我是七零年十二月生的") == (1970, 12)
+    assert find_year_month("1972年3月") == (1972, 3)
+
+
+async def test_calculator_answers_and_asks_for_what_is_missing(service: HotlineService) -> None:
+    answer = await service.answerer.answer("一九六五年五月出生的男的什么时候退休")
+    assert answer.action is Action.ANSWER and answer.items == ("retirement-age-query",)
+    assert "60岁2个月" in answer.spoken and "2025年7月" in answer.spoken
+    assert "0773-0000000" in answer.sms
+
+    asked = await service.answerer.answer("我是一九七五年六月出生的，什么时候退休")
+    assert asked.action is Action.CLARIFY and asked.spoken == "请问是男同志还是女同志？"
+    followed = await service.answerer.answer(
+        "女的，原来五十岁退休的工人", ConversationContext(previous_questions=("我是一九七五年六月出生的，什么时候退休",)))
+    assert followed.action is Action.ANSWER and "50岁3个月" in followed.spoken
+
+    when = await service.answerer.answer("我什么时候退休")
+    assert when.action is Action.CLARIFY and "出生的年份和月份" in when.spoken
+
+
+@pytest.mark.parametrize(("question", "item"), [
+    ("公伤认定要什么材料", "injury-recognition"),
+    ("失叶金怎么领", "unemployment-benefit-application"),
+    ("社保卡掉了", "card-loss-report"),
+])
+async def test_asr_homophones_still_find_the_service(service: HotlineService, question: str, item: str) -> None:
+    assert service.retriever.retrieve(question, limit=1)[0].item_id == item
+    answer = await service.answerer.answer(question)
+    assert answer.action is not Action.HANDOFF  # never treated as out of scope
+
+
+def test_sound_corrector_leaves_real_words_alone() -> None:
+    corrector = SoundCorrector(["失业金", "工伤", "丧葬费"])
+    assert corrector.correct("失叶金怎么领") == "失业金怎么领"
+    assert corrector.correct("公伤认定") == "工伤认定"
+    assert corrector.correct("事业单位") == "事业单位"  # a real word with the same sound as 失业
+    assert corrector.correct("丧脏费") == "丧葬费"
+
+
+async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(service: HotlineService) -> None:
+    first = await service.answerer.answer("我想办社保卡")
+    assert first.action is Action.CLARIFY and len(first.items) == 2
+    assert first.spoken.startswith("请问您问的是")
+    offered = ConversationContext(previous_questions=("我想办社保卡",), offered_item_ids=first.items)
+
+    second = await service.answerer.answer("第二个", offered)
+    assert second.action is Action.ANSWER and second.items == (first.items[1],)
+    assert second.citations and "0773-0000000" in second.sms
+
+    first_choice = await service.answerer.answer("前面那个", offered)
+    assert first_choice.items == (first.items[0],)
+
+    rejected = await service.answerer.answer("都不是", offered)
+    assert rejected.action is Action.CLARIFY and rejected.items == () and "换个说法" in rejected.spoken
+
+    confirmed = await service.answerer.answer("是的", ConversationContext(offered_item_ids=("card-loss-report",)))
+    assert confirmed.action is Action.ANSWER and confirmed.items == ("card-loss-report",)
+
+    # A new full question is not mistaken for a choice.
+    fresh = await service.answerer.answer("社保卡丢了怎么办", offered)
+    assert fresh.items == ("card-loss-report",)
+
+
+async def test_the_stored_conversation_carries_the_offered_choice(service: HotlineService) -> None:
+    first = await service.ask("我想办社保卡")
+    assert first.answer.action is Action.CLARIFY
+    second = await service.ask("第二个", conversation_id=first.call_id)
+    assert second.answer.action is Action.ANSWER and second.answer.items == (first.answer.items[1],)
+
+
+@pytest.mark.parametrize("question", ["今天天气怎么样", "帮我订一张去北京的火车票", "你会唱歌吗，给我唱一首"])
+async def test_out_of_scope_is_handed_off(service: HotlineService, question: str) -> None:
+    answer = await service.answerer.answer(question)
+    assert answer.action is Action.HANDOFF and answer.sms == ""
+
+
+def test_homophone_noise_is_deterministic_and_changes_sounds_not_length() -> None:
+    table = homophone_table(["工伤认定需要材料", "公司上班失业金", "功能认真"])
+    noisy = HomophoneNoise(table, rate=0.5, seed=7).corrupt("工伤认定")
+    assert noisy == HomophoneNoise(table, rate=0.5, seed=7).corrupt("工伤认定")
+    assert noisy != "工伤认定" and len(noisy) == 4
+
+
+def test_kb_search_endpoint_ranks_items_with_channel_scores(settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from telephony.api import create_app
+
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/api/kb/search", params={"q": "公伤认定", "limit": 3})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["results"][0]["item"] == "injury-recognition"
+        assert len(body["results"]) == 3 and "centroid" in body["results"][0]["channels"]
+        assert client.get("/api/kb/search").status_code == 422
