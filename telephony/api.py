@@ -6,11 +6,12 @@ import asyncio
 import logging
 import secrets
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import watchfiles
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -87,7 +88,27 @@ def admin_denied(request: Request, settings: Settings) -> JSONResponse | None:
     return None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+async def start_voice(app: FastAPI, settings: Settings, service: HotlineService, voice_options: dict) -> None:
+    """Warm the voice engines in the background: HTTP is up at once, calls wait for `voice` to be ready."""
+    from telephony.voice_gateway import VoiceStack
+
+    try:
+        stack = await VoiceStack.start(settings, service, **voice_options)
+    except Exception as exc:  # noqa: BLE001 - any engine failure must leave the text API running
+        log.exception("voice engines failed to start: %s", exc)
+        app.state.voice_error = str(exc)
+        return
+    app.state.voice = stack
+    log.info("voice: ready (%s)", stack.readiness()["asr"])
+    if settings.tts_prerender:
+        await stack.prerender()
+
+
+def create_app(settings: Settings | None = None, voice: bool = True, **voice_options) -> FastAPI:
+    """The hotline app. `voice_options` (asr=, tts=) inject engines, e.g. the benchmark's."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -104,6 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("knowledge base: %d items, version %s from %s", len(service.kb), service.kb_version,
                  service.stack.source)
         app.state.service = service
+        app.state.voice = None
+        app.state.voice_error = None
+        voice_task = asyncio.create_task(start_voice(app, settings, service, voice_options)) if voice else None
         app.state.ready = True
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch_builds(service, stop)) if settings.kb_watch else None
@@ -112,6 +136,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.ready = False
             stop.set()
+            if voice_task is not None and not voice_task.done():
+                voice_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await voice_task
             if watcher is not None:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
@@ -158,6 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ready" if database_ok else "degraded",
             "engines": settings.engine_choices(),
             "database": "ok" if database_ok else "unreachable (turns are journaled locally)",
+            "voice": (request.app.state.voice.readiness() if request.app.state.voice is not None
+                      else {"asr": f"failed: {request.app.state.voice_error}"} if request.app.state.voice_error
+                      else {"asr": "warming up" if voice else "disabled"}),
             "kb": {"items": len(service.kb), "version": service.kb_version},
         }
         return JSONResponse(status_code=200, content=body)
@@ -206,5 +237,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except (KbError, OSError, ValueError) as exc:
             return error_response(409, f"build not loaded, still serving {service.stack.version}: {exc}")
         return JSONResponse({"previous": old, "current": new, "items": len(service.kb)})
+
+    @app.websocket("/media-stream")
+    async def media_stream(websocket: WebSocket) -> None:
+        """Twilio-compatible bidirectional Media Streams (also used by the /phone softphone)."""
+        from telephony.voice_gateway import MediaStreamCall
+
+        stack = websocket.app.state.voice
+        if stack is None:
+            await websocket.close(code=1013)  # try again later: engines are still warming up
+            return
+        channel = CallChannel.SOFTPHONE if websocket.query_params.get("channel") == "softphone" else CallChannel.TWILIO
+        await MediaStreamCall(stack, websocket, channel).run()
+
+    @app.get("/phone", response_class=HTMLResponse, tags=["voice"])
+    async def phone() -> HTMLResponse:
+        """Browser softphone: call the hotline from a microphone."""
+        return HTMLResponse((STATIC_DIR / "phone.html").read_text(encoding="utf-8"))
+
+    @app.get("/api/phone/session", tags=["voice"])
+    async def phone_session(request: Request) -> JSONResponse:
+        """A short-lived media-stream URL for the softphone page."""
+        stack = request.app.state.voice
+        if stack is None:
+            return error_response(503, "voice engines are not ready yet")
+        return JSONResponse({"websocket_url": f"/media-stream?token={stack.softphone_token()}&channel=softphone"})
 
     return app

@@ -188,14 +188,14 @@ class HotlineService:
 
     async def ask(
         self, question: str, channel: CallChannel = CallChannel.API, conversation_id: str | None = None,
-        context: ConversationContext | None = None,
+        context: ConversationContext | None = None, stage_timings: dict[str, float] | None = None,
     ) -> AskResult:
         stack = self.stack  # one version for the whole request, even if a switch happens meanwhile
         if context is None and conversation_id is not None:
             context = await asyncio.to_thread(self.context_of, conversation_id)
         started = time.perf_counter()
         answer = await stack.answerer.answer(question, context)
-        timings = {"answer_ms": round((time.perf_counter() - started) * 1000, 3)}
+        timings = {**(stage_timings or {}), "answer_ms": round((time.perf_counter() - started) * 1000, 3)}
         record = {
             "caller_text": answer.question,
             "spoken_text": answer.spoken,

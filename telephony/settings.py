@@ -22,6 +22,16 @@ class EmbeddingBackend(StrEnum):
     NONE = "none"          # no vector channel
 
 
+class AsrChoice(StrEnum):
+    FUNASR = "funasr"                # streaming Paraformer in process
+    FUNASR_SERVER = "funasr-server"  # a FunASR 2pass websocket server (e.g. on a GPU machine)
+
+
+class TtsChoice(StrEnum):
+    EDGE = "edge"      # Microsoft edge-tts service, espeak-ng fallback
+    ESPEAK = "espeak"  # offline espeak-ng only
+
+
 class Environment(StrEnum):
     LOCAL = "local"
     PRODUCTION = "production"
@@ -67,6 +77,32 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin endpoints")
 
+    # Voice: ASR, TTS, endpointing and the media-stream transport.
+    asr_engine: AsrChoice = AsrChoice.FUNASR
+    asr_model: str = Field(default="paraformer-zh-streaming",
+                           description="Local model directory, or a hub name downloaded once where there is internet")
+    asr_punctuation_model: str | None = None
+    asr_server_url: str | None = Field(default=None, description="ws://host:10095 of a FunASR 2pass server")
+    tts_engine: TtsChoice = TtsChoice.EDGE
+    tts_voice: str = "zh-CN-XiaoxiaoNeural"
+    tts_rate: str = "+0%"
+    tts_edge_url: str | None = Field(default=None, description="Override of edge-tts's websocket URL (proxy or test)")
+    tts_first_audio_deadline_ms: int = Field(default=800, ge=50, le=10000)
+    tts_prerender: bool = Field(default=True, description="Render fixed prompts and every spoken summary at start")
+    end_of_turn_silence_ms: int = Field(default=700, ge=200, le=5000)
+    complete_question_silence_ms: int = Field(default=300, ge=100, le=3000)
+    short_reply_silence_ms: int = Field(default=300, ge=100, le=3000)
+    max_utterance_ms: int = Field(default=20000, ge=2000, le=120000)
+    barge_in_min_speech_ms: int = Field(default=200, ge=60, le=2000)
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    no_speech_timeout_ms: int = Field(default=8000, ge=1000, le=60000)
+    no_speech_reprompts: int = Field(default=2, ge=0, le=5)
+    max_call_s: int = Field(default=600, ge=30, le=7200)
+    media_stream_token: SecretStr | None = Field(
+        default=None, description="Shared secret in the media-stream URL (?token=); random per start when unset")
+    twilio_auth_token: SecretStr | None = Field(default=None, description="Validates X-Twilio-Signature when set")
+    recordings: bool = True
+
     @field_validator("centre_phone")
     @classmethod
     def _phone_format(cls, value: str) -> str:
@@ -98,7 +134,11 @@ class Settings(BaseSettings):
             raise ValueError("embedding_backend=openai needs HOTLINE_EMBEDDING_BASE_URL")
         if self.embedding_backend is EmbeddingBackend.LOCAL and self.embedding_model_dir is None:
             raise ValueError("embedding_backend=local needs HOTLINE_EMBEDDING_MODEL_DIR")
+        if self.asr_engine is AsrChoice.FUNASR_SERVER and not self.asr_server_url:
+            raise ValueError("asr_engine=funasr-server needs HOTLINE_ASR_SERVER_URL")
         if self.environment is Environment.PRODUCTION:
+            if self.media_stream_token is None and self.twilio_auth_token is None:
+                raise ValueError("production needs HOTLINE_MEDIA_STREAM_TOKEN or HOTLINE_TWILIO_AUTH_TOKEN")
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
             if self.centre_phone == NATIONAL_HOTLINE:
@@ -145,4 +185,13 @@ class Settings(BaseSettings):
                          + self._vector_choice(),
             "answers": answers,
             "centre phone": phone,
+            "asr": (f"FunASR 2pass server at {self.asr_server_url} (HOTLINE_ASR_SERVER_URL)"
+                    if self.asr_engine is AsrChoice.FUNASR_SERVER
+                    else f"FunASR streaming Paraformer in process, model {self.asr_model} (HOTLINE_ASR_MODEL)"),
+            "tts": (f"edge-tts {self.tts_voice}, espeak-ng fallback after {self.tts_first_audio_deadline_ms} ms "
+                    "without audio (default)" if self.tts_engine is TtsChoice.EDGE
+                    else "espeak-ng only (HOTLINE_TTS_ENGINE=espeak; offline, robotic)"),
+            "media streams": ("Twilio signature check (HOTLINE_TWILIO_AUTH_TOKEN)" if self.twilio_auth_token
+                              else "token in the URL (HOTLINE_MEDIA_STREAM_TOKEN)" if self.media_stream_token
+                              else "token in the URL, random for this run (HOTLINE_MEDIA_STREAM_TOKEN not set)"),
         }

@@ -36,7 +36,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         if key.startswith("HOTLINE_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)  # no stray .env is read
-    return Settings(data_dir=tmp_path / "var", centre_phone="0773-0000000", sms_signature="测试社保")
+    # No ASR model on disk (fails fast instead of trying a hub download) and no TTS prerender: text-only tests
+    # do not pay for voice engines; the voice tests configure their own.
+    return Settings(data_dir=tmp_path / "var", centre_phone="0773-0000000", sms_signature="测试社保",
+                    asr_model=str(tmp_path / "no-asr-model"), tts_prerender=False, tts_engine="espeak")
 
 
 @pytest.fixture(scope="session")

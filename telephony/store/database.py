@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from telephony.errors import StorageError
-from telephony.store.models import Call, CallChannel, CallStatus, Turn
+from telephony.store.models import Call, CallChannel, CallStatus, HandoffTicket, Turn
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger(__name__)
@@ -112,6 +112,30 @@ class Database:
             turn = Turn(call_id=call_id, seq=seq, **fields)
             session.add(turn)
         return turn
+
+    def update_turn_timings(self, call_id: str, seq: int, timings_ms: dict[str, float]) -> None:
+        """Merge stage timings known only after the turn was stored (e.g. the reply's first audio)."""
+        with self.session() as session:
+            turn = session.scalar(select(Turn).where(Turn.call_id == call_id, Turn.seq == seq))
+            if turn is None:
+                raise StorageError(f"no turn {seq} in call {call_id}")
+            turn.timings_ms = {**(turn.timings_ms or {}), **timings_ms}
+
+    def set_recordings(self, call_id: str, caller_path: str, assistant_path: str) -> None:
+        with self.session() as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError(f"no call {call_id}")
+            call.recording_caller_path = caller_path
+            call.recording_assistant_path = assistant_path
+
+    def open_handoff_ticket(self, call_id: str, reason: str, callback_number: str | None = None) -> HandoffTicket:
+        with self.session() as session:
+            if session.get(Call, call_id) is None:
+                raise StorageError(f"no call {call_id}")
+            ticket = HandoffTicket(call_id=call_id, reason=reason, callback_number=callback_number)
+            session.add(ticket)
+        return ticket
 
     def get_call(self, call_id: str) -> Call | None:
         with self.session() as session:

@@ -1,0 +1,12 @@
+"""Fixed sentences the call flow speaks (Simplified Chinese, written for the ear; the centre's name is settings)."""
+
+GREETING = "您好，这里是{centre}智能语音助手。我是AI助手，不是人工。请直接说出您要咨询的社保业务，需要人工服务请随时说“转人工”。"
+ANYTHING_ELSE = "请问还有其他问题吗？"
+REPEAT_PLEASE = "抱歉，我没有听清，请您再说一遍。"
+SILENCE_REPROMPT = "您还在吗？请直接说出您要咨询的问题。"
+SILENCE_GOODBYE = "很久没有听到您的声音，本次通话先结束了。如有需要请再次来电，再见。"
+GOODBYE = "感谢您的来电，再见。"
+MAX_LENGTH_GOODBYE = "本次通话时间比较长，先为您结束通话。还有问题可以再次来电或说转人工，再见。"
+NOTHING_TO_REPEAT = "请直接说出您要咨询的问题。"
+HANDOFF_REGISTERED = "已为您登记人工服务，工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
+VOICE_UNAVAILABLE = "抱歉，语音服务暂时不可用。已为您登记人工服务，工作人员会尽快回电，再见。"

@@ -1,0 +1,68 @@
+"""Call recordings: the caller's and the assistant's audio as two time-aligned 8 kHz WAV files per call."""
+
+from __future__ import annotations
+
+import threading
+import wave
+from pathlib import Path
+
+SAMPLE_RATE_HZ = 8000
+SAMPLE_WIDTH_BYTES = 2
+
+
+class CallRecorder:
+    """Appends audio as it flows; the assistant track is padded with silence so both tracks share one timeline."""
+
+    def __init__(self, directory: Path, call_id: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.caller_path = directory / f"{call_id}-caller.wav"
+        self.assistant_path = directory / f"{call_id}-assistant.wav"
+        self._caller = self._open(self.caller_path)
+        self._assistant = self._open(self.assistant_path)
+        self._caller_bytes = 0
+        self._assistant_bytes = 0
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @staticmethod
+    def _open(path: Path) -> wave.Wave_write:
+        writer = wave.open(str(path), "wb")
+        writer.setnchannels(1)
+        writer.setsampwidth(SAMPLE_WIDTH_BYTES)
+        writer.setframerate(SAMPLE_RATE_HZ)
+        return writer
+
+    def caller(self, pcm16: bytes) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self._caller.writeframes(pcm16)
+            self._caller_bytes += len(pcm16)
+
+    def assistant(self, pcm16: bytes) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            gap = self._caller_bytes - self._assistant_bytes
+            if gap > 0:  # the assistant was silent while the caller's audio flowed
+                gap -= gap % SAMPLE_WIDTH_BYTES
+                self._assistant.writeframes(bytes(gap))
+                self._assistant_bytes += gap
+            self._assistant.writeframes(pcm16)
+            self._assistant_bytes += len(pcm16)
+
+    @property
+    def caller_ms(self) -> int:
+        return self._caller_bytes * 1000 // (SAMPLE_RATE_HZ * SAMPLE_WIDTH_BYTES)
+
+    @property
+    def assistant_ms(self) -> int:
+        return self._assistant_bytes * 1000 // (SAMPLE_RATE_HZ * SAMPLE_WIDTH_BYTES)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._caller.close()
+            self._assistant.close()

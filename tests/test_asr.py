@@ -1,0 +1,393 @@
+"""FunASR streaming ASR: tiny model on disk, in-process engine, 2pass websocket server and client on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from voice.asr import FunAsrEngine, FunAsrServerEngine, create_asr_engine, is_hub_name
+from voice.asr_server import (
+    AsrProtocolError, EndOfSpeech, FunAsrWebsocketServer, RecognitionResult, ServerError, SessionState, StreamConfig,
+    next_state, parse_client_message, parse_server_message,
+)
+from voice.audio import Resampler
+from voice.base import FRAME_BYTES, AsrUnavailable, AudioFormatError
+from voice.tiny_models import DEFAULT_TOKENS, PUNCTUATION_MARKS, build_tiny_paraformer, build_tiny_punctuation
+
+FRAMES_PER_STRIDE = 30  # 600 ms stride (chunk_size[1] = 10) / 20 ms frames
+# soxr's HQ resampler hands out 16 kHz audio in blocks of about 100 ms, so a stride completes a few frames late.
+RESAMPLER_LAG_FRAMES = 15
+
+
+def speech_like_pcm(seconds: float, rate_hz: int = 8000, seed: int = 1) -> bytes:
+    """A deterministic voiced signal with a gliding pitch, syllable-rate envelope and a little noise."""
+    time_s = np.arange(int(seconds * rate_hz)) / rate_hz
+    pitch_hz = 150 + 50 * np.sin(2 * np.pi * 0.7 * time_s)
+    phase = 2 * np.pi * np.cumsum(pitch_hz) / rate_hz
+    voiced = sum(np.sin(harmonic * phase) / harmonic for harmonic in range(1, 8))
+    signal = voiced * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * time_s))
+    noise = np.random.default_rng(seed).standard_normal(len(time_s))
+    signal = 0.2 * signal / np.abs(signal).max() + 0.01 * noise
+    return (signal * 32767).astype("<i2").tobytes()
+
+
+def frames(pcm: bytes, frame_bytes: int = FRAME_BYTES) -> Iterator[bytes]:
+    for start in range(0, len(pcm), frame_bytes):
+        yield pcm[start:start + frame_bytes]
+
+
+AUDIO_8K = speech_like_pcm(3.3)  # 5 whole strides and a 300 ms tail
+AUDIO_16K = speech_like_pcm(3.3, rate_hz=16000)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_paraformer(tmp_path_factory.mktemp("tiny-paraformer"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path) -> Iterator[FunAsrEngine]:
+    """One loaded engine for the whole session (importing funasr takes about 10 s)."""
+    loaded = FunAsrEngine(tiny_model_dir)
+    asyncio.run(loaded.warm_up())
+    yield loaded
+    asyncio.run(loaded.close())
+
+
+async def transcribe(engine: FunAsrEngine | FunAsrServerEngine, pcm: bytes, **options) -> str:
+    stream = engine.open_stream(**options)
+    await stream.push(pcm)
+    final = await stream.finish()
+    await stream.close()
+    return final.text
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- tiny model -----------------------------------------------------------------------------------------------
+
+def test_tiny_model_is_deterministic_and_rebuilt_only_when_changed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    second = build_tiny_paraformer(tmp_path / "second")
+    names = ["config.yaml", "model.pt", "tokens.json", "am.mvn"]
+    for name in names:
+        assert (second / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+    assert json.loads((second / "tokens.json").read_text(encoding="utf-8")) == list(DEFAULT_TOKENS)
+    modified = {name: (second / name).stat().st_mtime_ns for name in names}
+    assert build_tiny_paraformer(second) == second
+    assert {name: (second / name).stat().st_mtime_ns for name in names} == modified
+
+    other_seed = build_tiny_paraformer(tmp_path / "seed1", seed=1)
+    assert (other_seed / "model.pt").read_bytes() != (second / "model.pt").read_bytes()
+    (second / "model.pt").write_bytes(b"damaged")
+    build_tiny_paraformer(second)
+    assert (second / "model.pt").read_bytes() == (tiny_model_dir / "model.pt").read_bytes()
+
+
+def test_tiny_model_rejects_token_lists_paraformer_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="first three tokens"):
+        build_tiny_paraformer(tmp_path, tokens=["你", "<s>", "</s>", "<unk>"])
+    with pytest.raises(ValueError, match="<unk>"):
+        build_tiny_paraformer(tmp_path, tokens=["<blank>", "<s>", "</s>", "你"])
+
+
+# --- in-process engine -----------------------------------------------------------------------------------------
+
+async def test_partials_arrive_exactly_at_stride_boundaries_for_16k_input(engine: FunAsrEngine) -> None:
+    stream = engine.open_stream(sample_rate_hz=16000)
+    partial_frames = []
+    for index, frame in enumerate(frames(AUDIO_16K, 2 * FRAME_BYTES), start=1):
+        transcript = await stream.push(frame)
+        if transcript is not None:
+            assert not transcript.is_final
+            partial_frames.append(index)
+    final = await stream.finish()
+    assert partial_frames and all(index % FRAMES_PER_STRIDE == 0 for index in partial_frames)
+    assert final.is_final and final.text == await transcribe(engine, AUDIO_16K, sample_rate_hz=16000)
+
+
+async def test_8k_frames_give_the_same_text_as_one_piece(engine: FunAsrEngine) -> None:
+    stream = engine.open_stream()
+    partials: list[tuple[int, str]] = []
+    for index, frame in enumerate(frames(AUDIO_8K), start=1):
+        transcript = await stream.push(frame)
+        if transcript is not None:
+            partials.append((index, transcript.text))
+    final = await stream.finish()
+
+    assert final.is_final and final.text
+    assert final.text == await transcribe(engine, AUDIO_8K)
+    strides = [index // FRAMES_PER_STRIDE for index, _ in partials]
+    assert partials and len(set(strides)) == len(strides)  # at most one partial per stride
+    assert all(index >= FRAMES_PER_STRIDE and index % FRAMES_PER_STRIDE < RESAMPLER_LAG_FRAMES
+               for index, _ in partials)
+    texts = [text for _, text in partials]
+    assert all(final.text.startswith(text) for text in texts)  # cumulative
+    assert texts == sorted(set(texts), key=len)  # each partial adds text
+
+
+async def test_stream_is_reusable_after_finish(engine: FunAsrEngine) -> None:
+    stream = engine.open_stream(hotwords=["养老金"])
+    assert stream.hotwords == ("养老金",)
+    texts = []
+    for _ in range(2):
+        for frame in frames(AUDIO_8K):
+            await stream.push(frame)
+        texts.append((await stream.finish()).text)
+    empty = await stream.finish()
+    await stream.close()
+    assert texts[0] == texts[1] != ""
+    assert empty.text == "" and empty.is_final
+
+
+async def test_odd_byte_count_is_an_audio_format_error(engine: FunAsrEngine) -> None:
+    stream = engine.open_stream()
+    with pytest.raises(AudioFormatError, match="even byte count, got 3 bytes"):
+        await stream.push(b"\x00\x01\x02")
+
+
+async def test_punctuation_model_only_adds_marks(engine: FunAsrEngine, tmp_path: Path, tiny_model_dir: Path) -> None:
+    punctuated_engine = FunAsrEngine(tiny_model_dir, punctuation_model=build_tiny_punctuation(tmp_path / "punc"))
+    await punctuated_engine.warm_up()
+    try:
+        punctuated = await transcribe(punctuated_engine, AUDIO_8K)
+    finally:
+        await punctuated_engine.close()
+    plain = await transcribe(engine, AUDIO_8K)
+    marks = set("".join(PUNCTUATION_MARKS[2:]))
+    assert punctuated != plain and set(punctuated) & marks
+    assert "".join(character for character in punctuated if character not in marks) == plain
+
+
+# --- model loading failures ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_model", [
+    lambda root: root / "absent",
+    lambda root: str(root / "absent"),
+    lambda root: "./absent/paraformer",
+])
+async def test_missing_model_directory_fails_at_once_without_the_network(make_model, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = make_model(tmp_path)
+    assert not is_hub_name(model)
+    unavailable = FunAsrEngine(model)
+    started = time.perf_counter()
+    with pytest.raises(AsrUnavailable, match=r"ASR model directory .*absent.* does not exist"):
+        await unavailable.warm_up()
+    await unavailable.close()
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_broken_model_directories_name_the_directory_and_the_reason(tmp_path: Path) -> None:
+    cases = {
+        "empty": ({}, "has no config.yaml"),
+        "no-weights": ({"config.yaml": "model: ParaformerStreaming\n"}, "has config.yaml but no model.pt"),
+        "unknown-class": ({"config.yaml": "model: NoSuchModel\nmodel_conf: {}\n", "model.pt": ""},
+                          "RuntimeError: model 'NoSuchModel' is not registered"),
+        "bad-yaml": ({"config.yaml": "model: [unclosed\n", "model.pt": ""}, "ParserError"),
+    }
+    for name, (files, reason) in cases.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        for file_name, content in files.items():
+            (directory / file_name).write_text(content)
+        broken = FunAsrEngine(directory)
+        with pytest.raises(AsrUnavailable) as caught:
+            await broken.warm_up()
+        await broken.close()
+        assert str(directory) in str(caught.value) and reason in str(caught.value), name
+
+
+async def test_hub_download_failure_says_the_name_is_not_a_local_directory(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import funasr
+
+    def offline_auto_model(**options):
+        raise RuntimeError(f"model '{options['model']}' is not registered.\nRegistered model keys ...")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(funasr, "AutoModel", offline_auto_model)
+    assert is_hub_name("paraformer-zh-streaming") and is_hub_name("iic/speech_paraformer")
+    hub_engine = FunAsrEngine("paraformer-zh-streaming")
+    with pytest.raises(AsrUnavailable, match=r"'paraformer-zh-streaming' is not a local directory, so funasr tried "
+                                             r"to download it from ModelScope, and that failed"):
+        await hub_engine.warm_up()
+    await hub_engine.close()
+
+
+def test_factory_builds_engines_by_kind(tiny_model_dir: Path) -> None:
+    assert isinstance(create_asr_engine("funasr", model=tiny_model_dir), FunAsrEngine)
+    client = create_asr_engine("funasr-server", url="ws://127.0.0.1:10095", audio_fs=16000)
+    assert isinstance(client, FunAsrServerEngine) and client.piece_bytes == 1920  # 60 ms at 16 kHz
+    with pytest.raises(ValueError, match="unknown ASR engine 'whisper'; choose one of funasr, funasr-server"):
+        create_asr_engine("whisper")
+
+
+# --- 2pass protocol messages -----------------------------------------------------------------------------------
+
+def test_parses_the_funasr_python_client_configuration() -> None:
+    frame = ('{"mode": "2pass", "chunk_size": [5, 10, 5], "chunk_interval": 10, "encoder_chunk_look_back": 4, '
+             '"decoder_chunk_look_back": 0, "audio_fs": 16000, "wav_name": "microphone", "wav_format": "pcm", '
+             '"is_speaking": true, "hotwords": "{\\"养老金\\": 20, \\"社保卡\\": 30}", "itn": true}')
+    assert parse_client_message(frame) == StreamConfig(
+        mode="2pass", chunk_size=(5, 10, 5), chunk_interval=10, wav_name="microphone", audio_fs=16000,
+        hotwords=("养老金", "社保卡"), encoder_chunk_look_back=4, decoder_chunk_look_back=0)
+    config = parse_client_message('{"mode": "online", "chunk_size": "0,8,4", "audio_fs": 8000, "hotwords": "a b"}')
+    assert config.chunk_size == (0, 8, 4) and config.audio_fs == 8000 and config.hotwords == ("a", "b")
+    assert parse_client_message(config.to_json()) == config
+    assert parse_client_message('{"is_speaking": false}') == EndOfSpeech()
+    assert parse_client_message('{"is_finished": true}') == EndOfSpeech()
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    ("hello", "text frame is not JSON: Expecting value at character 0"),
+    ("[1, 2]", "text frame must be a JSON object, got list"),
+    ('{"is_speaking": true}', 'expected a configuration with "mode" or {"is_speaking": false}'),
+    ('{"mode": "batch"}', "mode must be one of 2pass, online, offline, got 'batch'"),
+    ('{"mode": "2pass", "audio_fs": 44100}', "audio_fs must be 8000 or 16000, got 44100"),
+    ('{"mode": "2pass", "chunk_size": "5,x,5"}', "chunk_size must be three non-negative integers like [5, 10, 5], got '5,x,5'"),
+    ('{"mode": "2pass", "encoder_chunk_look_back": -1}', "encoder_chunk_look_back must be a non-negative integer, got -1"),
+])
+def test_rejects_malformed_client_frames_with_exact_messages(frame: str, message: str) -> None:
+    with pytest.raises(AsrProtocolError) as caught:
+        parse_client_message(frame)
+    assert str(caught.value) == message
+
+
+def test_server_messages_round_trip() -> None:
+    online = RecognitionResult("2pass-online", "你好", "hotline-1", False)
+    assert online.to_json() == '{"mode": "2pass-online", "text": "你好", "wav_name": "hotline-1", "is_final": false}'
+    assert parse_server_message(online.to_json()) == online
+    assert parse_server_message(ServerError("bad").to_json()) == ServerError("bad")
+    with pytest.raises(AsrProtocolError, match="server result needs string mode and text"):
+        parse_server_message('{"text": "x"}')
+
+
+def test_session_state_table() -> None:
+    assert next_state(SessionState.AWAITING_CONFIG, "config") is SessionState.CONFIGURED
+    assert next_state(SessionState.CONFIGURED, "audio") is SessionState.SPEAKING
+    assert next_state(SessionState.SPEAKING, "end") is SessionState.CONFIGURED
+    with pytest.raises(AsrProtocolError, match="binary audio before the JSON configuration frame"):
+        next_state(SessionState.AWAITING_CONFIG, "audio")
+    with pytest.raises(AsrProtocolError, match="new configuration in the middle of an utterance"):
+        next_state(SessionState.SPEAKING, "config")
+
+
+# --- server and client on loopback -----------------------------------------------------------------------------
+
+@pytest.fixture
+async def server(engine: FunAsrEngine):
+    running = FunAsrWebsocketServer(engine, "127.0.0.1", 0, max_message_bytes=64 * 1024)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_client_and_server_give_the_in_process_text(engine: FunAsrEngine, server: FunAsrWebsocketServer) -> None:
+    client = FunAsrServerEngine(server.url, hotwords=["社保卡"])
+    await client.warm_up()
+    stream = client.open_stream(hotwords=["养老金"])
+    finals = []
+    for _ in range(2):  # the stream is reused: a new connection per utterance
+        for frame in frames(AUDIO_8K):
+            transcript = await stream.push(frame)
+            assert transcript is None or not transcript.is_final
+        finals.append(await stream.finish())
+    await stream.close()
+    await client.close()
+    expected = await transcribe(engine, AUDIO_8K, chunk_size=(5, 10, 5))  # the client's chunk_size
+    assert [final.text for final in finals] == [expected, expected] and expected
+    assert all(final.is_final for final in finals)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+async def test_online_and_offline_modes_end_with_the_same_text(mode: str, engine: FunAsrEngine,
+                                                              server: FunAsrWebsocketServer) -> None:
+    stream = FunAsrServerEngine(server.url, mode=mode, chunk_size=(0, 10, 5)).open_stream()
+    finals = []
+    for _ in range(2):
+        for frame in frames(AUDIO_8K):
+            await stream.push(frame)
+        finals.append((await stream.finish()).text)
+    assert finals == [await transcribe(engine, AUDIO_8K)] * 2
+
+
+async def test_client_upsamples_for_16k_servers(engine: FunAsrEngine, server: FunAsrWebsocketServer) -> None:
+    client = FunAsrServerEngine(server.url, audio_fs=16000, chunk_size=(0, 10, 5))
+    stream = client.open_stream()
+    for frame in frames(AUDIO_8K):
+        await stream.push(frame)
+    final = await stream.finish()
+    resampler = Resampler(8000, 16000)  # fed frame by frame like the client: int16 soxr output depends on chunking
+    audio_16k = b"".join(resampler.process(frame) for frame in frames(AUDIO_8K)) + resampler.flush()
+    assert final.text and final.text == await transcribe(engine, audio_16k, sample_rate_hz=16000)
+
+
+async def test_server_speaks_the_2pass_protocol_to_a_raw_client(engine: FunAsrEngine,
+                                                                server: FunAsrWebsocketServer) -> None:
+    config = {"mode": "2pass", "chunk_size": "0,10,5", "chunk_interval": 10, "wav_name": "raw", "audio_fs": 16000,
+              "is_speaking": True, "hotwords": ""}
+    async with connect(server.url, subprotocols=["binary"]) as websocket:
+        assert websocket.subprotocol == "binary"
+        await websocket.send(json.dumps(config))
+        for frame in frames(AUDIO_16K, 1920):
+            await websocket.send(frame)
+        await websocket.send('{"is_speaking": false}')
+        results = []
+        while not results or results[-1]["mode"] != "2pass-offline":
+            results.append(json.loads(await websocket.recv()))
+    online = [result for result in results if result["mode"] == "2pass-online"]
+    assert online and all(result["wav_name"] == "raw" and result["is_final"] is False for result in online)
+    final = results[-1]
+    assert final["is_final"] is True and final["wav_name"] == "raw"
+    assert final["text"].startswith("".join(result["text"] for result in online))  # online texts are increments
+    assert final["text"] == await transcribe(engine, AUDIO_16K, sample_rate_hz=16000)
+
+
+async def test_malformed_frames_get_errors_and_the_server_keeps_serving(engine: FunAsrEngine,
+                                                                        server: FunAsrWebsocketServer) -> None:
+    async with connect(server.url, subprotocols=["binary"]) as websocket:
+        await websocket.send("{not json")
+        assert json.loads(await websocket.recv()) == {
+            "mode": "error", "message": "text frame is not JSON: Expecting property name enclosed in double quotes "
+                                        "at character 1"}
+        await websocket.send(b"\x00\x00" * 160)
+        assert json.loads(await websocket.recv()) == {
+            "mode": "error", "message": "binary audio before the JSON configuration frame"}
+        await websocket.send('{"mode": "2pass", "audio_fs": 8000}')
+        await websocket.send(b"\x00\x00\x00")
+        assert json.loads(await websocket.recv())["message"] == "16-bit PCM must have an even byte count, got 3 bytes"
+        await websocket.send(bytes(64 * 1024 + 2))
+        assert json.loads(await websocket.recv()) == {
+            "mode": "error", "message": "message of 65538 bytes exceeds the limit of 65536"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await websocket.recv()
+        assert closed.value.rcvd.code == 1009
+    assert await transcribe(FunAsrServerEngine(server.url), AUDIO_8K) == await transcribe(
+        engine, AUDIO_8K, chunk_size=(5, 10, 5))
+
+
+async def test_closed_port_is_unavailable_at_once() -> None:
+    url = f"ws://127.0.0.1:{free_port()}"
+    client = FunAsrServerEngine(url, connect_timeout_s=3.0)
+    started = time.perf_counter()
+    with pytest.raises(AsrUnavailable, match=f"cannot connect to the FunASR server at {url}"):
+        await client.warm_up()
+    stream = client.open_stream()
+    with pytest.raises(AsrUnavailable, match=url):
+        await stream.push(bytes(FRAME_BYTES))
+    assert time.perf_counter() - started < 1.0
+    assert (await stream.finish()).text == ""

@@ -1,0 +1,190 @@
+"""SpeechSession with the real Silero VAD and synthesized Mandarin: endpointing, barge-in, coughs, DTMF, limits.
+
+The ASR is scripted here (its real engine has its own tests); time is the audio pushed, so results are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests.voicefixtures import cough, padded, synthesize_mandarin
+from voice.audio import silence
+from voice.base import FRAME_BYTES, Transcript
+from voice.session import (
+    CallerSpeechStarted,
+    DtmfPressed,
+    EndpointConfig,
+    PartialTranscript,
+    SpeechSession,
+    UtteranceEnded,
+    looks_complete,
+)
+from voice.vad import DetectorConfig, SileroModel, SileroVad, SpeechDetector
+
+
+class ScriptedAsr:
+    """Returns a fixed partial once audio arrives and a fixed final text."""
+
+    def __init__(self, partial: str, final: str) -> None:
+        self.partial, self.final = partial, final
+        self.received = 0
+
+    async def push(self, pcm16: bytes) -> Transcript | None:
+        self.received += len(pcm16)
+        return Transcript(self.partial, False) if self.partial and self.received >= 8000 else None
+
+    async def finish(self) -> Transcript:
+        self.received = 0
+        return Transcript(self.final, True)
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingSink:
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.sent = 0
+        self.clears: list[float] = []
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        self.sent += len(pcm16)
+
+    async def clear(self) -> None:
+        self.clears.append(self.clock())
+
+
+class AudioClock:
+    """Session time advances with the audio pushed: 20 ms per frame."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def __call__(self) -> float:
+        return self.frames * 0.02
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroModel:
+    return SileroModel()
+
+
+def make_session(model: SileroModel, asr: ScriptedAsr, config: EndpointConfig = EndpointConfig()):
+    clock = AudioClock()
+    sink = RecordingSink(clock)
+    detector = SpeechDetector(SileroVad(model), DetectorConfig(min_silence_ms=250))
+    return SpeechSession(detector, asr, sink, config, clock=clock), clock, sink
+
+
+async def push(session: SpeechSession, clock: AudioClock, pcm16: bytes) -> None:
+    for offset in range(0, len(pcm16) - FRAME_BYTES + 1, FRAME_BYTES):
+        clock.frames += 1
+        await session.push_audio(pcm16[offset:offset + FRAME_BYTES])
+        await asyncio.sleep(0)  # let the ASR task take the frame (no wall-clock wait)
+
+
+async def utterance_after(session: SpeechSession, clock: AudioClock, audio: bytes, limit_ms: int = 3000):
+    await push(session, clock, audio)
+    events = []
+    for _ in range(limit_ms // 20):
+        while not session.events.empty():
+            events.append(session.events.get_nowait())
+        if any(isinstance(event, UtteranceEnded) for event in events):
+            return events
+        await push(session, clock, silence(20))
+    raise AssertionError(f"no end of utterance; events: {events}")
+
+
+def test_complete_question_detection() -> None:
+    assert looks_complete("社保卡丢了怎么办") and looks_complete("能不能补缴吗？")
+    assert not looks_complete("我想问一下那个") and not looks_complete("")
+
+
+@pytest.mark.parametrize(("partial", "expected_wait_ms"), [("我想问一下那个", 700), ("社保卡丢了怎么办", 300)])
+async def test_end_of_turn_is_shorter_when_the_question_is_complete(model, partial, expected_wait_ms) -> None:
+    session, clock, _ = make_session(model, ScriptedAsr(partial, "社保卡丢了怎么办"))
+    events = await utterance_after(session, clock, padded(synthesize_mandarin("社保卡丢了怎么办"), 500, 0))
+    ended = next(event for event in events if isinstance(event, UtteranceEnded))
+    assert ended.text == "社保卡丢了怎么办" and ended.reason == "silence"
+    assert expected_wait_ms <= ended.timings.endpoint_wait_ms <= expected_wait_ms + 60
+    assert ended.timings.speech_ms > 800  # the whole sentence, not a fragment
+    assert isinstance(events[0], CallerSpeechStarted) and not events[0].barged_in
+    assert any(isinstance(event, PartialTranscript) for event in events)
+    await session.close()
+
+
+async def test_a_short_reply_is_taken_quickly_after_a_clarifying_question(model) -> None:
+    session, clock, _ = make_session(model, ScriptedAsr("", "是的"))
+    session.expect_short_reply = True
+    events = await utterance_after(session, clock, padded(synthesize_mandarin("是的"), 300, 0))
+    ended = next(event for event in events if isinstance(event, UtteranceEnded))
+    assert ended.text == "是的" and 300 <= ended.timings.endpoint_wait_ms <= 360
+    await session.close()
+
+
+async def test_caller_speech_stops_playback_at_once_and_clears_the_far_end(model) -> None:
+    config = EndpointConfig(playback_lead_ms=60_000)  # everything is sent ahead: only barge-in can stop it
+    session, clock, sink = make_session(model, ScriptedAsr("", "转人工"), config)
+    tone = (np.sin(np.arange(8000 * 5) * 2 * np.pi * 440 / 8000) * 3000).astype(np.int16).tobytes()
+
+    async def one_chunk():
+        yield tone
+
+    playing = asyncio.create_task(session.play(one_chunk()))
+    while not session.playing or sink.sent == 0:
+        await asyncio.sleep(0)
+    speech = synthesize_mandarin("转人工")
+    onset = clock() + 0.3
+    await push(session, clock, padded(speech, 300, 600))
+    result = await playing
+    assert not result.completed and len(sink.clears) == 1
+    started = [event for event in _drain(session) if isinstance(event, CallerSpeechStarted)]
+    assert started and started[0].barged_in
+    # Cleared in the same frame the VAD confirmed speech: min_speech_ms after the onset, plus one window.
+    assert sink.clears[0] == started[0].at and sink.clears[0] - onset <= 0.2 + 0.064 + 0.1
+    await session.close()
+
+
+async def test_a_cough_does_not_interrupt_playback(model) -> None:
+    config = EndpointConfig(playback_lead_ms=60_000)
+    session, clock, sink = make_session(model, ScriptedAsr("", ""), config)
+
+    async def one_second():
+        yield silence(1000)
+
+    playing = asyncio.create_task(session.play(one_second()))
+    while sink.sent == 0:
+        await asyncio.sleep(0)
+    await push(session, clock, padded(cough(120), 200, 500))
+    assert sink.clears == [] and session.playing
+    assert not any(isinstance(event, CallerSpeechStarted) for event in _drain(session))
+    await session.stop_playback()
+    assert not (await playing).completed
+    await session.close()
+
+
+async def test_long_speech_is_cut_at_the_maximum_utterance_length(model) -> None:
+    session, clock, _ = make_session(model, ScriptedAsr("", "很长的话"), EndpointConfig(max_utterance_ms=1000))
+    speech = synthesize_mandarin("我想问一下我们单位给职工交社保的时候基数是怎么定的还有比例是多少")
+    await push(session, clock, padded(speech, 300, 0))
+    ended = [event for event in _drain(session) if isinstance(event, UtteranceEnded)]
+    assert ended and ended[0].reason == "max_length"
+    await session.close()
+
+
+async def test_dtmf_is_an_event(model) -> None:
+    session, _, _ = make_session(model, ScriptedAsr("", ""))
+    await session.push_dtmf("*")
+    event = session.events.get_nowait()
+    assert isinstance(event, DtmfPressed) and event.digit == "*"
+    await session.close()
+
+
+def _drain(session: SpeechSession) -> list:
+    events = []
+    while not session.events.empty():
+        events.append(session.events.get_nowait())
+    return events

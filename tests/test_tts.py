@@ -1,0 +1,288 @@
+"""TTS engines against a local fake edge-tts service and the real espeak-ng: streaming, fallback, cache, prerender."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import edge_tts.communicate
+import edge_tts.constants
+import numpy as np
+import pytest
+
+from tests.fakes.edge_tts_server import MP3_BITRATE_BPS, FakeEdgeTtsServer, render_mp3
+from voice.base import TELEPHONY_RATE_HZ, TtsUnavailable
+from voice.tts import (
+    EdgeTtsEngine,
+    EspeakTtsEngine,
+    PrerenderReport,
+    ResilientTts,
+    TtsCache,
+    create_tts_engine,
+    normalize_text_for_speech,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
+
+GREETING = "您好，这里是社保热线，请问有什么可以帮您？"
+BYTES_PER_SECOND = TELEPHONY_RATE_HZ * 2
+SHORT_DEADLINE_MS = 200
+
+
+@pytest.fixture
+async def edge_server() -> AsyncIterator[FakeEdgeTtsServer]:
+    async with FakeEdgeTtsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> TtsCache:
+    return TtsCache(tmp_path / "tts-cache")
+
+
+def resilient(server: FakeEdgeTtsServer, cache: TtsCache | None, **options) -> ResilientTts:
+    primary = EdgeTtsEngine(rate="+0%", endpoint_url=server.endpoint_url, receive_timeout_s=2.0)
+    return ResilientTts(primary, EspeakTtsEngine(), cache, first_audio_deadline_ms=SHORT_DEADLINE_MS, **options)
+
+
+async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in stream]
+
+
+def rms(pcm: bytes) -> float:
+    return float(np.sqrt(np.mean(np.frombuffer(pcm, dtype="<i2").astype(np.float64) ** 2)))
+
+
+# --- EdgeTtsEngine ---------------------------------------------------------------------------------------------------
+
+
+async def test_edge_engine_streams_8khz_pcm_as_long_as_the_served_mp3(edge_server: FakeEdgeTtsServer) -> None:
+    engine = EdgeTtsEngine("zh-CN-YunxiNeural", rate="+10%", endpoint_url=edge_server.endpoint_url)
+
+    chunks = await collect(engine.synthesize(GREETING))
+
+    mp3_seconds = len(render_mp3(GREETING, "+10%")) * 8 / MP3_BITRATE_BPS  # CBR: duration from the byte count
+    assert len(chunks) > 1, "audio should arrive in several chunks, not in one piece at the end"
+    assert all(len(chunk) % 2 == 0 for chunk in chunks)
+    assert abs(sum(map(len, chunks)) / BYTES_PER_SECOND - mp3_seconds) < 0.06
+    assert rms(b"".join(chunks)) > 300
+    [request] = edge_server.requests
+    assert (request.voice, request.rate, request.text) == ("zh-CN-YunxiNeural", "+10%", GREETING)
+    assert request.service_voice == "Microsoft Server Speech Text to Speech Voice (zh-CN, YunxiNeural)"
+    assert request.output_format == "audio-24khz-48kbitrate-mono-mp3"
+
+
+async def test_edge_engines_with_different_endpoints_run_concurrently_without_leaking() -> None:
+    async with FakeEdgeTtsServer() as first_server, FakeEdgeTtsServer() as second_server:
+        first = EdgeTtsEngine(endpoint_url=first_server.endpoint_url)
+        second = EdgeTtsEngine(endpoint_url=second_server.endpoint_url)
+
+        first_audio, second_audio = await asyncio.gather(collect(first.synthesize("第一句")), collect(second.synthesize("第二句")))
+
+        assert first_audio and second_audio
+        assert [request.text for request in first_server.requests] == ["第一句"]
+        assert [request.text for request in second_server.requests] == ["第二句"]
+    assert f"{edge_tts.communicate.WSS_URL}" == edge_tts.constants.WSS_URL  # code outside an engine sees the real URL
+
+
+@pytest.mark.parametrize(("behaviour", "message"), [
+    ("error_before_audio", "NoAudioReceived"),
+    ("error_mid_stream", "ended before turn.end"),
+    ("hang", "sent no audio for 0.3 s"),
+])
+async def test_edge_engine_failures_raise_tts_unavailable(edge_server: FakeEdgeTtsServer, behaviour: str, message: str) -> None:
+    edge_server.behaviour = behaviour
+    engine = EdgeTtsEngine(endpoint_url=edge_server.endpoint_url, receive_timeout_s=0.3)
+
+    with pytest.raises(TtsUnavailable, match=message):
+        await collect(engine.synthesize(GREETING))
+
+
+async def test_edge_engine_unreachable_host_raises_tts_unavailable() -> None:
+    engine = EdgeTtsEngine(endpoint_url="ws://edge-tts.invalid/v1?TrustedClientToken=x", connect_timeout_s=1)
+
+    with pytest.raises(TtsUnavailable, match="edge-tts failed at ws://edge-tts.invalid/v1: ClientConnector"):
+        await collect(engine.synthesize(GREETING))
+
+
+def test_edge_engine_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        EdgeTtsEngine(rate="fast")
+    with pytest.raises(ValueError, match="query string"):
+        EdgeTtsEngine(endpoint_url="ws://127.0.0.1:1/v1")
+
+
+# --- EspeakTtsEngine -------------------------------------------------------------------------------------------------
+
+
+async def test_espeak_engine_produces_audible_8khz_speech() -> None:
+    pcm = b"".join(await collect(EspeakTtsEngine().synthesize("您好，这里是社保热线")))
+
+    assert 1.0 < len(pcm) / BYTES_PER_SECOND < 4.0  # ten syllables at 200 words per minute
+    assert rms(pcm) > 300
+
+
+async def test_espeak_engine_missing_binary_names_the_install_command() -> None:
+    engine = EspeakTtsEngine(binary="espeak-ng-not-installed")
+
+    with pytest.raises(TtsUnavailable, match="apt-get install espeak-ng"):
+        await collect(engine.synthesize("您好"))
+
+
+@pytest.mark.parametrize(("text", "spoken"), [
+    ("12345678", "幺二三四 五六七八"),
+    ("请拨打13812345678咨询", "请拨打幺三八 幺二三四 五六七八咨询"),
+    ("电话0773-1234567", "电话零七七三 幺二三 四五六七"),
+    ("社保热线12333", "社保热线幺二三三三"),
+    ("补缴1500元，共2000000元", "补缴1500元，共2000000元"),
+    ("单位缴费比例16%", "单位缴费比例百分之16"),
+    ("费率0.5%", "费率百分之0点五"),
+    ("详见https://example.gov.cn/a?b=1。", "详见。"),
+    ("## 办理材料\n- **身份证**\n- `社保卡`", "办理材料 身份证 社保卡"),
+    ("点击[这里](http://x.cn)查询", "点击这里查询"),
+])
+def test_normalize_text_for_speech(text: str, spoken: str) -> None:
+    assert normalize_text_for_speech(text) == spoken
+
+
+# --- TtsCache --------------------------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_and_corrupted_files(cache: TtsCache) -> None:
+    key = TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+0%", GREETING)
+    assert cache.get(key) is None
+    cache.put(key, b"\x01\x02" * 800)
+    assert cache.get(key) == b"\x01\x02" * 800
+
+    [stored] = list(cache.directory.iterdir())
+    stored.write_bytes(stored.read_bytes()[:-100])  # a torn write
+    assert cache.get(key) is None
+    cache.put(key, b"\x03\x04" * 10)
+    assert cache.get(key) == b"\x03\x04" * 10
+    assert TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+10%", GREETING) != key
+
+
+def test_cache_size_cap_evicts_oldest(tmp_path: Path) -> None:
+    cache = TtsCache(tmp_path, max_bytes=5000)
+    keys = [TtsCache.key_for("edge", "voice", "+0%", str(index)) for index in range(3)]
+    for key in keys:
+        cache.put(key, bytes(2000))
+
+    assert cache.get(keys[0]) is None
+    assert cache.get(keys[2]) == bytes(2000)
+
+
+# --- ResilientTts ----------------------------------------------------------------------------------------------------
+
+
+async def test_resilient_uses_primary_and_serves_the_second_request_from_cache(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
+    tts = resilient(edge_server, cache)
+
+    first = await collect(tts.synthesize(GREETING))
+    assert (tts.last_engine, tts.last_outcome.from_cache) == ("edge", False)
+    second = await collect(tts.synthesize(GREETING))
+
+    assert len(edge_server.requests) == 1
+    assert (tts.last_engine, tts.last_outcome.from_cache) == ("edge", True)
+    assert b"".join(second) == b"".join(first)
+    assert {len(chunk) for chunk in second[:-1]} == {640}  # 40 ms chunks
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("slow_first_audio", f"no audio within {SHORT_DEADLINE_MS} ms"),
+    ("hang", f"no audio within {SHORT_DEADLINE_MS} ms"),
+    ("error_before_audio", "NoAudioReceived"),
+])
+async def test_resilient_falls_back_to_espeak_for_the_whole_utterance(
+        edge_server: FakeEdgeTtsServer, cache: TtsCache, behaviour: str, reason: str) -> None:
+    edge_server.behaviour, edge_server.first_audio_delay_s = behaviour, 2.0
+    tts = resilient(edge_server, cache)
+
+    pcm = b"".join(await collect(tts.synthesize(GREETING)))
+
+    assert tts.last_engine == "espeak"
+    assert reason in tts.last_outcome.fallback_reason
+    assert len(pcm) / BYTES_PER_SECOND > 1.0 and rms(pcm) > 300
+    assert cache.get(TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+0%", GREETING)) is None
+    assert list(cache.directory.iterdir()) == []  # fallback audio is never cached
+
+
+async def test_resilient_ends_early_and_caches_nothing_when_primary_fails_mid_stream(
+        edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
+    edge_server.behaviour = "error_mid_stream"
+    tts = resilient(edge_server, cache)
+
+    pcm = b"".join(await collect(tts.synthesize(GREETING)))
+
+    assert pcm
+    assert (tts.last_engine, tts.last_outcome.complete) == ("edge", False)
+    assert list(cache.directory.iterdir()) == []
+
+
+async def test_closing_the_stream_early_stops_the_primary_and_caches_nothing(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
+    edge_server.frame_interval_s = 0.05  # the caller barges in while audio is still arriving
+    tts = resilient(edge_server, cache)
+    stream = tts.synthesize(GREETING)
+
+    first = await anext(stream)
+    await stream.aclose()
+
+    assert first and tts.last_engine == "edge"
+    assert list(cache.directory.iterdir()) == []
+
+
+async def test_resilient_rerenders_a_corrupted_cache_file(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
+    tts = resilient(edge_server, cache)
+    first = b"".join(await collect(tts.synthesize(GREETING)))
+    for path in cache.directory.iterdir():
+        path.write_bytes(b"garbage")
+
+    second = b"".join(await collect(tts.synthesize(GREETING)))
+
+    assert len(edge_server.requests) == 2
+    assert second == first
+    assert tts.last_outcome.from_cache is False
+    assert cache.get(TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+0%", GREETING)) == first
+
+
+async def test_resilient_skips_a_failing_primary_during_its_cooldown(edge_server: FakeEdgeTtsServer) -> None:
+    now = [0.0]
+    edge_server.behaviour = "error_before_audio"
+    tts = resilient(edge_server, None, failures_before_cooldown=2, primary_cooldown_s=30.0, clock=lambda: now[0])
+
+    for _ in range(3):
+        await collect(tts.synthesize("请稍等"))
+    assert len(edge_server.requests) == 2
+    assert "cooling down" in tts.last_outcome.fallback_reason
+
+    now[0] = 31.0
+    edge_server.behaviour = "normal"
+    await collect(tts.synthesize("请稍等"))
+    assert (len(edge_server.requests), tts.last_engine) == (3, "edge")
+
+
+async def test_prerender_reports_rendered_cached_and_failed(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
+    tts = resilient(edge_server, cache)
+    await collect(tts.synthesize("您好"))
+
+    report = await tts.prerender(["您好", "请稍等", "再见", "请稍等", " "], concurrency=2)
+
+    assert report == PrerenderReport(rendered=2, cached=1, failed=0)
+    assert len(edge_server.requests) == 3
+    edge_server.behaviour = "error_before_audio"
+    report = await tts.prerender(["再见", "转人工"])
+    assert report == PrerenderReport(rendered=0, cached=1, failed=1, failed_texts=("转人工",))
+    await collect(tts.synthesize("请稍等"))
+    assert tts.last_outcome.from_cache is True
+
+
+def test_create_tts_engine() -> None:
+    edge = create_tts_engine("edge", voice="zh-CN-YunxiNeural", rate="+5%")
+    espeak = create_tts_engine("espeak", speed_wpm=180)
+
+    assert (type(edge), edge.name, edge.voice, edge.rate) == (EdgeTtsEngine, "edge", "zh-CN-YunxiNeural", "+5%")
+    assert (type(espeak), espeak.name, espeak.voice, espeak.speed_wpm) == (EspeakTtsEngine, "espeak", "cmn-latn-pinyin", 180)
+    with pytest.raises(ValueError, match="unknown TTS engine 'azure'"):
+        create_tts_engine("azure")

@@ -1,0 +1,179 @@
+"""End-to-end phone calls over the Twilio-compatible Media Streams websocket, against the real server:
+tiny FunASR model built on disk, Silero VAD, espeak-ng TTS, SQLite, recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+
+from telephony.api import create_app
+from telephony.media_streams import connected_message, dtmf_message, inbound_media_message, start_message
+from telephony.settings import Settings
+from telephony.simulated_caller import simulated_call
+from telephony.store import CallStatus, Database
+from tests.conftest import _free_port
+from tests.voicefixtures import require_espeak, synthesize_mandarin
+from voice.audio import ulaw_encode
+from voice.tiny_models import build_tiny_paraformer
+
+TOKEN = "test-media-token-0123456789"
+
+
+@dataclass
+class RunningServer:
+    base: str
+    settings: Settings
+    database: Database
+
+    def stream_url(self, token: str = TOKEN) -> str:
+        return f"ws{self.base[4:]}/media-stream?token={token}"
+
+    def readiness(self) -> dict:
+        return httpx.get(f"{self.base}/readyz", timeout=5).json()
+
+    def wait_for_call_end(self, caller_number: str, timeout_s: float = 10.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            calls = self.database.recent_calls(limit=20)
+            matching = [call for call in calls
+                        if call.caller_number == caller_number and call.status is not CallStatus.ACTIVE]
+            if matching:
+                return self.database.get_call(matching[0].id)
+            time.sleep(0.05)  # polling the database the server writes to
+        raise AssertionError("the call record was not closed")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    require_espeak()
+    root = tmp_path_factory.mktemp("voice")
+    model = build_tiny_paraformer(root / "tiny-paraformer")
+    settings = Settings(data_dir=root / "var", centre_phone="0773-0000000", sms_signature="测试社保",
+                        asr_model=str(model), tts_engine="espeak", tts_prerender=False, kb_watch=False,
+                        media_stream_token=TOKEN, no_speech_timeout_ms=4000)
+    port = _free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                                   log_level="warning", ws_max_size=1 << 20))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).json().get("voice", {}).get("asr") == "ready":
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)  # waiting for the model to load in the server thread
+    else:
+        raise AssertionError("voice engines did not become ready")
+    database = Database(settings.resolved_database_url)
+    yield RunningServer(base, settings, database)
+    uvicorn_server.should_exit = True
+    thread.join(10)
+    database.close()
+
+
+def wav_duration_ms(path: str) -> float:
+    with wave.open(path, "rb") as recording:
+        return recording.getnframes() / recording.getframerate() * 1000
+
+
+def test_a_caller_interrupts_the_greeting_asks_and_hears_a_reply(server: RunningServer) -> None:
+    question = synthesize_mandarin("社保卡丢了怎么办")
+    report = asyncio.run(simulated_call(server.stream_url(), [question], interrupt_after_ms=600, caller="test-caller"))
+    assert len(report.turns) == 1
+    turn = report.turns[0]
+    assert turn.barge_in_clear_ms is not None and turn.barge_in_clear_ms < 600  # the greeting stopped
+    assert turn.latency_ms is not None and turn.latency_ms > 0
+    assert report.clears >= 1 and report.late_reply_chunks == 0
+
+    call = server.wait_for_call_end("test-caller")
+    assert call.channel.value == "twilio" and call.caller_number == "test-caller"
+    stored = call.turns[0]
+    assert stored.caller_text  # what the (tiny) ASR heard
+    assert stored.action in {"answer", "clarify", "handoff"}
+    for stage in ("speech_ms", "endpoint_wait_ms", "asr_final_ms", "answer_ms", "voice_to_voice_ms"):
+        assert stage in stored.timings_ms, stage
+    assert stored.timings_ms["endpoint_wait_ms"] >= 250
+    # Both sides are recorded on one timeline; the caller's track holds every frame sent.
+    assert Path(call.recording_caller_path).exists() and Path(call.recording_assistant_path).exists()
+    assert abs(wav_duration_ms(call.recording_caller_path) - report.frames_sent * 20) <= 40
+    assert wav_duration_ms(call.recording_assistant_path) > 500
+
+
+def test_connections_without_the_token_are_refused(server: RunningServer) -> None:
+    async def attempt(url: str) -> int:
+        try:
+            async with websockets.connect(url):
+                return 101
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+
+    assert asyncio.run(attempt(server.stream_url("wrong-token"))) == 403
+    assert asyncio.run(attempt(f"ws{server.base[4:]}/media-stream")) == 403
+
+
+def test_bad_frames_are_survived_and_a_dropped_socket_closes_the_call(server: RunningServer) -> None:
+    before = server.readiness()["voice"]["bad_messages"]
+
+    async def call() -> None:
+        async with websockets.connect(server.stream_url(), max_size=1 << 20) as socket:
+            await socket.send(connected_message())
+            await socket.send("this is not json")
+            await socket.send(json.dumps({"event": "ringing"}))
+            await socket.send(json.dumps({"event": "media", "media": {"payload": "%%%"}}))
+            await socket.send("x" * 70_000)
+            await socket.send(start_message("MZdrop", "CAdrop", {"from": "dropper"}))
+            for index in range(25):
+                await socket.send(inbound_media_message("MZdrop", index, index * 20, ulaw_encode(bytes(320))))
+            await socket.recv()  # the greeting is playing: the call is alive after the bad frames
+            socket.transport.abort()  # the line drops: no stop event, no close handshake
+
+    asyncio.run(call())
+    stored = server.wait_for_call_end("dropper")
+    assert stored.caller_number == "dropper" and stored.status is CallStatus.ENDED
+    assert stored.end_reason == "caller_hangup"
+    assert Path(stored.recording_caller_path).exists()
+    assert server.readiness()["voice"]["bad_messages"] - before == 4
+
+
+def test_keypad_zero_registers_a_callback_and_the_assistant_hangs_up(server: RunningServer) -> None:
+    async def call() -> list[str]:
+        events = []
+        async with websockets.connect(server.stream_url(), max_size=1 << 20) as socket:
+            await socket.send(start_message("MZkey", "CAkey", {"from": "keypad-caller"}))
+            await socket.recv()  # greeting audio
+            await socket.send(dtmf_message("MZkey", "0"))
+            silence = ulaw_encode(bytes(320))
+            index = 0
+            try:
+                while True:
+                    await socket.send(inbound_media_message("MZkey", index, index * 20, silence))
+                    index += 1
+                    try:
+                        message = await asyncio.wait_for(socket.recv(), 0.02)
+                        events.append(json.loads(message)["event"])
+                    except asyncio.TimeoutError:
+                        pass
+            except websockets.ConnectionClosed:
+                return events
+        return events
+
+    events = asyncio.run(asyncio.wait_for(call(), 60))
+    assert "clear" in events  # the key press cut the greeting
+    stored = server.wait_for_call_end("keypad-caller", timeout_s=30)
+    assert stored.caller_number == "keypad-caller" and stored.end_reason == "handoff"
+    assert [ticket.reason for ticket in stored.handoff_tickets] == ["caller pressed 0"]
+    assert stored.handoff_tickets[0].callback_number == "keypad-caller"

@@ -1,0 +1,492 @@
+"""Streaming speech recognition with FunASR: the in-process Paraformer engine and the 2pass websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from voice.audio import Resampler, pcm16_to_float
+from voice.base import SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AsrUnavailable, AudioFormatError, Transcript
+from voice.asr_server import (
+    END_OF_SPEECH_JSON, WEBSOCKET_SUBPROTOCOL, AsrProtocolError, RecognitionResult, ServerError, StreamConfig,
+    parse_server_message,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_RATE_HZ = 16000  # Paraformer's frontend (WavFrontendOnline) expects 16 kHz
+SAMPLES_PER_CHUNK_UNIT = 960  # chunk_size[1] counts 60 ms units at 16 kHz: 10 → 600 ms = 9600 samples
+HUB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+ResultType = TypeVar("ResultType")
+
+
+def is_hub_name(model: str | Path) -> bool:
+    """True when `model` can only mean a ModelScope name ("paraformer-zh-streaming", "iic/name"), not a path.
+
+    Path objects, absolute paths, "~", "./", "../" and anything with more than one "/" are local paths, so a
+    mistyped directory fails at once instead of after funasr's 20 s of download retries.
+    """
+    return isinstance(model, str) and not Path(model).exists() and HUB_NAME_PATTERN.match(model) is not None
+
+
+class _FunAsrInfoFilter(logging.Filter):
+    """Drops funasr's INFO chatter, which it logs on the root logger itself ("Loading ckpt ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "funasr" not in record.pathname
+
+
+_FUNASR_INFO_FILTER = _FunAsrInfoFilter()
+
+
+@contextlib.contextmanager
+def quiet_funasr() -> Iterator[None]:
+    """Swallow funasr's prints and undo the logging.basicConfig() that its import and AutoModel() call."""
+    root = logging.getLogger()
+    if _FUNASR_INFO_FILTER not in root.filters:
+        root.addFilter(_FUNASR_INFO_FILTER)  # root logger filters see only records logged on root itself
+    handlers, level = list(root.handlers), root.level
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+class FunAsrEngine:
+    """A streaming Paraformer (FunASR `AutoModel`) in this process; one model shared by all streams.
+
+    Inference runs off the event loop. `AutoModel.generate()` writes each call's options (the stream's cache,
+    is_final) into the model's shared kwargs dict, so two threads calling it at once would mix streams: calls
+    are serialised by a lock, and the default executor has a single worker for the same reason. Pass a larger
+    executor to share threads with other engines; one model still decodes one chunk at a time (run one engine
+    per core, or a FunASR server, for more streams).
+    """
+
+    name = "funasr"
+
+    def __init__(self, model: str | Path, *, device: str = "cpu", chunk_size: Sequence[int] = (0, 10, 5),
+                 encoder_chunk_look_back: int = 4, decoder_chunk_look_back: int = 1,
+                 punctuation_model: str | Path | None = None, executor: Executor | None = None,
+                 resample_quality: str = "HQ") -> None:
+        self.model_source = model
+        self.device = device
+        self.decode_options = _decode_options(chunk_size, encoder_chunk_look_back, decoder_chunk_look_back)
+        self.punctuation_source = punctuation_model
+        self.resample_quality = resample_quality  # soxr: "HQ" holds partials back 60-100 ms, "QQ" ~0
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="funasr")
+        self._load_lock = threading.Lock()
+        self._inference_lock = threading.Lock()
+        self._model: Any = None
+        self._punctuation: Any = None
+        self.load_seconds: float | None = None
+
+    async def warm_up(self) -> None:
+        """Load the model (and punctuation model) in the executor, then decode 600 ms of silence."""
+        await self.run_in_executor(self._load)
+
+    def open_stream(self, hotwords: Sequence[str] = (), *, sample_rate_hz: int = TELEPHONY_RATE_HZ,
+                    chunk_size: Sequence[int] | None = None, encoder_chunk_look_back: int | None = None,
+                    decoder_chunk_look_back: int | None = None) -> FunAsrStream:
+        """A stream of `sample_rate_hz` PCM (8000 or 16000); chunk options default to the engine's.
+
+        Hotwords are kept on the stream but the streaming Paraformer has no hotword biasing (only the offline
+        SeACo-Paraformer has), so they do not change the text.
+        """
+        overrides = {"chunk_size": chunk_size, "encoder_chunk_look_back": encoder_chunk_look_back,
+                     "decoder_chunk_look_back": decoder_chunk_look_back}
+        merged = {**self.decode_options, **{key: value for key, value in overrides.items() if value is not None}}
+        return FunAsrStream(self, tuple(hotwords), sample_rate_hz, _decode_options(**merged))
+
+    async def close(self) -> None:
+        if self._owns_executor:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    async def run_in_executor(self, function: Callable[..., ResultType], *arguments: Any) -> ResultType:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
+
+    def decode(self, samples: np.ndarray, cache: dict, is_final: bool, options: dict) -> str:
+        """Decode 16 kHz float samples with a stream's cache; returns only the newly decoded text."""
+        self._load()
+        return self._generate(self._model, input=samples, cache=cache, is_final=is_final, **options)
+
+    def punctuate(self, text: str) -> str:
+        self._load()
+        return self._generate(self._punctuation, input=text) if self._punctuation is not None and text else text
+
+    def _generate(self, model: Any, **arguments: Any) -> str:
+        with self._inference_lock:
+            try:
+                results = model.generate(key="stream", **arguments)
+            except Exception as error:  # torch and funasr raise anything; callers get one VoiceError
+                raise AsrUnavailable(f"ASR inference with {self.model_source} failed: "
+                                     f"{type(error).__name__}: {error}") from error
+        return results[0]["text"] if results else ""
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            started = time.perf_counter()
+            model = _load_auto_model(self.model_source, self.device)
+            punctuation = None
+            if self.punctuation_source is not None:
+                punctuation = _load_auto_model(self.punctuation_source, self.device)
+            silence = np.zeros(self.decode_options["chunk_size"][1] * SAMPLES_PER_CHUNK_UNIT, dtype=np.float32)
+            try:
+                self._generate(model, input=silence, cache={}, is_final=True, **self.decode_options)
+            except AsrUnavailable as error:
+                raise AsrUnavailable(f"ASR model {self.model_source} loaded but a test decode failed: "
+                                     f"{error.__cause__}") from error.__cause__
+            self._model, self._punctuation = model, punctuation
+            _release_freed_memory()
+            self.load_seconds = time.perf_counter() - started
+            logger.info("ASR model %s ready in %.2f s", self.model_source, self.load_seconds)
+
+
+def _release_freed_memory() -> None:
+    """Hand the checkpoint copy freed after loading back to the OS (glibc keeps it: 3.1 → 1.4 GB for the real model)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _decode_options(chunk_size: Sequence[int], encoder_chunk_look_back: int, decoder_chunk_look_back: int) -> dict:
+    sizes = [int(value) for value in chunk_size]
+    if len(sizes) != 3 or sizes[1] <= 0 or min(sizes) < 0:
+        raise ValueError(f"chunk_size must be three non-negative integers with a positive middle, got {chunk_size}")
+    return {"chunk_size": sizes, "encoder_chunk_look_back": int(encoder_chunk_look_back),
+            "decoder_chunk_look_back": int(decoder_chunk_look_back)}
+
+
+def _load_auto_model(source: str | Path, device: str) -> Any:
+    """funasr's AutoModel for a local directory, or a hub name fetched once; every failure is AsrUnavailable."""
+    from_hub = is_hub_name(source)
+    if not from_hub:
+        directory = Path(source).expanduser().absolute()
+        if not directory.is_dir():
+            raise AsrUnavailable(f"ASR model directory {directory} does not exist")
+        if not (directory / "config.yaml").is_file() and not (directory / "configuration.json").is_file():
+            raise AsrUnavailable(f"ASR model directory {directory} has no config.yaml (nor configuration.json)")
+        if (directory / "config.yaml").is_file() and not (directory / "model.pt").is_file():
+            raise AsrUnavailable(f"ASR model directory {directory} has config.yaml but no model.pt")
+        source = str(directory)
+    else:
+        logger.info("%s is not a local directory: fetching it from ModelScope (once; needs internet)", source)
+    try:
+        with quiet_funasr():
+            import funasr
+            from funasr import AutoModel
+    except ImportError as error:
+        raise AsrUnavailable(f"funasr cannot be imported ({error}); install funasr and kaldi-native-fbank") from error
+    try:
+        with quiet_funasr():
+            return AutoModel(model=str(source), device=device, disable_update=True, disable_pbar=True,
+                             log_level="ERROR")
+    except Exception as error:  # funasr raises RuntimeError, AssertionError, yaml and torch errors
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if from_hub:
+            raise AsrUnavailable(
+                f"ASR model {source!r} is not a local directory, so funasr tried to download it from ModelScope, "
+                f"and that failed (no internet? pass the path of a downloaded model directory instead): {reason}"
+            ) from error
+        hint = ""
+        if "is not registered" in reason:  # a missing dependency silently unregisters the model class
+            failed = sorted(name for name in getattr(funasr, "get_import_errors", dict)() if ".models." in name)
+            hint = f"; funasr model modules that failed to import: {failed[:5]}" if failed else ""
+        raise AsrUnavailable(f"cannot load ASR model from {source}: {reason}{hint}") from error
+
+
+@dataclass
+class _Utterance:
+    """A stream's state for one utterance; the worker thread writes only into the object it was given."""
+
+    resampler: Any
+    pending: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))  # 16 kHz, < one stride
+    cache: dict = field(default_factory=dict)
+    text: str = ""
+    has_audio: bool = False
+
+
+class FunAsrStream:
+    """One utterance at a time: buffers 16 kHz audio and decodes each whole stride (600 ms by default)."""
+
+    def __init__(self, engine: FunAsrEngine, hotwords: tuple[str, ...], sample_rate_hz: int, options: dict) -> None:
+        if sample_rate_hz not in (TELEPHONY_RATE_HZ, MODEL_RATE_HZ):
+            raise ValueError(f"sample_rate_hz must be {TELEPHONY_RATE_HZ} or {MODEL_RATE_HZ}, got {sample_rate_hz}")
+        self.engine = engine
+        self.hotwords = hotwords
+        self.sample_rate_hz = sample_rate_hz
+        self.options = options
+        self.stride_samples = options["chunk_size"][1] * SAMPLES_PER_CHUNK_UNIT
+        self._lock = asyncio.Lock()
+        self._utterance = self._new_utterance()
+
+    def _new_utterance(self) -> _Utterance:
+        if self.sample_rate_hz == MODEL_RATE_HZ:
+            return _Utterance(resampler=None)
+        import soxr
+
+        return _Utterance(resampler=soxr.ResampleStream(self.sample_rate_hz, MODEL_RATE_HZ, 1, dtype="float32",
+                                                        quality=self.engine.resample_quality))
+
+    async def push(self, pcm16: bytes) -> Transcript | None:
+        samples = pcm16_to_float(pcm16)
+        async with self._lock:
+            utterance = self._utterance
+            utterance.has_audio = utterance.has_audio or samples.size > 0
+            if utterance.resampler is not None:
+                samples = utterance.resampler.resample_chunk(samples)
+            pending = np.concatenate((utterance.pending, samples))
+            whole = len(pending) // self.stride_samples * self.stride_samples
+            utterance.pending = pending[whole:]
+            if whole == 0:
+                return None
+            # The worker appends the text itself, so a cancelled push loses nothing.
+            new_text = await self.engine.run_in_executor(self._decode_into, utterance, pending[:whole], False)
+            return Transcript(utterance.text, is_final=False) if new_text else None
+
+    async def finish(self) -> Transcript:
+        async with self._lock:
+            utterance, self._utterance = self._utterance, self._new_utterance()
+            if not utterance.has_audio:
+                return Transcript("", is_final=True)
+            tail = np.empty(0, dtype=np.float32)
+            if utterance.resampler is not None:
+                tail = utterance.resampler.resample_chunk(tail, last=True)
+            await self.engine.run_in_executor(self._decode_into, utterance, np.concatenate((utterance.pending, tail)),
+                                              True)
+            text = utterance.text
+            if self.engine.punctuation_source is not None:
+                text = await self.engine.run_in_executor(self.engine.punctuate, text)
+            return Transcript(text, is_final=True)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._utterance = self._new_utterance()
+
+    def _decode_into(self, utterance: _Utterance, samples: np.ndarray, is_final: bool) -> str:
+        new_text = self.engine.decode(samples, utterance.cache, is_final, self.options)
+        utterance.text += new_text
+        return new_text
+
+
+class FunAsrServerEngine:
+    """A client of a FunASR runtime server speaking the 2pass websocket protocol (GPU servers, many workers)."""
+
+    name = "funasr-server"
+
+    def __init__(self, url: str, *, mode: str = "2pass", chunk_size: Sequence[int] = (5, 10, 5),
+                 chunk_interval: int = 10, audio_fs: int = TELEPHONY_RATE_HZ, connect_timeout_s: float = 3.0,
+                 final_timeout_s: float = 5.0, hotwords: Sequence[str] = ()) -> None:
+        if mode not in ("2pass", "online", "offline"):
+            raise ValueError(f"mode must be 2pass, online or offline, got {mode!r}")
+        if audio_fs not in (TELEPHONY_RATE_HZ, MODEL_RATE_HZ):
+            raise ValueError(f"audio_fs must be {TELEPHONY_RATE_HZ} or {MODEL_RATE_HZ}, got {audio_fs}")
+        self.url = url
+        self.mode = mode
+        self.chunk_size = tuple(_decode_options(chunk_size, 0, 0)["chunk_size"])
+        self.chunk_interval = chunk_interval
+        self.audio_fs = audio_fs  # 8000: the C++ server resamples; 16000: this client upsamples (python server)
+        self.connect_timeout_s = connect_timeout_s
+        self.final_timeout_s = final_timeout_s
+        self.hotwords = tuple(hotwords)
+        # FunASR clients send chunk_size[1] × 60 ms / chunk_interval per binary frame (60 ms by default).
+        self.piece_bytes = 2 * (self.chunk_size[1] * 60 * audio_fs // 1000 // max(chunk_interval, 1))
+        self._utterances = 0
+
+    async def warm_up(self) -> None:
+        """Connect and recognise 600 ms of silence, so a dead server shows up before the first call."""
+        stream = self.open_stream()
+        try:
+            await stream.push(bytes(2 * TELEPHONY_RATE_HZ * 600 // 1000))
+            await stream.finish()
+        finally:
+            await stream.close()
+
+    def open_stream(self, hotwords: Sequence[str] = ()) -> FunAsrServerStream:
+        return FunAsrServerStream(self, (*self.hotwords, *hotwords))
+
+    async def close(self) -> None:
+        """Nothing shared to release: each stream owns its connection."""
+
+    def next_wav_name(self) -> str:
+        self._utterances += 1
+        return f"hotline-{self._utterances}"
+
+
+@dataclass
+class _ServerUtterance:
+    """What one connection has received; its receiver task writes only here."""
+
+    connection: Any
+    committed_text: str = ""  # offline results: the corrected text of finished segments
+    online_text: str = ""  # online results since the last offline one
+    reported_text: str = ""
+    end_sent: bool = False
+    final_received: asyncio.Event = field(default_factory=asyncio.Event)
+    error: AsrUnavailable | None = None
+    receiver: asyncio.Task | None = None
+
+
+class FunAsrServerStream:
+    """One websocket per utterance, opened by the first push and closed once the final result arrived.
+
+    A fresh connection per utterance behaves the same on every FunASR server (they differ in what state they keep
+    after {"is_speaking": false}), and costs about a millisecond on a LAN.
+    """
+
+    def __init__(self, engine: FunAsrServerEngine, hotwords: tuple[str, ...]) -> None:
+        self.engine = engine
+        self.hotwords = hotwords
+        self._utterance: _ServerUtterance | None = None
+        self._reset_audio()
+
+    def _reset_audio(self) -> None:
+        self._unsent = bytearray()
+        self._resampler = Resampler(TELEPHONY_RATE_HZ, self.engine.audio_fs)  # a pass-through at 8 kHz
+
+    async def push(self, pcm16: bytes) -> Transcript | None:
+        if len(pcm16) % SAMPLE_WIDTH_BYTES:
+            raise AudioFormatError(f"16-bit PCM must have an even byte count, got {len(pcm16)} bytes")
+        utterance = self._utterance or await self._connect()
+        if utterance.error is not None:
+            raise utterance.error
+        self._unsent += self._resampler.process(pcm16)
+        piece = self.engine.piece_bytes
+        while len(self._unsent) >= piece:
+            await self._send(utterance, bytes(self._unsent[:piece]))
+            del self._unsent[:piece]
+        text = utterance.committed_text + utterance.online_text
+        if not text or text == utterance.reported_text:
+            return None
+        utterance.reported_text = text
+        return Transcript(text, is_final=False)
+
+    async def finish(self) -> Transcript:
+        utterance = self._utterance
+        if utterance is None:
+            self._reset_audio()
+            return Transcript("", is_final=True)
+        try:
+            self._unsent += self._resampler.flush()
+            if self._unsent:
+                await self._send(utterance, bytes(self._unsent))
+            utterance.end_sent = True
+            await self._send(utterance, END_OF_SPEECH_JSON)
+            try:
+                await asyncio.wait_for(utterance.final_received.wait(), self.engine.final_timeout_s)
+            except TimeoutError:
+                raise AsrUnavailable(f"no final result from the FunASR server at {self.engine.url} within "
+                                     f"{self.engine.final_timeout_s} s") from None
+            if utterance.error is not None:
+                raise utterance.error
+            text = utterance.online_text if self.engine.mode == "online" else utterance.committed_text
+            return Transcript(text, is_final=True)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        self._reset_audio()
+        if utterance is not None:
+            if utterance.receiver is not None:
+                utterance.receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await utterance.receiver
+            await utterance.connection.close()
+
+    async def _connect(self) -> _ServerUtterance:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
+        try:
+            connection = await connect(
+                self.engine.url, subprotocols=[WEBSOCKET_SUBPROTOCOL], open_timeout=self.engine.connect_timeout_s,
+                ping_interval=None, compression=None, proxy=None)
+        except (OSError, TimeoutError, WebSocketException) as error:
+            raise AsrUnavailable(f"cannot connect to the FunASR server at {self.engine.url}: "
+                                 f"{type(error).__name__}: {error}") from error
+        utterance = self._utterance = _ServerUtterance(connection)
+        utterance.receiver = asyncio.create_task(self._receive(utterance))
+        config = StreamConfig(mode=self.engine.mode, chunk_size=self.engine.chunk_size,  # type: ignore[arg-type]
+                              chunk_interval=self.engine.chunk_interval, wav_name=self.engine.next_wav_name(),
+                              audio_fs=self.engine.audio_fs, hotwords=self.hotwords)
+        await self._send(utterance, config.to_json())
+        return utterance
+
+    async def _send(self, utterance: _ServerUtterance, message: str | bytes) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await utterance.connection.send(message)
+        except ConnectionClosed as error:
+            raise utterance.error or AsrUnavailable(
+                f"the FunASR server at {self.engine.url} closed the connection: {error}") from error
+
+    async def _receive(self, utterance: _ServerUtterance) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in utterance.connection:
+                if isinstance(message, bytes):
+                    continue
+                try:
+                    result = parse_server_message(message)
+                except AsrProtocolError as error:
+                    logger.warning("ignoring a FunASR server message: %s", error)
+                    continue
+                if isinstance(result, ServerError):
+                    utterance.error = AsrUnavailable(f"the FunASR server at {self.engine.url} reported: "
+                                                     f"{result.message}")
+                    break
+                self._apply(utterance, result)
+        except ConnectionClosed:
+            pass
+        if not utterance.final_received.is_set():
+            if utterance.error is None and not (utterance.end_sent and self.engine.mode == "online"):
+                utterance.error = AsrUnavailable(f"the FunASR server at {self.engine.url} closed the connection "
+                                                 "before the final result")
+            utterance.final_received.set()
+
+    def _apply(self, utterance: _ServerUtterance, result: RecognitionResult) -> None:
+        offline = result.mode in ("2pass-offline", "offline")
+        if offline:
+            utterance.committed_text += result.text
+            utterance.online_text = ""
+        else:
+            utterance.online_text += result.text
+        # The python server's is_final means "still speaking", so the end is recognised by mode where possible.
+        if utterance.end_sent and (offline or (self.engine.mode == "online" and result.is_final)):
+            utterance.final_received.set()
+
+
+ASR_ENGINE_KINDS: dict[str, Callable[..., Any]] = {"funasr": FunAsrEngine, "funasr-server": FunAsrServerEngine}
+
+
+def create_asr_engine(kind: str, **options: Any) -> FunAsrEngine | FunAsrServerEngine:
+    """`create_asr_engine("funasr", model=path)` or `create_asr_engine("funasr-server", url="ws://...")`."""
+    try:
+        factory = ASR_ENGINE_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown ASR engine {kind!r}; choose one of {', '.join(ASR_ENGINE_KINDS)}") from None
+    return factory(**options)

@@ -1,0 +1,317 @@
+"""One caller's speech turn-taking: VAD, streaming ASR, endpointing, barge-in, DTMF and paced playback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from voice.base import FRAME_BYTES, FRAME_MS, AsrStream, VoiceError
+from voice.vad import SpeechDetector, SpeechStarted
+
+log = logging.getLogger(__name__)
+
+# A partial transcript that ends like a finished Mandarin question lets the turn end on a shorter silence.
+COMPLETE_QUESTION = re.compile(
+    r"(吗|呢|么|嘛|吧|没有|没|不|怎么办|怎么弄|咋办|咋弄|咋整|多少|多少钱|几个|几年|哪里|哪儿|在哪|什么|啥|谁|多久|"
+    r"怎么样|如何|可以吗|行不行|能不能|要不要|转人工|人工)[？?。！!]*$"
+)
+
+
+def looks_complete(text: str) -> bool:
+    return bool(text) and bool(COMPLETE_QUESTION.search(text.strip()))
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """When a caller's turn is over. Silences are trailing silence after the last voiced window."""
+
+    end_of_turn_silence_ms: int = 700
+    complete_question_silence_ms: int = 300  # the partial transcript already reads as a whole question
+    short_reply_silence_ms: int = 300  # after "是不是…？" or "A还是B？" a "是" / "对" / "第二个" is expected
+    max_utterance_ms: int = 20_000
+    pre_roll_ms: int = 400  # audio kept from before the VAD fired, so the first syllable reaches the ASR
+    playback_lead_ms: int = 200  # how far ahead of real time audio is sent to the transport
+
+
+@dataclass(frozen=True)
+class TurnTimings:
+    """Wall-clock facts of one caller turn (monotonic seconds) and the stage durations derived from them."""
+
+    speech_started_at: float
+    speech_ended_at: float  # arrival of the last voiced audio
+    endpoint_at: float  # the turn was declared over
+    final_at: float  # the ASR final transcript was ready
+
+    @property
+    def endpoint_wait_ms(self) -> float:
+        return round((self.endpoint_at - self.speech_ended_at) * 1000, 1)
+
+    @property
+    def asr_final_ms(self) -> float:
+        return round((self.final_at - self.endpoint_at) * 1000, 1)
+
+    @property
+    def speech_ms(self) -> float:
+        return round((self.speech_ended_at - self.speech_started_at) * 1000, 1)
+
+
+@dataclass(frozen=True)
+class CallerSpeechStarted:
+    at: float
+    barged_in: bool  # it interrupted the assistant's playback
+
+
+@dataclass(frozen=True)
+class PartialTranscript:
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    text: str
+    reason: str  # "silence" or "max_length"
+    timings: TurnTimings
+
+
+@dataclass(frozen=True)
+class DtmfPressed:
+    digit: str
+    at: float
+
+
+SpeechEvent = CallerSpeechStarted | PartialTranscript | UtteranceEnded | DtmfPressed
+
+
+class AudioSink(Protocol):
+    """Where the assistant's audio goes (a transport); `clear` drops what the far end has buffered."""
+
+    async def send_audio(self, pcm16: bytes) -> None: ...
+
+    async def clear(self) -> None: ...
+
+
+@dataclass
+class PlaybackResult:
+    completed: bool  # False when barge-in or stop() cut it short
+    sent_ms: int = 0
+    first_audio_at: float | None = None
+    stopped_at: float | None = None
+
+
+@dataclass
+class _Utterance:
+    started_at: float
+    voiced_until: float
+    partial: str = ""
+    frames: int = 0
+
+
+@dataclass
+class _Playback:
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    result: PlaybackResult = field(default_factory=lambda: PlaybackResult(False))
+    on_first_audio: Callable[[float], None] | None = None
+
+
+class SpeechSession:
+    """Feed caller audio in with `push_audio`; read turn events from `events`; speak with `play`."""
+
+    def __init__(self, detector: SpeechDetector, asr: AsrStream, sink: AudioSink,
+                 config: EndpointConfig = EndpointConfig(), clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] = asyncio.sleep) -> None:
+        self.detector = detector
+        self.asr = asr
+        self.sink = sink
+        self.config = config
+        self.clock = clock
+        self.sleep = sleep
+        self.events: asyncio.Queue[SpeechEvent] = asyncio.Queue()
+        self.expect_short_reply = False
+        self._pre_roll: deque[bytes] = deque(maxlen=max(1, config.pre_roll_ms // FRAME_MS))
+        self._utterance: _Utterance | None = None
+        self._asr_queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        self._asr_task: asyncio.Task | None = None
+        self._playback: _Playback | None = None
+        self._carry = b""
+        self.asr_errors = 0
+
+    # -- caller side ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._asr_task is None:
+            self._asr_task = asyncio.create_task(self._run_asr(), name="speech-session-asr")
+
+    async def push_audio(self, pcm16: bytes) -> None:
+        """One chunk of caller audio (8 kHz PCM, any length) as it arrives from the transport."""
+        self.start()
+        data = self._carry + pcm16
+        usable = len(data) - len(data) % FRAME_BYTES
+        self._carry = data[usable:]
+        for offset in range(0, usable, FRAME_BYTES):
+            await self._push_frame(data[offset:offset + FRAME_BYTES])
+
+    async def _push_frame(self, frame: bytes) -> None:
+        now = self.clock()
+        for event in self.detector.push(frame):
+            if isinstance(event, SpeechStarted) and self._utterance is None:
+                barged_in = self.playing
+                if barged_in:
+                    await self.stop_playback()
+                # The VAD fires after min_speech_ms of voice: start the utterance where the voice began.
+                self._utterance = _Utterance(started_at=now, voiced_until=now)
+                for buffered in self._pre_roll:
+                    self._asr_queue.put_nowait(("audio", buffered))
+                self._pre_roll.clear()
+                self.events.put_nowait(CallerSpeechStarted(now, barged_in))
+        utterance = self._utterance
+        if utterance is None:
+            self._pre_roll.append(frame)
+            return
+        utterance.frames += 1
+        self._asr_queue.put_nowait(("audio", frame))
+        if self.detector.in_speech and self.detector.silence_ms == 0:
+            utterance.voiced_until = now
+        if (now - utterance.started_at) * 1000 >= self.config.max_utterance_ms:
+            self._end_utterance(now, "max_length")
+        elif not self.detector.in_speech or self.detector.silence_ms > 0:
+            if self.detector.silence_ms >= self._silence_needed(utterance):
+                self._end_utterance(now, "silence")
+
+    def _silence_needed(self, utterance: _Utterance) -> int:
+        if self.expect_short_reply:
+            return self.config.short_reply_silence_ms
+        if looks_complete(utterance.partial):
+            return self.config.complete_question_silence_ms
+        return self.config.end_of_turn_silence_ms
+
+    def _end_utterance(self, now: float, reason: str) -> None:
+        utterance = self._utterance
+        assert utterance is not None
+        self._utterance = None
+        self._asr_queue.put_nowait(("finish", (utterance, now, reason)))
+
+    async def push_dtmf(self, digit: str) -> None:
+        """A keypad press interrupts the assistant like speech does (callers press keys to skip prompts)."""
+        if self.playing:
+            await self.stop_playback()
+        self.events.put_nowait(DtmfPressed(digit, self.clock()))
+
+    async def _run_asr(self) -> None:
+        """Feeds the ASR off the audio path, so VAD and barge-in never wait for decoding."""
+        partial = ""
+        while True:
+            kind, payload = await self._asr_queue.get()
+            if kind == "audio":
+                try:
+                    transcript = await self.asr.push(payload)  # type: ignore[arg-type]
+                except VoiceError as exc:
+                    self.asr_errors += 1
+                    log.warning("ASR push failed: %s", exc)
+                    continue
+                if transcript is not None and transcript.text != partial:
+                    partial = transcript.text
+                    if self._utterance is not None:
+                        self._utterance.partial = partial
+                    self.events.put_nowait(PartialTranscript(partial, self.clock()))
+            elif kind == "finish":
+                utterance, endpoint_at, reason = payload  # type: ignore[misc]
+                try:
+                    text = (await self.asr.finish()).text
+                except VoiceError as exc:
+                    self.asr_errors += 1
+                    log.warning("ASR final failed: %s", exc)
+                    text = ""
+                partial = ""
+                timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
+                self.events.put_nowait(UtteranceEnded(text.strip(), reason, timings))
+            elif kind == "close":
+                return
+
+    # -- assistant side -------------------------------------------------------------------------
+
+    @property
+    def playing(self) -> bool:
+        return self._playback is not None
+
+    async def play(self, chunks: AsyncIterator[bytes],
+                   on_first_audio: Callable[[float], None] | None = None) -> PlaybackResult:
+        """Send the audio to the transport in real time (a small lead ahead), until done or interrupted."""
+        playback = _Playback(on_first_audio=on_first_audio)
+        self._playback = playback
+        result = playback.result
+        started = self.clock()
+        lead_s = self.config.playback_lead_ms / 1000
+        pending = b""
+        try:
+            async for chunk in chunks:
+                if playback.stop.is_set():
+                    break
+                pending += chunk
+                usable = len(pending) - len(pending) % FRAME_BYTES
+                if usable == 0:
+                    continue
+                block, pending = pending[:usable], pending[usable:]
+                if not await self._send_paced(playback, block, started, lead_s):
+                    break
+            if pending and not playback.stop.is_set():
+                await self._send_paced(playback, pending + bytes(FRAME_BYTES - len(pending)), started, lead_s)
+            result.completed = not playback.stop.is_set()
+            if result.completed:
+                # Wait until the far end has played what was sent ahead, so "listening" starts on time.
+                remaining = started + result.sent_ms / 1000 - self.clock()
+                if remaining > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(playback.stop.wait(), remaining)
+                    result.completed = not playback.stop.is_set()
+        finally:
+            if self._playback is playback:
+                self._playback = None
+        return result
+
+    async def _send_paced(self, playback: _Playback, block: bytes, started: float, lead_s: float) -> bool:
+        frame_block = FRAME_BYTES * 5  # 100 ms per transport message keeps 100 calls cheap
+        for offset in range(0, len(block), frame_block):
+            if playback.stop.is_set():
+                return False
+            piece = block[offset:offset + frame_block]
+            ahead = started + playback.result.sent_ms / 1000 - self.clock()
+            if ahead > lead_s:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(playback.stop.wait(), ahead - lead_s)
+                if playback.stop.is_set():
+                    return False
+            await self.sink.send_audio(piece)
+            if playback.result.first_audio_at is None:
+                playback.result.first_audio_at = self.clock()
+                if playback.on_first_audio is not None:
+                    playback.on_first_audio(playback.result.first_audio_at)
+            playback.result.sent_ms += len(piece) // FRAME_BYTES * FRAME_MS
+        return True
+
+    async def stop_playback(self) -> None:
+        """Barge-in or hang-up: stop sending and make the far end drop its buffered audio."""
+        playback = self._playback
+        if playback is None or playback.stop.is_set():
+            return
+        playback.stop.set()
+        playback.result.stopped_at = self.clock()
+        await self.sink.clear()
+
+    async def close(self) -> None:
+        await self.stop_playback()
+        if self._asr_task is not None:
+            self._asr_queue.put_nowait(("close", None))
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._asr_task, 2.0)
+            if not self._asr_task.done():
+                self._asr_task.cancel()
+        with contextlib.suppress(VoiceError):
+            await self.asr.close()
