@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rag.base import Action, Answer
+from rag.base import Action, Answer, ConversationContext
+from rag.engine import MIDDLE
 from rag.errors import InvalidQuestionError
 from telephony import prompts
 from telephony.errors import StorageError, TelephonyError
@@ -106,6 +107,9 @@ class CallSession:
         self._started = clock()
         self._caller_mid_utterance = False
         self._pending_writes: set[asyncio.Future] = set()
+        self._questions: list[str] = []
+        self._answered_items: list[str] = []
+        self._offered: tuple[str, ...] = ()
 
     def _move(self, target: DialogueState) -> None:
         self.state = next_state(self.state, target)
@@ -212,57 +216,94 @@ class CallSession:
             return
         self._move(DialogueState.RESPONDING)
         try:
-            result = await self.service.ask(text, self.channel, self.call_id, stage_timings=timings)
+            first_audio_out = asyncio.Event()
+            result = await self.service.ask(text, self.channel, self.call_id, context=self.context(),
+                                            stage_timings=timings, background_store=True,
+                                            store_after=first_audio_out)
         except InvalidQuestionError:
             await self.say(prompts.REPEAT_PLEASE)
             self._move(DialogueState.LISTENING)
             return
         self.turns += 1
         answer = result.answer
+        self._remember(answer)
         self.speech.expect_short_reply = answer.action is Action.CLARIFY
         self._asked_anything_else = False
         if answer.action is Action.HANDOFF:
-            await self._hand_off(answer, answer.reason, spoken_first=answer.spoken, turn_seq=result.turn_seq,
-                                 event=event)
+            await self._hand_off(answer, answer.reason, spoken_first=answer.spoken, stored=result.stored,
+                                 event=event, first_audio_out=first_audio_out)
             return
         follow = ""
         if answer.action is Action.ANSWER:
             follow = await self.after_answer(answer)
             self._asked_anything_else = True
-        await self.say(answer.spoken, follow, on_first_audio=self._first_audio_recorder(result.turn_seq, event))
+        await self.say(answer.spoken, follow,
+                       on_first_audio=self._first_audio_recorder(result.stored, event, first_audio_out))
         if self.state is DialogueState.RESPONDING:
             self._move(DialogueState.LISTENING)
 
-    def _first_audio_recorder(self, seq: int | None, event: UtteranceEnded) -> Callable[[float], None]:
-        """Stores the reply's first-audio timings the moment audio goes out (the caller may hang up mid-reply)."""
+    def _first_audio_recorder(self, stored: asyncio.Task | None, event: UtteranceEnded,
+                              first_audio_out: asyncio.Event | None = None) -> Callable[[float], None]:
+        """Adds the reply's first-audio timings to the stored turn as soon as audio goes out."""
 
         def record(first_audio_at: float) -> None:
-            if seq is None:
+            if first_audio_out is not None:
+                first_audio_out.set()
+            if stored is None:
                 return
             timings = {
                 "tts_first_audio_ms": round((first_audio_at - event.timings.final_at) * 1000, 1),
                 "voice_to_voice_ms": round((first_audio_at - event.timings.speech_ended_at) * 1000, 1),
             }
-            task = asyncio.get_running_loop().run_in_executor(None, self._store_timings, seq, timings)
+            task = asyncio.create_task(self._store_timings(stored, timings))
             self._pending_writes.add(task)
             task.add_done_callback(self._pending_writes.discard)
 
         return record
 
-    def _store_timings(self, seq: int, timings: dict[str, float]) -> None:
+    async def _store_timings(self, stored: asyncio.Task, timings: dict[str, float]) -> None:
+        _call_id, seq = await stored
+        if seq is None:
+            return
         try:
-            self.service.database.update_turn_timings(self.call_id, seq, timings)
+            await asyncio.to_thread(self.service.database.update_turn_timings, self.call_id, seq, timings)
         except StorageError as exc:
             log.warning("call %s: timings of turn %s not stored: %s", self.call_id, seq, exc)
 
+    def context(self) -> ConversationContext:
+        return ConversationContext(tuple(self._answered_items[-3:]), tuple(self._questions[-3:]), self._offered)
+
+    def _remember(self, answer: Answer) -> None:
+        """The conversation so far, kept in memory (the database is written in the background)."""
+        self._questions.append(answer.question)
+        if answer.action is Action.ANSWER and answer.items:
+            self._answered_items.append(answer.items[0])
+        clarifying = answer.action is Action.CLARIFY and answer.reason.startswith(MIDDLE)
+        self._offered = tuple(answer.items) if clarifying else ()
+
+    async def flush(self) -> None:
+        """Wait for turn writes still in flight (at hang-up)."""
+        if self._pending_writes:
+            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+
     async def _hand_off(self, answer: Answer | None, reason: str, spoken_first: str = "",
-                        turn_seq: int | None = None, event: UtteranceEnded | None = None) -> None:
+                        stored: asyncio.Task | None = None, event: UtteranceEnded | None = None,
+                        first_audio_out: asyncio.Event | None = None) -> None:
+        """Say the handoff sentence at once; the ticket is written meanwhile, then its closing is said."""
         self.end_reason = "handoff"
-        closing = await self.handoff(self, answer, reason)
         if self.state is not DialogueState.ENDING:
             self._move(DialogueState.ENDING)
-        recorder = self._first_audio_recorder(turn_seq, event) if event is not None else None
-        await self.say(spoken_first, closing, on_first_audio=recorder)
+
+        async def register() -> str:
+            if stored is not None:
+                await stored  # the ticket refers to the stored call
+            return await self.handoff(self, answer, reason)
+
+        registering = asyncio.create_task(register())
+        if spoken_first:
+            recorder = self._first_audio_recorder(stored, event, first_audio_out) if event is not None else None
+            await self.say(spoken_first, on_first_audio=recorder)
+        await self.say(await registering)
         self._move(DialogueState.ENDED)
         if self.hangup is not None:
             await self.hangup()

@@ -341,6 +341,38 @@ def bench_retrieval(
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
+@bench_app.command("turn-latency")
+def bench_turn_latency(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=500, help="Calls at the same time")] = 1,
+    calls: Annotated[Optional[int], typer.Option(help="Calls in all (default: max(10, concurrency))")] = None,
+    turns: Annotated[int, typer.Option(min=1, max=5, help="Questions per call")] = 2,
+    asr_model: Annotated[Optional[Path], typer.Option(help="FunASR model directory (default: a tiny test model)")] = None,
+    ramp_s: Annotated[Optional[float], typer.Option(help="Spread call arrivals over this many seconds")] = None,
+) -> None:
+    """Simulated callers in real time over the Media Streams websocket: end of speech → first reply audio."""
+    from telephony.bench_turns import run_turn_latency
+
+    configure_logging("WARNING")
+    result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
+@app.command("asr-server")
+def asr_server(
+    model: Annotated[str, typer.Option(help="FunASR streaming model directory (or hub name with internet)")] = "",
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (FunASR's runtime uses 10095)")] = 10095,
+    punctuation_model: Annotated[Optional[str], typer.Option(help="ct-punc model directory")] = None,
+) -> None:
+    """Serve the FunASR runtime 2pass websocket protocol from the in-process engine (e.g. on a GPU machine)."""
+    from voice.asr_server import run_asr_server
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    run_asr_server(model or settings.asr_model, host, port, punctuation_model=punctuation_model)
+
+
 def main() -> None:
     app()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from telephony.settings import EmbeddingBackend, Settings
 from telephony.store import CallChannel, Database
 
 log = logging.getLogger(__name__)
+STORE_AFTER_LIMIT_S = 2.0  # a turn is written at the latest this long after its answer
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class AskResult:
     call_id: str | None
     turn_seq: int | None
     timings_ms: dict[str, float]
+    stored: asyncio.Task | None = None  # with background_store: resolves to (call id, turn number)
 
 
 class TurnJournal:
@@ -189,6 +192,7 @@ class HotlineService:
     async def ask(
         self, question: str, channel: CallChannel = CallChannel.API, conversation_id: str | None = None,
         context: ConversationContext | None = None, stage_timings: dict[str, float] | None = None,
+        background_store: bool = False, store_after: asyncio.Event | None = None,
     ) -> AskResult:
         stack = self.stack  # one version for the whole request, even if a switch happens meanwhile
         if context is None and conversation_id is not None:
@@ -207,13 +211,27 @@ class HotlineService:
             "reason": answer.reason,
             "timings_ms": timings,
         }
+        if background_store:
+            # The caller hears the reply while the turn is written (phone calls: storage is off the critical path).
+            task = asyncio.create_task(self._store_or_journal(channel, conversation_id, record, stack.version,
+                                                              store_after))
+            return AskResult(answer, conversation_id, None, timings, stored=task)
+        call_id, seq = await self._store_or_journal(channel, conversation_id, record, stack.version)
+        return AskResult(answer, call_id, seq, timings)
+
+    async def _store_or_journal(self, channel: CallChannel, conversation_id: str | None, record: dict,
+                                version: str, store_after: asyncio.Event | None = None
+                                ) -> tuple[str | None, int | None]:
+        if store_after is not None:
+            # A phone reply's first audio goes out first: the write's Python work would compete for the GIL.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(store_after.wait(), STORE_AFTER_LIMIT_S)
         try:
-            call_id, seq = await asyncio.to_thread(self._store, channel, conversation_id, record, stack.version)
+            return await asyncio.to_thread(self._store, channel, conversation_id, record, version)
         except StorageError as exc:
             log.error("turn not stored, journaled for later: %s", exc)
-            self.journal.append({"channel": channel.value, "kb_version": stack.version, **record})
-            call_id, seq = conversation_id, None
-        return AskResult(answer, call_id, seq, timings)
+            self.journal.append({"channel": channel.value, "kb_version": version, **record})
+            return conversation_id, None
 
     def context_of(self, conversation_id: str) -> ConversationContext | None:
         """What was asked and answered before in a stored conversation (None if unknown or unreachable)."""

@@ -51,6 +51,7 @@ class TurnMeasurement:
 @dataclass
 class CallReport:
     call_sid: str
+    caller: str = ""
     turns: list[TurnMeasurement] = field(default_factory=list)
     frames_sent: int = 0
     late_sends: int = 0  # caller frames this client could not send on time (client overload)
@@ -60,6 +61,8 @@ class CallReport:
     clears: int = 0
     closed_by_server: bool = False
     received_audio: bytearray = field(default_factory=bytearray)
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
 
 class _Receiver:
@@ -111,7 +114,7 @@ async def simulated_call(url: str, questions: list[bytes], *, interrupt_after_ms
     the question over it (barge-in) and wait for the reply. Stops early if the server hangs up."""
     call_sid = "CA" + uuid.uuid4().hex
     stream_sid = "MZ" + uuid.uuid4().hex
-    report = CallReport(call_sid)
+    report = CallReport(call_sid, caller, started_at=time.monotonic())
     silence_frame = bytes(FRAME_BYTES)
     async with websockets.connect(url, max_size=2 ** 20, additional_headers=headers or {}) as socket:
         receiver = _Receiver(report)
@@ -183,4 +186,5 @@ async def simulated_call(url: str, questions: list[bytes], *, interrupt_after_ms
                 await socket.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(receiving, 5)
+    report.ended_at = time.monotonic()
     return report

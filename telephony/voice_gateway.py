@@ -105,7 +105,13 @@ class VoiceStack:
         if not isinstance(self.tts, ResilientTts):
             self.prerendered = True
             return
-        texts = fixed_prompts(self.settings) + [item.spoken for item in self.service.kb.items]
+        kb = self.service.kb
+        texts = fixed_prompts(self.settings) + [item.spoken for item in kb.items]
+        # Clarifying questions name services: render the likely ones (each item, and each pair of related items).
+        texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
+        for item in kb.items:
+            for other in filter(None, (kb.get(related) for related in item.related)):
+                texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
         report = await self.tts.prerender(texts)
         self.prerendered = True
         log.info("TTS prerender: %s rendered, %s already cached, %s failed", report.rendered, report.cached,
@@ -284,6 +290,9 @@ class MediaStreamCall:
             await self.websocket.close()
 
     async def _close(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.session.flush(), 5)
         if self.dialogue is not None and not self.dialogue.done():
             self.dialogue.cancel()
             with contextlib.suppress(asyncio.CancelledError, VoiceError):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soxr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -19,7 +20,7 @@ from voice.asr_server import (
     AsrProtocolError, EndOfSpeech, FunAsrWebsocketServer, RecognitionResult, ServerError, SessionState, StreamConfig,
     next_state, parse_client_message, parse_server_message,
 )
-from voice.audio import Resampler
+from voice.audio import float_to_pcm16, pcm16_to_float
 from voice.base import FRAME_BYTES, AsrUnavailable, AudioFormatError
 from voice.tiny_models import DEFAULT_TOKENS, PUNCTUATION_MARKS, build_tiny_paraformer, build_tiny_punctuation
 
@@ -331,8 +332,8 @@ async def test_client_upsamples_for_16k_servers(engine: FunAsrEngine, server: Fu
     for frame in frames(AUDIO_8K):
         await stream.push(frame)
     final = await stream.finish()
-    resampler = Resampler(8000, 16000)  # fed frame by frame like the client: int16 soxr output depends on chunking
-    audio_16k = b"".join(resampler.process(frame) for frame in frames(AUDIO_8K)) + resampler.flush()
+    resampler = soxr.ResampleStream(8000, 16000, 1, dtype="float32")
+    audio_16k = float_to_pcm16(resampler.resample_chunk(pcm16_to_float(AUDIO_8K), last=True))
     assert final.text and final.text == await transcribe(engine, audio_16k, sample_rate_hz=16000)
 
 

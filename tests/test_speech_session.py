@@ -188,3 +188,18 @@ def _drain(session: SpeechSession) -> list:
     while not session.events.empty():
         events.append(session.events.get_nowait())
     return events
+
+
+def test_dialogue_state_table_rejects_illegal_moves() -> None:
+    from telephony.call import DialogueState, IllegalTransition, next_state, usable
+
+    assert next_state(DialogueState.GREETING, DialogueState.LISTENING) is DialogueState.LISTENING
+    assert next_state(DialogueState.RESPONDING, DialogueState.ENDING) is DialogueState.ENDING
+    with pytest.raises(IllegalTransition, match="from ended to listening"):
+        next_state(DialogueState.ENDED, DialogueState.LISTENING)
+    with pytest.raises(IllegalTransition, match="from ending to responding"):
+        next_state(DialogueState.ENDING, DialogueState.RESPONDING)
+    # What the ASR returns for noise is not a question; one syllable is a reply only when one is expected.
+    assert not usable("", False) and not usable("。，", False)
+    assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
+    assert usable("社保卡丢了", False)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from voice.audio import Resampler, pcm16_to_float
+from voice.audio import float_to_pcm16, pcm16_to_float
 from voice.base import SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AsrUnavailable, AudioFormatError, Transcript
 from voice.asr_server import (
     END_OF_SPEECH_JSON, WEBSOCKET_SUBPROTOCOL, AsrProtocolError, RecognitionResult, ServerError, StreamConfig,
@@ -216,6 +216,15 @@ def _load_auto_model(source: str | Path, device: str) -> Any:
         raise AsrUnavailable(f"cannot load ASR model from {source}: {reason}{hint}") from error
 
 
+def _float_resampler(from_hz: int, to_hz: int, quality: str) -> Any:
+    """A soxr stream of float32 samples (deterministic and independent of chunking), None when the rates match."""
+    if from_hz == to_hz:
+        return None
+    import soxr
+
+    return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality=quality)
+
+
 @dataclass
 class _Utterance:
     """A stream's state for one utterance; the worker thread writes only into the object it was given."""
@@ -242,12 +251,7 @@ class FunAsrStream:
         self._utterance = self._new_utterance()
 
     def _new_utterance(self) -> _Utterance:
-        if self.sample_rate_hz == MODEL_RATE_HZ:
-            return _Utterance(resampler=None)
-        import soxr
-
-        return _Utterance(resampler=soxr.ResampleStream(self.sample_rate_hz, MODEL_RATE_HZ, 1, dtype="float32",
-                                                        quality=self.engine.resample_quality))
+        return _Utterance(_float_resampler(self.sample_rate_hz, MODEL_RATE_HZ, self.engine.resample_quality))
 
     async def push(self, pcm16: bytes) -> Transcript | None:
         samples = pcm16_to_float(pcm16)
@@ -363,7 +367,13 @@ class FunAsrServerStream:
 
     def _reset_audio(self) -> None:
         self._unsent = bytearray()
-        self._resampler = Resampler(TELEPHONY_RATE_HZ, self.engine.audio_fs)  # a pass-through at 8 kHz
+        # float32, not int16: soxr's chunked int16 output differs by up to 2 LSB from run to run (measured).
+        self._resampler = _float_resampler(TELEPHONY_RATE_HZ, self.engine.audio_fs, "HQ")
+
+    def _resample(self, pcm16: bytes, *, last: bool = False) -> bytes:
+        if self._resampler is None:
+            return pcm16
+        return float_to_pcm16(self._resampler.resample_chunk(pcm16_to_float(pcm16), last=last))
 
     async def push(self, pcm16: bytes) -> Transcript | None:
         if len(pcm16) % SAMPLE_WIDTH_BYTES:
@@ -371,7 +381,7 @@ class FunAsrServerStream:
         utterance = self._utterance or await self._connect()
         if utterance.error is not None:
             raise utterance.error
-        self._unsent += self._resampler.process(pcm16)
+        self._unsent += self._resample(pcm16)
         piece = self.engine.piece_bytes
         while len(self._unsent) >= piece:
             await self._send(utterance, bytes(self._unsent[:piece]))
@@ -388,7 +398,7 @@ class FunAsrServerStream:
             self._reset_audio()
             return Transcript("", is_final=True)
         try:
-            self._unsent += self._resampler.flush()
+            self._unsent += self._resample(b"", last=True)
             if self._unsent:
                 await self._send(utterance, bytes(self._unsent))
             utterance.end_sent = True

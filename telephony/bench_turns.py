@@ -1,0 +1,206 @@
+"""`hotline bench turn-latency`: simulated callers over the Media Streams websocket against a real server process,
+in real time; end of caller speech → first reply audio, per stage, under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import httpx
+
+from telephony.simulated_caller import CallReport, simulated_call
+from telephony.store import Database
+
+BENCH_QUESTIONS = ("社保卡丢了怎么办", "失业金怎么领", "退休了养老金怎么办", "灵活就业怎么交社保", "工伤认定要什么材料")
+STAGES = ("endpoint_wait_ms", "asr_final_ms", "answer_ms", "tts_first_audio_ms", "voice_to_voice_ms")
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return round(ordered[index], 1)
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
+            "mean": round(statistics.fmean(values), 1) if values else None}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _synthesize_questions() -> list[bytes]:
+    from voice.tts import EspeakTtsEngine
+
+    engine = EspeakTtsEngine()
+    questions = []
+    for text in BENCH_QUESTIONS:
+        pcm = b"".join([chunk async for chunk in engine.synthesize(text)])
+        questions.append(pcm)
+    return questions
+
+
+def _start_server(workdir: Path, model: Path, token: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
+           "HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_MEDIA_STREAM_TOKEN": token, "HOTLINE_PORT": str(port),
+           "HOTLINE_HOST": "127.0.0.1", "HOTLINE_KB_WATCH": "false", "HOTLINE_LOG_LEVEL": "WARNING",
+           "HOTLINE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}"}
+    command = [sys.executable, "-c", "from telephony.cli import main; main()", "serve"]
+    return subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            voice = httpx.get(f"{base}/readyz", timeout=2).json().get("voice", {})
+            if voice.get("asr") == "ready" and voice.get("tts_prerendered"):
+                return
+            if str(voice.get("asr", "")).startswith(("unavailable", "failed")):
+                raise RuntimeError(f"server voice engines failed: {voice}")
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.25)  # polling a child process that is loading models
+    raise RuntimeError("server did not become ready")
+
+
+async def _run_calls(url: str, questions: list[bytes], calls: int, concurrency: int,
+                     turns_per_call: int, ramp_s: float) -> list[CallReport]:
+    """Calls arrive spread over `ramp_s` (as real traffic does, not all in the same 20 ms), at most
+    `concurrency` at once."""
+    gate = asyncio.Semaphore(concurrency)
+    reports: list[CallReport] = []
+    arrivals = random.Random(7)
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(arrivals.uniform(0, ramp_s))  # the call's arrival time
+        async with gate:
+            chosen = [questions[(index + turn) % len(questions)] for turn in range(turns_per_call)]
+            try:
+                reports.append(await simulated_call(url, chosen, caller=f"bench-{index}"))
+            except (OSError, asyncio.TimeoutError) as exc:
+                print(f"bench call {index} failed: {exc}", file=sys.stderr)
+
+    await asyncio.gather(*(one(index) for index in range(calls)))
+    return reports
+
+
+def peak_overlap(reports: list[CallReport]) -> int:
+    edges = sorted([(r.started_at, 1) for r in reports] + [(r.ended_at, -1) for r in reports])
+    current = peak = 0
+    for _time, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_call: int = 2,
+                     asr_model: Path | None = None, ramp_s: float | None = None) -> dict:
+    from voice.tiny_models import build_tiny_paraformer
+
+    calls = calls or max(10, concurrency)
+    ramp = ramp_s if ramp_s is not None else (0.0 if concurrency == 1 else 5.0)
+    workdir = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
+    model = asr_model or build_tiny_paraformer(workdir / "tiny-paraformer")
+    token = secrets.token_urlsafe(16)
+    port = _free_port()
+    questions = asyncio.run(_synthesize_questions())
+    process = _start_server(workdir, model, token, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process)
+        idle_rss = _rss_mb(process.pid)
+        peak = [idle_rss]
+
+        async def measure() -> list[CallReport]:
+            async def sample() -> None:
+                while True:
+                    peak[0] = max(peak[0], _rss_mb(process.pid))
+                    await asyncio.sleep(0.5)  # memory sampling interval
+
+            sampler = asyncio.create_task(sample())
+            try:
+                return await _run_calls(f"ws://127.0.0.1:{port}/media-stream?token={token}", questions, calls,
+                                        concurrency, turns_per_call, ramp)
+            finally:
+                sampler.cancel()
+
+        started = time.monotonic()
+        reports = asyncio.run(measure())
+        wall_s = time.monotonic() - started
+        time.sleep(1.0)  # let the server close the last call records
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, asr_model is None)
+
+
+def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: int, wall_s: float,
+            idle_rss: float, peak_rss: float, model: Path, tiny: bool) -> dict:
+    latencies = [turn.latency_ms for report in reports for turn in report.turns if turn.latency_ms is not None]
+    barge_ins = [turn.barge_in_clear_ms for report in reports for turn in report.turns
+                 if turn.barge_in_clear_ms is not None]
+    database = Database(f"sqlite:///{workdir / 'bench.db'}")
+    stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    dropped_frames = 0
+    by_caller = {report.caller: report for report in reports}
+    for call in database.recent_calls(limit=calls * 2):
+        stored = database.get_call(call.id)
+        for turn in stored.turns:
+            for stage in STAGES:
+                if stage in (turn.timings_ms or {}):
+                    stages[stage].append(float(turn.timings_ms[stage]))
+        if stored.recording_caller_path and Path(stored.recording_caller_path).exists():
+            with wave.open(stored.recording_caller_path, "rb") as recording:
+                received_frames = recording.getnframes() // 160
+            match = by_caller.get(stored.caller_number or "")
+            if match is not None:
+                dropped_frames += max(0, match.frames_sent - received_frames)
+    database.close()
+    frames_sent = sum(report.frames_sent for report in reports)
+    return {
+        "p50_ms": percentile(latencies, 0.5),
+        "p95_ms": percentile(latencies, 0.95),
+        "turns": len(latencies),
+        "calls": len(reports),
+        "concurrency": concurrency,
+        "peak_concurrent_calls": peak_overlap(reports),
+        "stages": {stage: summary(values) for stage, values in stages.items()},
+        "barge_in_clear_ms": summary(barge_ins),
+        "frames": {"caller_frames_sent": frames_sent, "dropped_caller_frames": dropped_frames,
+                   "late_caller_sends": sum(report.late_sends for report in reports),
+                   "reply_chunks": sum(report.reply_chunks for report in reports),
+                   "late_reply_chunks": sum(report.late_reply_chunks for report in reports)},
+        "memory_mb": {"server_idle": round(idle_rss, 1), "server_peak": round(peak_rss, 1),
+                      "per_call": round((peak_rss - idle_rss) / max(1, concurrency), 2)},
+        "wall_s": round(wall_s, 1),
+        "engines": {"asr": f"tiny random streaming Paraformer ({model}): plumbing cost, not the real model's"
+                    if tiny else f"FunASR model {model}", "tts": "espeak-ng, prerendered cache", "answers": "extractive"},
+    }
