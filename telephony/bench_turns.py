@@ -62,11 +62,32 @@ async def _synthesize_questions() -> list[bytes]:
     return questions
 
 
-def _start_server(workdir: Path, model: Path, token: str, port: int) -> subprocess.Popen:
+def _start_asr_server(model: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-c", "from telephony.cli import main; main()", "asr-server", "--model", str(model),
+               "--port", str(port)]
+    return subprocess.Popen(command, env={**os.environ, "HOTLINE_LOG_LEVEL": "WARNING"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ASR server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)  # polling a child process that is loading its model
+    raise RuntimeError("ASR server did not start")
+
+
+def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: str | None) -> subprocess.Popen:
     env = {**os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
            "HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_MEDIA_STREAM_TOKEN": token, "HOTLINE_PORT": str(port),
            "HOTLINE_HOST": "127.0.0.1", "HOTLINE_KB_WATCH": "false", "HOTLINE_LOG_LEVEL": "WARNING",
            "HOTLINE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}"}
+    if asr_url is not None:
+        env |= {"HOTLINE_ASR_ENGINE": "funasr-server", "HOTLINE_ASR_SERVER_URL": asr_url}
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "serve"]
     return subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -119,7 +140,7 @@ def peak_overlap(reports: list[CallReport]) -> int:
 
 
 def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_call: int = 2,
-                     asr_model: Path | None = None, ramp_s: float | None = None) -> dict:
+                     asr_model: Path | None = None, ramp_s: float | None = None, asr_server: bool = False) -> dict:
     from voice.tiny_models import build_tiny_paraformer
 
     calls = calls or max(10, concurrency)
@@ -129,7 +150,14 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
     token = secrets.token_urlsafe(16)
     port = _free_port()
     questions = asyncio.run(_synthesize_questions())
-    process = _start_server(workdir, model, token, port)
+    asr_process = None
+    asr_url = None
+    if asr_server:
+        asr_port = _free_port()
+        asr_process = _start_asr_server(model, asr_port)
+        _wait_port(asr_port, asr_process)
+        asr_url = f"ws://127.0.0.1:{asr_port}"
+    process = _start_server(workdir, model, token, port, asr_url)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, process)
@@ -154,12 +182,15 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
         wall_s = time.monotonic() - started
         time.sleep(1.0)  # let the server close the last call records
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, asr_model is None)
+        for child in filter(None, (process, asr_process)):
+            child.terminate()
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    result = _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, asr_model is None)
+    result["engines"]["asr_process"] = f"separate FunASR 2pass server ({asr_url})" if asr_url else "in process"
+    return result
 
 
 def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: int, wall_s: float,

@@ -349,12 +349,14 @@ def bench_turn_latency(
     turns: Annotated[int, typer.Option(min=1, max=5, help="Questions per call")] = 2,
     asr_model: Annotated[Optional[Path], typer.Option(help="FunASR model directory (default: a tiny test model)")] = None,
     ramp_s: Annotated[Optional[float], typer.Option(help="Spread call arrivals over this many seconds")] = None,
+    asr_server: Annotated[bool, typer.Option("--asr-server/--in-process-asr",
+                                             help="Run the ASR as a separate `hotline asr-server` process")] = False,
 ) -> None:
     """Simulated callers in real time over the Media Streams websocket: end of speech → first reply audio."""
     from telephony.bench_turns import run_turn_latency
 
     configure_logging("WARNING")
-    result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s)
+    result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

@@ -137,12 +137,12 @@ class Settings(BaseSettings):
         if self.asr_engine is AsrChoice.FUNASR_SERVER and not self.asr_server_url:
             raise ValueError("asr_engine=funasr-server needs HOTLINE_ASR_SERVER_URL")
         if self.environment is Environment.PRODUCTION:
-            if self.media_stream_token is None and self.twilio_auth_token is None:
-                raise ValueError("production needs HOTLINE_MEDIA_STREAM_TOKEN or HOTLINE_TWILIO_AUTH_TOKEN")
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
             if self.centre_phone == NATIONAL_HOTLINE:
                 raise ValueError("production needs HOTLINE_CENTRE_PHONE set to the centre's own number")
+            if self.media_stream_token is None and self.twilio_auth_token is None:
+                raise ValueError("production needs HOTLINE_MEDIA_STREAM_TOKEN or HOTLINE_TWILIO_AUTH_TOKEN")
         return self
 
     @property

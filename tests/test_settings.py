@@ -52,8 +52,22 @@ def test_production_refuses_default_secret_and_phone(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path, environment="production", centre_phone="0773-1234567")
     with pytest.raises(ValidationError, match="HOTLINE_CENTRE_PHONE"):
         Settings(data_dir=tmp_path, environment="production", admin_token="x" * 20)
-    ok = Settings(data_dir=tmp_path, environment="production", admin_token="x" * 20, centre_phone="0773-1234567")
+    with pytest.raises(ValidationError, match="HOTLINE_MEDIA_STREAM_TOKEN or HOTLINE_TWILIO_AUTH_TOKEN"):
+        Settings(data_dir=tmp_path, environment="production", admin_token="x" * 20, centre_phone="0773-1234567")
+    ok = Settings(data_dir=tmp_path, environment="production", admin_token="x" * 20, centre_phone="0773-1234567",
+                  media_stream_token="m" * 24)
     assert ok.environment is Environment.PRODUCTION
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("asr_engine", "funasr-server", "needs HOTLINE_ASR_SERVER_URL"),
+    ("tts_engine", "azure", "Input should be 'edge' or 'espeak'"),
+    ("end_of_turn_silence_ms", 50, "greater than or equal to 200"),
+])
+def test_voice_settings_are_validated(tmp_path: Path, field: str, value: object, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(data_dir=tmp_path, **{field: value})
+    assert message in str(caught.value)
 
 
 def test_postgres_url_is_reported_as_the_storage_engine(tmp_path: Path) -> None:
