@@ -402,3 +402,38 @@ def test_page_mulaw_codec_is_bit_exact_with_g711(phone: PageWatch) -> None:
     pcm = every_int16.astype("<i2").tobytes()
     assert bytes(encoded) == audioop.lin2ulaw(pcm, 2)
     assert decoded == np.frombuffer(audioop.ulaw2lin(bytes(range(256)), 2), dtype="<i2").tolist()
+
+
+# --- against the real hotline server ----------------------------------------------------------------------------------
+
+from tests.test_voice_call import server  # noqa: E402,F401 - the real server (tiny ASR, Silero, espeak, SQLite)
+
+
+def test_softphone_call_reaches_the_real_hotline(browser, server) -> None:
+    """The page's microphone question interrupts the real greeting, is recognised, answered and stored."""
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{server.base}/phone")
+        page.get_by_role("button", name="拨打").click()
+        page.wait_for_function("() => window.softphone.state === 'in_call'", timeout=WAIT_MS)
+        # The greeting plays, the fake microphone's question barges in (clear), and a reply follows it.
+        page.wait_for_function("() => window.softphone.cleared >= 1 && window.softphone.audioReceivedMs > 3000",
+                               timeout=WAIT_MS)
+        deadline = time.monotonic() + WAIT_MS / 1000
+        stored = None
+        while time.monotonic() < deadline:
+            calls = [c for c in server.database.recent_calls(limit=20) if c.channel.value == "softphone"]
+            stored = server.database.get_call(calls[0].id) if calls else None
+            if stored is not None and stored.turns:
+                break
+            time.sleep(0.1)  # polling the database the server writes to
+        assert stored is not None and stored.turns, "no turn stored for the softphone call"
+        assert stored.caller_number == "softphone" and stored.turns[0].caller_text
+        if page.get_by_role("button", name="挂断").is_enabled():
+            page.get_by_role("button", name="挂断").click()
+        page.wait_for_function("() => window.softphone.state === 'ended'", timeout=WAIT_MS)
+        ended = server.wait_for_call_end("softphone", timeout_s=20)
+        assert ended.recording_caller_path and Path(ended.recording_caller_path).exists()
+    finally:
+        context.close()
