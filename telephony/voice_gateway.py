@@ -112,8 +112,13 @@ class VoiceStack:
         for item in kb.items:
             for other in filter(None, (kb.get(related) for related in item.related)):
                 texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
-        report = await self.tts.prerender(texts)
-        self.prerendered = True
+        try:
+            report = await self.tts.prerender(texts)
+        except (VoiceError, OSError) as exc:
+            log.error("TTS prerender stopped, replies are rendered when first needed: %s", exc)
+            return
+        finally:
+            self.prerendered = True  # done trying: readiness must not wait on a cache that will not fill
         log.info("TTS prerender: %s rendered, %s already cached, %s failed", report.rendered, report.cached,
                  report.failed)
 

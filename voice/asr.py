@@ -83,8 +83,9 @@ class FunAsrEngine:
     def __init__(self, model: str | Path, *, device: str = "cpu", chunk_size: Sequence[int] = (0, 10, 5),
                  encoder_chunk_look_back: int = 4, decoder_chunk_look_back: int = 1,
                  punctuation_model: str | Path | None = None, executor: Executor | None = None,
-                 resample_quality: str = "HQ") -> None:
+                 resample_quality: str = "HQ", torch_threads: int | None = 1) -> None:
         self.model_source = model
+        self.torch_threads = torch_threads
         self.device = device
         self.decode_options = _decode_options(chunk_size, encoder_chunk_look_back, decoder_chunk_look_back)
         self.punctuation_source = punctuation_model
@@ -144,6 +145,12 @@ class FunAsrEngine:
             if self._model is not None:
                 return
             started = time.perf_counter()
+            if self.device == "cpu" and self.torch_threads is not None:
+                import torch
+
+                # torch's intra-op pool spins on every core; in a server process it takes them from the event loop
+                # that carries every call's audio. One thread per engine leaves the other cores to the calls.
+                torch.set_num_threads(self.torch_threads)
             model = _load_auto_model(self.model_source, self.device)
             punctuation = None
             if self.punctuation_source is not None:

@@ -139,7 +139,9 @@ class Resampler:
     def __init__(self, from_hz: int, to_hz: int, quality: str = "HQ") -> None:
         self.from_hz, self.to_hz = from_hz, to_hz
         self._carry = b""
-        self._stream = None if from_hz == to_hz else soxr.ResampleStream(from_hz, to_hz, 1, dtype="int16",
+        # float32 inside: soxr's int16 path rounds differently depending on how the input is chunked, so the
+        # same audio would not give the same bytes twice (cache checks and tests compare renders).
+        self._stream = None if from_hz == to_hz else soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32",
                                                                           quality=quality)
 
     def process(self, pcm16: bytes) -> bytes:
@@ -156,8 +158,9 @@ class Resampler:
 
     def _resample(self, samples: np.ndarray, last: bool) -> bytes:
         if self._stream is None:
-            return samples.tobytes()
-        return self._stream.resample_chunk(samples, last=last).astype("<i2").tobytes()
+            return samples.astype("<i2").tobytes()
+        resampled = self._stream.resample_chunk(samples.astype(np.float32) / 32768.0, last=last)
+        return np.clip(np.round(resampled * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 def _mono_int16(frame: av.AudioFrame) -> np.ndarray:

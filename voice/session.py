@@ -17,15 +17,17 @@ from voice.vad import SpeechDetector, SpeechStarted
 
 log = logging.getLogger(__name__)
 
-# A partial transcript that ends like a finished Mandarin question lets the turn end on a shorter silence.
-COMPLETE_QUESTION = re.compile(
-    r"(吗|呢|么|嘛|吧|没有|没|不|怎么办|怎么弄|咋办|咋弄|咋整|多少|多少钱|几个|几年|哪里|哪儿|在哪|什么|啥|谁|多久|"
-    r"怎么样|如何|可以吗|行不行|能不能|要不要|转人工|人工)[？?。！!]*$"
-)
+# A partial transcript that reads as a whole question lets the turn end on a shorter silence: it asks something
+# (an interrogative or a request for a human) and does not stop on a word that announces more to come.
+QUESTION_WORDS = re.compile(r"怎么|咋|怎样|如何|什么|啥|哪|多少|几|吗|呢|能不能|可不可以|是不是|有没有|要不要|行不行|"
+                            r"可以不|能否|转人工|人工")
+HANGING_ENDINGS = re.compile(r"(的|地|得|和|跟|与|还有|就是|那个|这个|然后|因为|但是|如果|要是|我想|我要|想问|请问|"
+                             r"一下|问问|关于|对于|还是|或者|[，、,])$")
 
 
 def looks_complete(text: str) -> bool:
-    return bool(text) and bool(COMPLETE_QUESTION.search(text.strip()))
+    body = text.strip().rstrip("？?。！!")
+    return len(body) >= 3 and bool(QUESTION_WORDS.search(body)) and not HANGING_ENDINGS.search(body)
 
 
 @dataclass(frozen=True)

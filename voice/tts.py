@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import av
 import edge_tts
 import edge_tts.communicate
-import numpy as np
-import soxr
 from edge_tts.data_classes import TTSConfig
 from edge_tts.exceptions import EdgeTTSException
 
+from voice.audio import Mp3Decoder, Resampler
 from voice.base import SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AudioFormatError, TtsEngine, TtsUnavailable
 
 logger = logging.getLogger(__name__)
@@ -37,64 +35,6 @@ _STDOUT_READ_BYTES = 8192
 # --- Audio conversion at this module's edge (MP3 or WAV in, 8 kHz int16 mono out) -----------------------------------
 
 
-class _TelephonyResampler:
-    """Streaming int16 mono resampler to 8 kHz (soxr HQ keeps state between chunks)."""
-
-    def __init__(self, from_hz: int) -> None:
-        self._stream = None if from_hz == TELEPHONY_RATE_HZ else soxr.ResampleStream(
-            from_hz, TELEPHONY_RATE_HZ, 1, dtype="int16", quality="HQ")
-
-    def process(self, samples: np.ndarray, last: bool = False) -> bytes:
-        if self._stream is None:
-            return samples.astype("<i2").tobytes()
-        return self._stream.resample_chunk(samples, last=last).astype("<i2").tobytes()
-
-
-def _mono_int16(frame: av.AudioFrame) -> np.ndarray:
-    samples = frame.to_ndarray()
-    channels = frame.layout.nb_channels
-    if not frame.format.is_planar:
-        samples = samples.reshape(-1, channels).T
-    mono = samples.mean(axis=0) if channels > 1 else samples[0]
-    if np.issubdtype(mono.dtype, np.floating):
-        mono = np.clip(mono * 32768.0, -32768, 32767)
-    elif mono.dtype == np.int32:
-        mono = mono >> 16
-    return mono.astype(np.int16)
-
-
-class _Mp3ToTelephonyPcm:
-    """Push decoder: MP3 bytes in any split, 8 kHz PCM out as soon as whole MP3 frames are available."""
-
-    def __init__(self) -> None:
-        self._decoder = av.CodecContext.create("mp3", "r")
-        self._resampler: _TelephonyResampler | None = None
-
-    def _convert(self, frames: list[av.AudioFrame], last: bool) -> bytes:
-        if self._resampler is None:
-            if not frames:
-                return b""
-            self._resampler = _TelephonyResampler(frames[0].sample_rate)
-        samples = [_mono_int16(frame) for frame in frames]
-        joined = np.concatenate(samples) if samples else np.zeros(0, dtype=np.int16)
-        return self._resampler.process(joined, last=last)
-
-    def feed(self, mp3: bytes) -> bytes:
-        try:
-            frames = [frame for packet in self._decoder.parse(mp3) for frame in self._decoder.decode(packet)]
-        except av.FFmpegError as error:
-            raise AudioFormatError(f"MP3 decode failed: {error}") from error
-        return self._convert(frames, last=False)
-
-    def flush(self) -> bytes:
-        try:
-            frames = [frame for packet in self._decoder.parse(b"") for frame in self._decoder.decode(packet)]
-            frames += self._decoder.decode(None)
-        except av.FFmpegError as error:
-            raise AudioFormatError(f"MP3 decode failed at end of stream: {error}") from error
-        return self._convert(frames, last=True)
-
-
 class _WavStreamToTelephonyPcm:
     """Streamed WAV from espeak-ng (a canonical 44-byte header with unknown sizes, then 16-bit mono PCM) to 8 kHz."""
 
@@ -102,7 +42,7 @@ class _WavStreamToTelephonyPcm:
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._resampler: _TelephonyResampler | None = None
+        self._resampler: Resampler | None = None
 
     def feed(self, data: bytes, last: bool = False) -> bytes:
         self._buffer += data
@@ -116,10 +56,11 @@ class _WavStreamToTelephonyPcm:
             if (header[0:4], header[8:16], header[36:40]) != (b"RIFF", b"WAVEfmt ", b"data") or (audio_format, channels,
                                                                                                header[34]) != (1, 1, 16):
                 raise AudioFormatError(f"expected a canonical 16-bit mono PCM WAV header, got {header[:40]!r}")
-            self._resampler = _TelephonyResampler(int.from_bytes(header[24:28], "little"))
+            self._resampler = Resampler(int.from_bytes(header[24:28], "little"), TELEPHONY_RATE_HZ)
         usable = len(self._buffer) - len(self._buffer) % SAMPLE_WIDTH_BYTES
-        samples, self._buffer = np.frombuffer(self._buffer[:usable], dtype="<i2"), self._buffer[usable:]
-        return self._resampler.process(samples, last=last)
+        samples, self._buffer = self._buffer[:usable], self._buffer[usable:]
+        converted = self._resampler.process(samples)
+        return converted + self._resampler.flush() if last else converted
 
 
 # --- edge-tts --------------------------------------------------------------------------------------------------------
@@ -165,7 +106,7 @@ class EdgeTtsEngine:
             text, self.voice, rate=self.rate, proxy=self.proxy,
             connect_timeout=max(1, math.ceil(self.connect_timeout_s)),
             receive_timeout=max(1, math.ceil(self.receive_timeout_s)))
-        decoder, received_bytes = _Mp3ToTelephonyPcm(), 0
+        decoder, received_bytes = Mp3Decoder(TELEPHONY_RATE_HZ), 0
         try:
             async for message in communicate.stream():
                 if message["type"] == "audio":
