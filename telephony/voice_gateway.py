@@ -113,6 +113,12 @@ class VoiceStack:
             for other in filter(None, (kb.get(related) for related in item.related)):
                 texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
         try:
+            probe = await self.tts.prerender(texts[:1])
+            if probe.failed:
+                # Offline or the service is down: do not log hundreds of failures; calls use the fallback.
+                log.warning("TTS prerender skipped: the primary engine could not render a test sentence; replies "
+                            "are rendered when needed (fallback after %s ms)", self.settings.tts_first_audio_deadline_ms)
+                return
             report = await self.tts.prerender(texts)
         except (VoiceError, OSError) as exc:
             log.error("TTS prerender stopped, replies are rendered when first needed: %s", exc)

@@ -177,3 +177,23 @@ def test_keypad_zero_registers_a_callback_and_the_assistant_hangs_up(server: Run
     assert stored.caller_number == "keypad-caller" and stored.end_reason == "handoff"
     assert [ticket.reason for ticket in stored.handoff_tickets] == ["caller pressed 0"]
     assert stored.handoff_tickets[0].callback_number == "keypad-caller"
+
+
+async def test_prerender_gives_up_quietly_when_the_tts_service_is_unreachable(settings: Settings) -> None:
+    from telephony.service import HotlineService
+    from telephony.voice_gateway import VoiceStack
+    from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache
+    from voice.vad import SileroModel
+
+    database = Database(f"sqlite:///{settings.data_dir / 'prerender.db'}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database.migrate()
+    cache_dir = settings.data_dir / "tts-cache"
+    unreachable = EdgeTtsEngine(endpoint_url=f"ws://127.0.0.1:{_free_port()}/edge?TrustedClientToken=x",
+                                connect_timeout_s=1.0)
+    tts = ResilientTts(unreachable, EspeakTtsEngine(), TtsCache(cache_dir), first_audio_deadline_ms=500)
+    stack = VoiceStack(settings, HotlineService(settings, database), SileroModel(), tts)
+    await stack.prerender()
+    assert stack.prerendered  # readiness does not wait for a cache that cannot fill
+    assert not any(path.is_file() for path in cache_dir.rglob("*"))  # fallback audio is never cached as edge's
+    database.close()
