@@ -24,6 +24,16 @@ class Lexicon:
     synonyms: dict[str, str]
     hotwords: tuple[str, ...]
     domain_terms: tuple[str, ...] = ()
+    out_of_scope_terms: tuple[str, ...] = ()
+
+    def names_social_insurance(self, text: str) -> bool:
+        """Whether the text names social-insurance business itself (any ASR hotword, e.g. 社保, 养老保险)."""
+        normalized = self.normalize(text)
+        return any(word in text or word in normalized for word in self.hotwords)
+
+    def out_of_scope_term(self, text: str) -> str | None:
+        """The first term naming another office's business or chat with the assistant, if any."""
+        return next((term for term in self.out_of_scope_terms if term in text), None)
 
     def in_domain(self, text: str) -> bool:
         """Whether the text mentions anything the hotline deals with (always true without a term list).
@@ -79,4 +89,5 @@ def load_lexicon(path: Path | str = DEFAULT_LEXICON_FILE) -> Lexicon:
     synonyms = {str(key): str(value) for key, value in (data.get("synonyms") or {}).items()}
     hotwords = tuple(str(word) for word in (data.get("hotwords") or []))
     domain_terms = tuple(str(term) for term in (data.get("domain_terms") or []))
-    return Lexicon(synonyms=synonyms, hotwords=hotwords, domain_terms=domain_terms)
+    out_of_scope = tuple(str(term) for term in (data.get("out_of_scope_terms") or []))
+    return Lexicon(synonyms=synonyms, hotwords=hotwords, domain_terms=domain_terms, out_of_scope_terms=out_of_scope)

@@ -84,6 +84,11 @@ class AnswerEngine:
                               "no service named and no earlier question to follow")
             return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, "out of scope: no social-insurance term")
 
+        off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
+        if (off_topic is not None and confidence < self.policy.high_confidence
+                and not self.lexicon.names_social_insurance(question)):
+            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}")
+
         top = self.kb.get(ranked[0].item_id)
         assert top is not None, "retriever returned an item the KB does not hold"
         if confidence >= self.policy.high_confidence:

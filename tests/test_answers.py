@@ -131,10 +131,18 @@ async def test_the_stored_conversation_carries_the_offered_choice(service: Hotli
     assert second.answer.action is Action.ANSWER and second.answer.items == (first.answer.items[1],)
 
 
-@pytest.mark.parametrize("question", ["今天天气怎么样", "帮我订一张去北京的火车票", "你会唱歌吗，给我唱一首"])
+@pytest.mark.parametrize("question", ["今天天气怎么样", "帮我订一张去北京的火车票", "你会唱歌吗，给我唱一首",
+                                      "我妈想申请低保要啥材料", "驾驶证到期了去哪里换", "你觉得这个政策好不好"])
 async def test_out_of_scope_is_handed_off(service: HotlineService, question: str) -> None:
     answer = await service.answerer.answer(question)
     assert answer.action is Action.HANDOFF and answer.sms == ""
+    assert answer.reason.startswith("out of scope")
+
+
+async def test_another_offices_word_does_not_hide_a_social_insurance_question(service: HotlineService) -> None:
+    answer = await service.answerer.answer("农村户口的老人家怎么参加城乡居民养老保险")
+    assert answer.action is not Action.HANDOFF
+    assert "resident-pension-enrollment" in answer.items
 
 
 def test_homophone_noise_is_deterministic_and_changes_sounds_not_length() -> None:
