@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kb.errors import KbError
 from rag.base import ConversationContext
 from rag.errors import InvalidQuestionError
-from telephony.errors import StorageError, UnknownConversationError
+from telephony.errors import UnknownConversationError
 from telephony.service import HotlineService
 from telephony.settings import Settings
 from telephony.store import CallChannel, Database

@@ -33,7 +33,8 @@ from telephony.recording import CallRecorder
 from telephony.service import HotlineService
 from telephony.settings import AsrChoice, Settings, TtsChoice
 from telephony.store import CallChannel, CallStatus
-from voice.asr import FunAsrEngine, FunAsrServerEngine
+from voice.asr import FunAsrEngine
+from voice.asr_client import FunAsrServerEngine
 from voice.audio import ulaw_decode, ulaw_encode
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
 from voice.session import EndpointConfig, SpeechSession

@@ -15,7 +15,8 @@ import soxr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from voice.asr import FunAsrEngine, FunAsrServerEngine, create_asr_engine, is_hub_name
+from voice.asr import FunAsrEngine, create_asr_engine, is_hub_name
+from voice.asr_client import FunAsrServerEngine
 from voice.asr_server import (
     AsrProtocolError, EndOfSpeech, FunAsrWebsocketServer, RecognitionResult, ServerError, SessionState, StreamConfig,
     next_state, parse_client_message, parse_server_message,
