@@ -107,6 +107,7 @@ class CallSession:
         self._started = clock()
         self._caller_mid_utterance = False
         self._pending_writes: set[asyncio.Future] = set()
+        self._write_lock = asyncio.Lock()  # this call's turn writes, in order
         self._questions: list[str] = []
         self._answered_items: list[str] = []
         self._offered: tuple[str, ...] = ()
@@ -219,7 +220,7 @@ class CallSession:
             first_audio_out = asyncio.Event()
             result = await self.service.ask(text, self.channel, self.call_id, context=self.context(),
                                             stage_timings=timings, background_store=True,
-                                            store_after=first_audio_out)
+                                            store_after=first_audio_out, write_lock=self._write_lock)
         except InvalidQuestionError:
             await self.say(prompts.REPEAT_PLEASE)
             self._move(DialogueState.LISTENING)
@@ -227,6 +228,9 @@ class CallSession:
         self.turns += 1
         answer = result.answer
         self._remember(answer)
+        if result.stored is not None:
+            self._pending_writes.add(result.stored)
+            result.stored.add_done_callback(self._pending_writes.discard)
         self.speech.expect_short_reply = answer.action is Action.CLARIFY
         self._asked_anything_else = False
         if answer.action is Action.HANDOFF:
@@ -309,11 +313,19 @@ class CallSession:
             await self.hangup()
 
     def _store_system_turn(self, text: str, action: str, reason: str, timings: dict[str, float]) -> None:
-        try:
-            self.service.database.add_turn(self.call_id, caller_text=text, spoken_text="", action=action,
-                                           reason=reason, timings_ms=timings)
-        except StorageError as exc:
-            log.warning("call %s: turn not stored: %s", self.call_id, exc)
+        """A turn the dialogue answered by itself (请再说一遍, goodbye), written in the background."""
+
+        async def store() -> None:
+            async with self._write_lock:
+                try:
+                    await asyncio.to_thread(self.service.database.add_turn, self.call_id, caller_text=text,
+                                            spoken_text="", action=action, reason=reason, timings_ms=timings)
+                except StorageError as exc:
+                    log.warning("call %s: turn not stored: %s", self.call_id, exc)
+
+        task = asyncio.create_task(store())
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
 
 
 def usable(text: str, expect_short_reply: bool) -> bool:

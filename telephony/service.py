@@ -193,6 +193,7 @@ class HotlineService:
         self, question: str, channel: CallChannel = CallChannel.API, conversation_id: str | None = None,
         context: ConversationContext | None = None, stage_timings: dict[str, float] | None = None,
         background_store: bool = False, store_after: asyncio.Event | None = None,
+        write_lock: asyncio.Lock | None = None,
     ) -> AskResult:
         stack = self.stack  # one version for the whole request, even if a switch happens meanwhile
         if context is None and conversation_id is not None:
@@ -214,24 +215,26 @@ class HotlineService:
         if background_store:
             # The caller hears the reply while the turn is written (phone calls: storage is off the critical path).
             task = asyncio.create_task(self._store_or_journal(channel, conversation_id, record, stack.version,
-                                                              store_after))
+                                                              store_after, write_lock))
             return AskResult(answer, conversation_id, None, timings, stored=task)
         call_id, seq = await self._store_or_journal(channel, conversation_id, record, stack.version)
         return AskResult(answer, call_id, seq, timings)
 
     async def _store_or_journal(self, channel: CallChannel, conversation_id: str | None, record: dict,
-                                version: str, store_after: asyncio.Event | None = None
-                                ) -> tuple[str | None, int | None]:
-        if store_after is not None:
-            # A phone reply's first audio goes out first: the write's Python work would compete for the GIL.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(store_after.wait(), STORE_AFTER_LIMIT_S)
-        try:
-            return await asyncio.to_thread(self._store, channel, conversation_id, record, version)
-        except StorageError as exc:
-            log.error("turn not stored, journaled for later: %s", exc)
-            self.journal.append({"channel": channel.value, "kb_version": version, **record})
-            return conversation_id, None
+                                version: str, store_after: asyncio.Event | None = None,
+                                write_lock: asyncio.Lock | None = None) -> tuple[str | None, int | None]:
+        # One call's background writes go through its lock in the order they were made (turn numbers follow it).
+        async with write_lock or contextlib.nullcontext():
+            if store_after is not None:
+                # A phone reply's first audio goes out first: the write's Python work would compete for the GIL.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(store_after.wait(), STORE_AFTER_LIMIT_S)
+            try:
+                return await asyncio.to_thread(self._store, channel, conversation_id, record, version)
+            except StorageError as exc:
+                log.error("turn not stored, journaled for later: %s", exc)
+                self.journal.append({"channel": channel.value, "kb_version": version, **record})
+                return conversation_id, None
 
     def context_of(self, conversation_id: str) -> ConversationContext | None:
         """What was asked and answered before in a stored conversation (None if unknown or unreachable)."""
