@@ -393,3 +393,32 @@ async def test_closed_port_is_unavailable_at_once() -> None:
         await stream.push(bytes(FRAME_BYTES))
     assert time.perf_counter() - started < 1.0
     assert (await stream.finish()).text == ""
+
+
+async def test_hotline_asr_server_command_serves_the_in_process_text(engine: FunAsrEngine, tiny_model_dir: Path) -> None:
+    """`hotline asr-server` as its own process (how ASR runs on another machine), then stopped by SIGTERM."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    command = [sys.executable, "-c", "from telephony.cli import main; main()", "asr-server",
+               "--model", str(tiny_model_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        client = FunAsrServerEngine(f"ws://127.0.0.1:{port}", chunk_size=(0, 10, 5), connect_timeout_s=2.0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                await client.warm_up()
+                break
+            except AsrUnavailable:
+                assert process.poll() is None, process.stderr.read().decode(errors="replace")[-2000:]
+                assert time.monotonic() < deadline, "asr-server did not start listening"
+                await asyncio.sleep(0.2)  # polling a child process that is importing funasr
+        pcm = speech_like_pcm(2.0)
+        assert await transcribe(client, pcm) == await transcribe(engine, pcm)
+        await client.close()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0  # SIGTERM is a clean stop
