@@ -154,6 +154,23 @@ async def test_stream_is_reusable_after_finish(engine: FunAsrEngine) -> None:
     assert empty.text == "" and empty.is_final
 
 
+async def test_peek_gives_the_final_text_without_ending_the_utterance(engine: FunAsrEngine) -> None:
+    pcm = speech_like_pcm(2.0)
+    stream = engine.open_stream()
+    for frame in frames(pcm):
+        await stream.push(frame)
+    peeked = await stream.peek()
+    final = await stream.finish()  # the peek left the stream's own state untouched
+    assert peeked.text and not peeked.is_final
+    assert final.text == await transcribe(engine, pcm)
+    assert peeked.text == final.text  # only the resampler's last milliseconds differ, not the words
+    for frame in frames(pcm):
+        await stream.push(frame)
+    await stream.discard()
+    assert (await stream.finish()).text == ""  # discarded: nothing left to decode
+    await stream.close()
+
+
 async def test_odd_byte_count_is_an_audio_format_error(engine: FunAsrEngine) -> None:
     stream = engine.open_stream()
     with pytest.raises(AudioFormatError, match="even byte count, got 3 bytes"):

@@ -206,3 +206,33 @@ def test_dialogue_state_table_rejects_illegal_moves() -> None:
     assert not usable("", False) and not usable("。，", False)
     assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
     assert usable("社保卡丢了", False)
+
+
+class PeekingAsr(ScriptedAsr):
+    """Its streaming partial lags (an unfinished sentence) but a final decode at a pause has the whole question."""
+
+    def __init__(self) -> None:
+        super().__init__("我想问一下社保卡", "")
+        self.peeks = self.finishes = self.discards = 0
+
+    async def peek(self) -> Transcript:
+        self.peeks += 1
+        return Transcript("我想问一下社保卡丢了怎么办", False)
+
+    async def finish(self) -> Transcript:
+        self.finishes += 1
+        return await super().finish()
+
+    async def discard(self) -> None:
+        self.discards += 1
+
+
+async def test_a_speculative_final_decode_at_the_pause_ends_the_turn_early(model) -> None:
+    asr = PeekingAsr()
+    session, clock, _ = make_session(model, asr)
+    events = await utterance_after(session, clock, padded(synthesize_mandarin("我想问一下社保卡丢了怎么办"), 500, 0))
+    ended = next(event for event in events if isinstance(event, UtteranceEnded))
+    assert ended.text == "我想问一下社保卡丢了怎么办"  # the peeked text, without a second decode
+    assert asr.peeks >= 1 and asr.discards == 1 and asr.finishes == 0
+    assert ended.timings.endpoint_wait_ms <= 300 + 60  # not the 700 ms an unfinished partial would need
+    await session.close()

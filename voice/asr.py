@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import io
 import logging
 import re
@@ -286,6 +287,25 @@ class FunAsrStream:
             if self.engine.punctuation_source is not None:
                 text = await self.engine.run_in_executor(self.engine.punctuate, text)
             return Transcript(text, is_final=True)
+
+    async def peek(self) -> Transcript:
+        """The text if the utterance ended now, without ending it: a final decode on a copy of the stream's cache.
+
+        At a pause this gives the caller's last words, which the streaming partials show only after the next
+        600 ms stride and its look-ahead. The resampler's last few milliseconds are left out.
+        """
+        async with self._lock:
+            utterance = self._utterance
+            if not utterance.has_audio:
+                return Transcript("", is_final=False)
+            cache, pending = copy.deepcopy(utterance.cache), utterance.pending.copy()
+            tail = await self.engine.run_in_executor(self.engine.decode, pending, cache, True, self.options)
+            return Transcript(utterance.text + tail, is_final=False)
+
+    async def discard(self) -> None:
+        """End the utterance without decoding (its text was already taken from `peek`)."""
+        async with self._lock:
+            self._utterance = self._new_utterance()
 
     async def close(self) -> None:
         async with self._lock:

@@ -114,6 +114,8 @@ class _Utterance:
     voiced_until: float
     partial: str = ""
     frames: int = 0
+    peeked_at_voice: float | None = None  # voiced_until when a speculative final decode was asked for
+    early_final: str | None = None  # that decode's text, when it read as a whole question
 
 
 @dataclass
@@ -181,16 +183,27 @@ class SpeechSession:
         self._asr_queue.put_nowait(("audio", frame))
         if self.detector.in_speech and self.detector.silence_ms == 0:
             utterance.voiced_until = now
+            utterance.early_final = None  # the caller went on: the speculative text is out of date
         if (now - utterance.started_at) * 1000 >= self.config.max_utterance_ms:
             self._end_utterance(now, "max_length")
         elif not self.detector.in_speech or self.detector.silence_ms > 0:
             if self.detector.silence_ms >= self._silence_needed(utterance):
                 self._end_utterance(now, "silence")
+            elif self._should_peek(utterance):
+                utterance.peeked_at_voice = utterance.voiced_until
+                self._asr_queue.put_nowait(("peek", utterance))
+
+    def _should_peek(self, utterance: _Utterance) -> bool:
+        """At the first short pause, ask the ASR what the whole utterance says so far (its partials lag a
+        stride behind): if that reads as a question, the turn can end on the short silence."""
+        return (hasattr(self.asr, "peek") and not self.expect_short_reply
+                and self.detector.silence_ms >= self.config.complete_question_silence_ms
+                and utterance.peeked_at_voice != utterance.voiced_until and not looks_complete(utterance.partial))
 
     def _silence_needed(self, utterance: _Utterance) -> int:
         if self.expect_short_reply:
             return self.config.short_reply_silence_ms
-        if looks_complete(utterance.partial):
+        if looks_complete(utterance.early_final or utterance.partial):
             return self.config.complete_question_silence_ms
         return self.config.end_of_turn_silence_ms
 
@@ -220,13 +233,26 @@ class SpeechSession:
                     continue
                 if transcript is not None and transcript.text != partial:
                     partial = transcript.text
-                    if self._utterance is not None:
+                    if self._utterance is not None and self._utterance.early_final is None:
                         self._utterance.partial = partial
                     self.events.put_nowait(PartialTranscript(partial, self.clock()))
+            elif kind == "peek":
+                utterance = payload  # type: ignore[assignment]
+                try:
+                    peeked = (await self.asr.peek()).text  # type: ignore[attr-defined]
+                except VoiceError as exc:
+                    log.warning("ASR peek failed: %s", exc)
+                    continue
+                if looks_complete(peeked) and utterance.voiced_until == utterance.peeked_at_voice:
+                    utterance.early_final = utterance.partial = peeked
             elif kind == "finish":
                 utterance, endpoint_at, reason = payload  # type: ignore[misc]
                 try:
-                    text = (await self.asr.finish()).text
+                    if utterance.early_final is not None and utterance.voiced_until == utterance.peeked_at_voice:
+                        text = utterance.early_final  # only silence came after it: no second decode
+                        await self.asr.discard()  # type: ignore[attr-defined]
+                    else:
+                        text = (await self.asr.finish()).text
                 except VoiceError as exc:
                     self.asr_errors += 1
                     log.warning("ASR final failed: %s", exc)
