@@ -269,7 +269,8 @@ class MediaStreamCall:
         endpoint = EndpointConfig(
             end_of_turn_silence_ms=settings.end_of_turn_silence_ms,
             complete_question_silence_ms=settings.complete_question_silence_ms,
-            short_reply_silence_ms=settings.short_reply_silence_ms, max_utterance_ms=settings.max_utterance_ms)
+            short_reply_silence_ms=settings.short_reply_silence_ms, max_utterance_ms=settings.max_utterance_ms,
+            speculative_final=settings.speculative_final)
         if stack.asr is None:
             self.dialogue = asyncio.create_task(self._apologise(sink))
             return

@@ -40,6 +40,7 @@ class EndpointConfig:
     max_utterance_ms: int = 20_000
     pre_roll_ms: int = 400  # audio kept from before the VAD fired, so the first syllable reaches the ASR
     playback_lead_ms: int = 200  # how far ahead of real time audio is sent to the transport
+    speculative_final: bool = True  # at the first pause, a final decode on a copy of the ASR cache (see _should_peek)
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class SpeechSession:
     def _should_peek(self, utterance: _Utterance) -> bool:
         """At the first short pause, ask the ASR what the whole utterance says so far (its partials lag a
         stride behind): if that reads as a question, the turn can end on the short silence."""
-        return (hasattr(self.asr, "peek") and not self.expect_short_reply
+        return (self.config.speculative_final and hasattr(self.asr, "peek") and not self.expect_short_reply
                 and self.detector.silence_ms >= self.config.complete_question_silence_ms
                 and utterance.peeked_at_voice != utterance.voiced_until and not looks_complete(utterance.partial))
 
