@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Sequence
 
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
@@ -31,6 +32,22 @@ CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一�
 REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
 CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
 CHOICE_REPLY_MAX_CHARS = 12
+
+
+def conversation_context(turns: Iterable[tuple[str, str, Sequence[str], str]]) -> ConversationContext:
+    """The context after these turns, oldest first: (caller text, action, item ids, reason) each.
+
+    Follow-ups resolve against the last answered items; the last reply's offered choices are pending only when it
+    was a middle-band clarifying question (calculator questions also clarify, but ask for numbers, not a choice).
+    """
+    turns = list(turns)
+    answered = [items[0] for _question, action, items, _reason in turns if action == Action.ANSWER.value and items]
+    offered: tuple[str, ...] = ()
+    if turns:
+        _question, action, items, reason = turns[-1]
+        if action == Action.CLARIFY.value and reason.startswith(MIDDLE):
+            offered = tuple(items)
+    return ConversationContext(tuple(answered[-3:]), tuple(turn[0] for turn in turns[-3:]), offered)
 
 
 class AnswerEngine:

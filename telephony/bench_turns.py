@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from telephony.simulated_caller import CallReport, simulated_call
+from telephony.simulated_caller import CallReport, simulated_call, voiced_frames
 from telephony.store import Database
 
 BENCH_QUESTIONS = ("社保卡丢了怎么办", "失业金怎么领", "退休了养老金怎么办", "灵活就业怎么交社保", "工伤认定要什么材料")
@@ -145,16 +145,7 @@ class _KnownQuestionStream:
 
 
 def _voiced_frames(pcm16: bytes) -> int:
-    import numpy as np
-
-    from telephony.simulated_caller import VOICED_RMS
-    from voice.base import FRAME_BYTES
-
-    usable = len(pcm16) - len(pcm16) % FRAME_BYTES
-    if usable == 0:
-        return 0
-    frames = np.frombuffer(pcm16[:usable], dtype=np.int16).astype(np.float64).reshape(-1, FRAME_BYTES // 2)
-    return int((np.sqrt((frames ** 2).mean(axis=1)) > VOICED_RMS).sum())
+    return int(voiced_frames(pcm16).sum())
 
 
 def serve_known_questions() -> None:

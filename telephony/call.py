@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from rag.base import Action, Answer, ConversationContext
-from rag.engine import MIDDLE
+from rag.engine import conversation_context
 from rag.errors import InvalidQuestionError
 from telephony import prompts
 from telephony.errors import StorageError, TelephonyError
@@ -108,9 +108,7 @@ class CallSession:
         self._caller_mid_utterance = False
         self._pending_writes: set[asyncio.Future] = set()
         self._write_lock = asyncio.Lock()  # this call's turn writes, in order
-        self._questions: list[str] = []
-        self._answered_items: list[str] = []
-        self._offered: tuple[str, ...] = ()
+        self._conversation: list[tuple[str, str, tuple[str, ...], str]] = []
 
     def _move(self, target: DialogueState) -> None:
         self.state = next_state(self.state, target)
@@ -275,15 +273,11 @@ class CallSession:
             log.warning("call %s: timings of turn %s not stored: %s", self.call_id, seq, exc)
 
     def context(self) -> ConversationContext:
-        return ConversationContext(tuple(self._answered_items[-3:]), tuple(self._questions[-3:]), self._offered)
+        return conversation_context(self._conversation)
 
     def _remember(self, answer: Answer) -> None:
         """The conversation so far, kept in memory (the database is written in the background)."""
-        self._questions.append(answer.question)
-        if answer.action is Action.ANSWER and answer.items:
-            self._answered_items.append(answer.items[0])
-        clarifying = answer.action is Action.CLARIFY and answer.reason.startswith(MIDDLE)
-        self._offered = tuple(answer.items) if clarifying else ()
+        self._conversation.append((answer.question, answer.action.value, answer.items, answer.reason))
 
     async def flush(self) -> None:
         """Wait for turn writes still in flight (at hang-up)."""

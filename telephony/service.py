@@ -14,8 +14,8 @@ from kb.builds import BuildStore
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
-from rag.base import Action, Answer, ConversationContext
-from rag.engine import MIDDLE, AnswerEngine
+from rag.base import Answer, ConversationContext
+from rag.engine import AnswerEngine, conversation_context
 from rag.extractive import AnswerPolicy, CuratedComposer
 from rag.embeddings import LocalModelEmbedding, NgramHashEmbedding, OpenAICompatibleEmbedding
 from rag.errors import RetrievalError
@@ -244,16 +244,8 @@ class HotlineService:
             return None
         if call is None:
             return None
-        answered = [turn for turn in call.turns if turn.item_ids and turn.action == Action.ANSWER.value]
-        last = call.turns[-1] if call.turns else None
-        offered = ()
-        if last is not None and last.action == Action.CLARIFY.value and (last.reason or "").startswith(MIDDLE):
-            offered = tuple(last.item_ids)
-        return ConversationContext(
-            previous_item_ids=tuple(turn.item_ids[0] for turn in answered[-3:]),
-            previous_questions=tuple(turn.caller_text for turn in call.turns[-3:]),
-            offered_item_ids=offered,
-        )
+        return conversation_context((turn.caller_text, turn.action, turn.item_ids or [], turn.reason or "")
+                                    for turn in call.turns)
 
     def _store(self, channel: CallChannel, conversation_id: str | None, record: dict, version: str) -> tuple[str, int]:
         if conversation_id is None:

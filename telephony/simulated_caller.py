@@ -28,11 +28,16 @@ VOICED_RMS = 300.0  # int16 RMS above which a 20 ms frame counts as the caller's
 LATE_TOLERANCE_MS = 40.0  # reply audio arriving this much after its play-out time would be heard as a gap
 
 
-def last_voiced_frame(pcm16: bytes) -> int:
+def voiced_frames(pcm16: bytes) -> np.ndarray:
+    """Per whole 20 ms frame: whether its RMS is above VOICED_RMS."""
     samples = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % FRAME_BYTES], dtype=np.int16).astype(np.float64)
     frames = samples.reshape(-1, FRAME_BYTES // 2)
-    voiced = np.flatnonzero(np.sqrt((frames ** 2).mean(axis=1)) > VOICED_RMS)
-    return int(voiced[-1]) if voiced.size else len(frames) - 1
+    return np.sqrt((frames ** 2).mean(axis=1)) > VOICED_RMS
+
+
+def last_voiced_frame(pcm16: bytes) -> int:
+    voiced = np.flatnonzero(voiced_frames(pcm16))
+    return int(voiced[-1]) if voiced.size else len(pcm16) // FRAME_BYTES - 1
 
 
 @dataclass
