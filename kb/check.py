@@ -70,6 +70,7 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
     report.errors.extend(str(error) for error in kb.errors)
     channels = load_channels()
     alias_owners: dict[str, list[str]] = defaultdict(list)
+    question_owners: dict[str, list[str]] = defaultdict(list)
     ids = Counter(item.id for item in kb.items)
     by_id = {item.id: item for item in kb.items}
     service_owners: dict[int, list[str]] = defaultdict(list)
@@ -83,6 +84,8 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
             report.referrals += 1
         for alias in item.aliases:
             alias_owners[alias].append(item.id)
+        for question in item.questions:
+            question_owners[question].append(item.id)
         if item.service_no is not None:
             service_owners[item.service_no].append(item.id)
         required = REQUIRED_SECTIONS_REFERRAL if item.kind is ItemKind.REFERRAL else REQUIRED_SECTIONS_SERVICE
@@ -120,6 +123,9 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
         clashes = _overlapping(owners, by_id)
         if clashes:
             report.errors.append(f"alias {alias!r} is shared by items {', '.join(clashes)}")
+    for question, owners in sorted(question_owners.items()):
+        if len(owners) > 1:
+            report.errors.append(f"caller question {question!r} is listed {len(owners)} times ({', '.join(sorted(owners))})")
     return report
 
 

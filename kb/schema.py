@@ -123,6 +123,8 @@ class ServiceItem(_Frozen):
     title: str = Field(min_length=2)
     category: str
     aliases: tuple[str, ...]
+    # Whole questions as callers ask them (常见问法): retrieval training keys, never read out.
+    questions: tuple[str, ...] = ()
     audiences: tuple[Audience, ...] = ()
     clarify: str | None = None
     channels: Channels = Channels()

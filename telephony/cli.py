@@ -158,12 +158,36 @@ clarifying question then resolves.
 """
 
 
+@app.command("tune")
+def tune_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    folds: Annotated[int, typer.Option(min=2, max=12, help="Folds the KB's caller questions are held out in")] = 4,
+    vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write (default rag/calibration.json)")] = None,
+) -> None:
+    """Fit the fusion weights and the confidence model on development data (never on the evaluation set)."""
+    from kb.lexicon import load_lexicon
+    from rag.confidence import DEFAULT_CALIBRATION_FILE
+    from rag.tuning import tune
+
+    settings = load_settings()
+    configure_logging("WARNING")
+    kb = load_knowledge_base(settings.kb_dir)
+    progress = None if as_json else (lambda line: typer.echo(line, err=True))
+    try:
+        report = tune(kb, load_lexicon(), folds=folds, with_vectors=vectors, output=output or DEFAULT_CALIBRATION_FILE,
+                      progress=progress)
+    except ValueError as exc:
+        typer.echo(f"cannot tune: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(report, ensure_ascii=False, indent=None if as_json else 2))
+
+
 @app.command("eval")
 def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
     eval_set: Annotated[Optional[Path], typer.Option("--set", help="Labelled question file or directory")] = None,
     write_doc: Annotated[Optional[Path], typer.Option("--doc", help="Markdown file for the table")] = Path("docs/eval.md"),
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Refit the confidence model on this set first")] = False,
     asr_noise: Annotated[bool, typer.Option("--asr-noise/--no-asr-noise", help="Add homophone-noise variants")] = True,
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
@@ -180,15 +204,6 @@ def eval_command(
         from rag.evaluation import with_asr_noise
 
         cases += with_asr_noise(cases, (item.authored_text() for item in service.kb.items))
-    if calibrate:
-        from rag.confidence import ConfidenceModel, fit
-        from rag.evaluation import calibration_samples
-
-        samples, labels = calibration_samples(cases, service.retriever)
-        model = fit(samples, labels)
-        model.save(samples=len(samples))
-        service.answerer.confidence = ConfidenceModel.load()
-        typer.echo(f"confidence model refitted on {len(samples)} questions ({sum(labels)} right at top 1)", err=True)
     report = asyncio.run(evaluate(cases, service.retriever, service.answerer))
     table = markdown_table(report)
     if write_doc is not None:
@@ -361,6 +376,40 @@ def bench_turn_latency(
     if transcripts not in ("model", "known"):
         raise typer.BadParameter("--transcripts is 'model' or 'known'")
     result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known")
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
+@bench_app.command("asr-capacity")
+def bench_asr_capacity(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    model: Annotated[Optional[Path], typer.Option(help="FunASR streaming model directory")] = None,
+    random_model: Annotated[str, typer.Option(help="Without --model: build random weights, 'tiny' (the tests' "
+                                                   "model) or 'large' (the real Paraformer-large architecture)")] = "tiny",
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+    streams: Annotated[str, typer.Option(help="Comma-separated concurrent stream counts")] = "1,2,4",
+    engines: Annotated[str, typer.Option(help="Comma-separated engine (model copy) counts")] = "1",
+    seconds: Annotated[float, typer.Option(min=1.0, help="Seconds of real-time audio per run")] = 10.0,
+    work_dir: Annotated[Path, typer.Option(help="Where random models are built")] = Path("var/models"),
+) -> None:
+    """Real-time streams per FunASR engine: chunk and final latency, share of chunks behind real time."""
+    from voice.capacity import measure_capacity
+    from voice.tiny_models import build_random_paraformer_large, build_tiny_paraformer
+
+    configure_logging("WARNING")
+    if model is None:
+        if random_model not in ("tiny", "large"):
+            raise typer.BadParameter("--random-model is 'tiny' or 'large'")
+        builder = build_tiny_paraformer if random_model == "tiny" else build_random_paraformer_large
+        model = builder(work_dir / f"paraformer-{random_model}-random")
+    try:
+        stream_counts = [int(value) for value in streams.split(",") if value.strip()]
+        engine_counts = [int(value) for value in engines.split(",") if value.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter("--streams and --engines take comma-separated integers") from exc
+    if not stream_counts or not engine_counts or min(stream_counts + engine_counts) < 1:
+        raise typer.BadParameter("--streams and --engines need positive integers")
+    result = asyncio.run(measure_capacity(model, device=device, streams=stream_counts, engines=engine_counts,
+                                          seconds=seconds))
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

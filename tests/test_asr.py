@@ -439,3 +439,20 @@ async def test_hotline_asr_server_command_serves_the_in_process_text(engine: Fun
     finally:
         process.terminate()
         assert process.wait(30) == 0  # SIGTERM is a clean stop
+
+
+async def test_capacity_benchmark_reports_real_time_streams(tiny_model_dir: Path) -> None:
+    from voice.capacity import measure_capacity
+
+    report = await measure_capacity(tiny_model_dir, device="cpu", streams=[1, 3], engines=[1], seconds=1.3,
+                                    utterance_chunks=2)
+    assert report["chunk_ms"] == 600 and report["load_s"][0] > 0
+    assert report["single_stream"]["chunk_ms_p50"] > 0 and report["single_stream"]["final_ms_p50"] > 0
+    one, three = report["runs"]
+    assert (one["streams"], three["streams"]) == (1, 3)
+    # Every stream pushes a chunk at once and then every 600 ms until 1.3 s have passed: 3 chunks (t = 0, 0.6,
+    # 1.2 s after its start offset), except a late starter whose third slot falls after the end.
+    assert one["chunks"] == 3 and one["finals"] == 1
+    assert 3 * 2 <= three["chunks"] <= 3 * 3 and three["finals"] == 3
+    # The tiny model decodes a chunk in milliseconds: nothing falls behind real time.
+    assert one["behind_real_time"] == 0 and three["behind_real_time"] == 0

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import soxr
+
+if TYPE_CHECKING:
+    import av
 
 from voice.base import FRAME_BYTES, SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AudioFormatError
 
@@ -180,6 +183,8 @@ class Mp3Decoder:
     """Push decoder: MP3 bytes split anywhere in, int16 mono PCM at `out_rate_hz` out as soon as whole frames decode."""
 
     def __init__(self, out_rate_hz: int = TELEPHONY_RATE_HZ) -> None:
+        import av  # PyAV only where MP3 is decoded (the TTS path), not in ASR-only processes
+
         self.out_rate_hz = out_rate_hz
         self._codec = av.CodecContext.create("mp3", "r")
         self._resampler: Resampler | None = None
@@ -221,6 +226,8 @@ class Mp3Decoder:
         return head
 
     def _decode(self, data: bytes, final: bool) -> bytes:
+        import av
+
         if not data and not final:
             return b""
         try:

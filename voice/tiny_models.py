@@ -88,6 +88,24 @@ def build_tiny_paraformer(directory: Path, tokens: Sequence[str] = DEFAULT_TOKEN
                   input_size=ENCODER_INPUT_SIZE)
 
 
+LARGE_VOCABULARY = 8404  # paraformer-zh-streaming's token count
+
+
+def large_tokens(count: int = LARGE_VOCABULARY) -> tuple[str, ...]:
+    """A token list the size of the real model's: the special tokens, then CJK characters in code-point order."""
+    characters = [chr(0x4E00 + offset) for offset in range(count - len(SPECIAL_TOKENS) - 1)]
+    return (*SPECIAL_TOKENS, *characters, UNKNOWN_TOKEN)
+
+
+def build_random_paraformer_large(directory: Path, seed: int = 0) -> Path:
+    """The real paraformer-zh-streaming architecture (512 dims, 4 heads, 2048 units, 50 encoder and 16 decoder
+    blocks, 8404 tokens; ~220 M parameters) with random weights: what one stream really costs, where the trained
+    weights cannot be downloaded. Its text is meaningless."""
+    config = paraformer_config_text(dimension=512, heads=4, feed_forward=2048, encoder_blocks=50, decoder_blocks=16)
+    return _build(Path(directory), config, list(large_tokens()), seed, extra_files={"am.mvn": identity_cmvn_text()},
+                  model_class="ParaformerStreaming", input_size=ENCODER_INPUT_SIZE)
+
+
 def build_tiny_punctuation(directory: Path, tokens: Sequence[str] = DEFAULT_TOKENS, seed: int = 0) -> Path:
     """Write config.yaml, model.pt and tokens.json of a random CT-Transformer punctuation model."""
     marks = "[" + ", ".join(json.dumps(mark, ensure_ascii=False) for mark in PUNCTUATION_MARKS) + "]"
