@@ -47,9 +47,10 @@ class ConfidenceModel:
     bias: float
 
     def __call__(self, ranked: list[ScoredItem]) -> float:
-        if not ranked:
-            return 0.0
-        z = self.bias + sum(w * x for w, x in zip(self.weights, features(ranked), strict=True))
+        return self.probability(features(ranked)) if ranked else 0.0
+
+    def probability(self, row: list[float]) -> float:
+        z = self.bias + sum(w * x for w, x in zip(self.weights, row, strict=True))
         return 1.0 / (1.0 + math.exp(-z))
 
     @classmethod
@@ -66,9 +67,13 @@ class ConfidenceModel:
         # Hand-set before any calibration: alias agreement and a clear lead drive confidence.
         return cls((1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 4.0, -0.5), -4.0)
 
-    def save(self, path: Path = DEFAULT_CALIBRATION_FILE, samples: int = 0) -> None:
-        path.write_text(json.dumps({"features": FEATURES, "weights": self.weights, "bias": self.bias,
-                                    "samples": samples}, indent=1), encoding="utf-8")
+    def save(self, path: Path = DEFAULT_CALIBRATION_FILE, samples: int = 0,
+             fusion_weights: dict[str, float] | None = None) -> None:
+        """Write the model (and the fusion weights it was fitted with: the features depend on them)."""
+        data = {"features": FEATURES, "weights": self.weights, "bias": self.bias, "samples": samples}
+        if fusion_weights is not None:
+            data["fusion_weights"] = fusion_weights
+        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def fit(samples: list[list[float]], labels: list[int], regularization: float = 1.0) -> ConfidenceModel:

@@ -95,11 +95,12 @@ def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
     return cases
 
 
-def with_asr_noise(cases: list[EvalCase], corpus: Iterable[str], rate: float = 0.15) -> list[EvalCase]:
+def with_asr_noise(cases: list[EvalCase], corpus: Iterable[str], rate: float = 0.15,
+                   seed: int | None = None) -> list[EvalCase]:
     """One homophone-corrupted copy of every colloquial question, in category `asr_noise`."""
-    from rag.asr_noise import HomophoneNoise, homophone_table
+    from rag.asr_noise import DEFAULT_SEED, HomophoneNoise, homophone_table
 
-    noise = HomophoneNoise(homophone_table(corpus), rate=rate)
+    noise = HomophoneNoise(homophone_table(corpus), rate=rate, seed=DEFAULT_SEED if seed is None else seed)
     return [
         EvalCase(noise.corrupt(case.question), case.expect, "asr_noise", case.facts, case.context_items)
         for case in cases if case.category == "colloquial"
@@ -182,22 +183,6 @@ async def _answer_after_choice(case: EvalCase, offered: tuple[str, ...], context
         return False
     text = answer.spoken + "\n" + answer.sms
     return all(fact in text for fact in case.facts)
-
-
-def calibration_samples(cases: list[EvalCase], retriever: Retriever) -> tuple[list[list[float]], list[int]]:
-    """Features of each question's ranking, labelled 1 when the top item is a right answer."""
-    from rag.confidence import features
-
-    samples, labels = [], []
-    for case in cases:
-        if case.context_items or case.category in ("calculator", "human_request"):
-            continue  # decided by code paths that do not use the confidence model
-        ranked = retriever.retrieve(case.question, limit=5)
-        if not ranked:
-            continue
-        samples.append(features(ranked))
-        labels.append(int(not case.expects_handoff and ranked[0].item_id in case.expect))
-    return samples, labels
 
 
 def markdown_table(report: EvalReport) -> str:

@@ -4,10 +4,11 @@ matching (characters and pinyin), and an optional vector channel in chromadb, fu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-from dataclasses import dataclass, fields
-
 import re
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -44,6 +45,7 @@ class FusionWeights:
     alias_match: float = 0.0
     alias_pinyin: float = 0.10
     centroid: float = 0.50
+    nearest: float = 0.0
     vector: float = 0.40
 
     @classmethod
@@ -59,6 +61,24 @@ class FusionWeights:
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
+    @classmethod
+    def tuned(cls, path: Path | None = None) -> FusionWeights:
+        """The weights `hotline tune` wrote to rag/calibration.json, or the class defaults when there are none."""
+        from rag.confidence import DEFAULT_CALIBRATION_FILE
+
+        file = path or DEFAULT_CALIBRATION_FILE
+        try:
+            stored = json.loads(file.read_text(encoding="utf-8")).get("fusion_weights") or {}
+        except (OSError, ValueError):
+            return cls()
+        known = {field.name for field in fields(cls)}
+        return cls(**{name: float(value) for name, value in stored.items() if name in known})
+
+    def with_overrides(self, overrides: dict[str, float]) -> FusionWeights:
+        """These weights with some channels set by name (settings); unknown names and negatives are errors."""
+        merged = {**self.as_dict(), **overrides}
+        return FusionWeights.from_mapping(merged)
+
 
 def item_keys(item: ServiceItem) -> list[str]:
     """The short texts a caller's question is matched against: title, aliases, audience phrasings."""
@@ -69,8 +89,9 @@ def item_keys(item: ServiceItem) -> list[str]:
 
 
 def item_phrasings(item: ServiceItem) -> list[str]:
-    """Everything that reads like a caller's question about the item: keys, FAQ questions, spoken summary."""
-    return [*item_keys(item), *re.findall(r"\*\*问：(.+?)\*\*", item.section("faq")), item.spoken]
+    """Everything that reads like a caller's question about the item: keys, callers' questions, FAQ questions,
+    spoken summary."""
+    return [*item_keys(item), *item.questions, *re.findall(r"\*\*问：(.+?)\*\*", item.section("faq")), item.spoken]
 
 
 def item_document(item: ServiceItem) -> str:
@@ -119,7 +140,8 @@ class _KeyMatcher:
 
 
 class _CentroidMatcher:
-    """TF-IDF (character 1–3-grams and pinyin bigrams) of each item's phrasings, averaged per item."""
+    """TF-IDF (character 1–3-grams and pinyin bigrams) of each item's phrasings: their average per item (centroid),
+    and the single nearest phrasing per item (nearest)."""
 
     def __init__(self, phrasings: list[list[str]], text: TextProcessor) -> None:
         self.text = text
@@ -131,6 +153,9 @@ class _CentroidMatcher:
         rows = sparse.csr_matrix((np.ones(len(owners)), (owners, np.arange(len(owners)))),
                                  shape=(len(phrasings), len(owners)))
         self.centroids = normalize(rows @ matrix)
+        self.phrasings = matrix
+        self.group_starts = np.searchsorted(owners, np.arange(len(phrasings)))
+        self.item_count = len(phrasings)
 
     def _features(self, texts: list[str], fit: bool = False) -> sparse.csr_matrix:
         sounds = [" ".join(self.text.pinyin_bigrams_of_normalized(t)) or "∅" for t in texts]
@@ -138,15 +163,28 @@ class _CentroidMatcher:
             return normalize(sparse.hstack([self.chars.fit_transform(texts), self.sounds.fit_transform(sounds)]).tocsr())
         return normalize(sparse.hstack([self.chars.transform(texts), self.sounds.transform(sounds)]).tocsr())
 
-    def scores(self, normalized_query: str) -> np.ndarray:
-        return np.asarray((self._features([normalized_query]) @ self.centroids.T).todense()).ravel()
+    def scores(self, normalized_query: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: cosine to the centroid, and the best cosine to any one phrasing."""
+        query = self._features([normalized_query])
+        centroid = np.asarray((query @ self.centroids.T).todense()).ravel()
+        each = np.asarray((query @ self.phrasings.T).todense()).ravel()
+        nearest = np.maximum.reduceat(each, self.group_starts) if each.size else np.zeros(self.item_count)
+        return centroid, nearest
+
+
+@dataclass(frozen=True)
+class ChannelScores:
+    channels: dict[str, np.ndarray]  # channel name -> per-item score
+    best_keys: np.ndarray  # per item: index of the best-matching key, -1 for none
+    cosine: np.ndarray  # per item: raw centroid cosine (absolute, for confidence)
 
 
 class HybridRetriever:
-    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights = FusionWeights(),
+    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights | None = None,
                  vector: VectorIndex | None = None) -> None:
         self.kb = kb
         self.text = text
+        weights = weights or FusionWeights.tuned()
         self.weights = weights
         self.vector = vector if weights.vector > 0 else None
         self.items = list(kb.items)
@@ -180,17 +218,17 @@ class HybridRetriever:
         return index
 
     def vector_documents(self) -> tuple[list[str], list[str]]:
-        """(text, item id) pairs for the vector channel: every key plus each item's spoken summary."""
+        """(text, item id) pairs for the vector channel: every key, callers' question and spoken summary."""
         texts, item_ids = [], []
         for item in self.items:
-            for key in [*item_keys(item), item.spoken]:
+            for key in [*item_keys(item), *item.questions, item.spoken]:
                 texts.append(self.text.normalize(key))
                 item_ids.append(item.id)
         return texts, item_ids
 
-    def channel_scores(self, query: str) -> dict[str, np.ndarray]:
-        """Each channel's per-item score (0..1 within the channel) for the query."""
-        return self._score(query)[0]
+    def channel_scores(self, query: str) -> ChannelScores:
+        """Each channel's per-item score (0..1 within the channel) for the query, with what ranking needs."""
+        return ChannelScores(*self._score(query))
 
     def _score(self, query: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Channel scores, the best-matching alias key per item and the raw centroid cosine per item."""
@@ -205,8 +243,9 @@ class HybridRetriever:
         channels["pinyin_bm25"] = self._normalized(self._pinyin.get_scores(syllables)) if syllables else np.zeros(count)
         channels["alias_match"], best_keys = self._alias_chars.scores(grams)
         channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
-        cosine = self._centroids.scores(normalized)
+        cosine, nearest = self._centroids.scores(normalized)
         channels["centroid"] = self._normalized(cosine)
+        channels["nearest"] = self._normalized(nearest)
         vector_scores = np.zeros(count)
         if self.vector is not None and normalized.strip():
             try:
@@ -222,7 +261,11 @@ class HybridRetriever:
         """Rank the items in effect on `on` (today by default) for the query; [] for an empty query."""
         if not self.text.normalize(query).strip():
             return []
-        channels, best_keys, cosine = self._score(query)
+        return self.rank(self.channel_scores(query), limit, on)
+
+    def rank(self, scored: ChannelScores, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
+        """Fuse channel scores with the current weights into the ranked items in effect on `on`."""
+        channels, best_keys, cosine = scored.channels, scored.best_keys, scored.cosine
         weights = self.weights.as_dict()
         fused = sum(weights[name] * scores for name, scores in channels.items())
         day = on or dt.date.today()

@@ -88,7 +88,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
         log.error("knowledge base: %s (item skipped)", error)
     lexicon = load_lexicon(lexicon_path)
     text = TextProcessor(lexicon)
-    weights = FusionWeights.from_mapping(settings.retrieval_weights)
+    weights = FusionWeights.tuned().with_overrides(settings.retrieval_weights)
     retriever = HybridRetriever(kb, text, weights)
     if weights.vector > 0 and settings.embedding_backend is not EmbeddingBackend.NONE:
         try:

@@ -1,0 +1,176 @@
+"""Tuning on development data only (`hotline tune`): fusion weights and the confidence model.
+
+The labelled set in `rag/evalset/` is the test set and is never used here. Development data:
+
+- the callers' questions in the KB items (`questions:`), held out by folds: for each fold the retriever is built
+  without that fold's questions and ranks them, so every question is scored by a retriever that never saw it;
+- the same questions with homophone noise (`rag/asr_noise.py`, its own seed);
+- `rag/devset/*.yaml`: questions no item answers (expected `handoff`), for the confidence gate's negatives.
+
+The result is written to `rag/calibration.json`: the fusion weights (`fusion_weights`) and the logistic confidence
+model fitted on the out-of-fold rankings with those weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from kb.lexicon import Lexicon
+from kb.loader import KnowledgeBase
+from rag.confidence import DEFAULT_CALIBRATION_FILE, ConfidenceModel, features, fit
+from rag.embeddings import NgramHashEmbedding
+from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
+from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
+from rag.text import TextProcessor
+from rag.vector import VectorIndex, chroma_client
+
+DEFAULT_DEV_SET = Path(__file__).resolve().parent / "devset"
+NOISE_SEED = 20261124  # not the evaluation's seed: the dev noise variants differ from the test set's
+WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7)
+
+
+def without_questions(kb: KnowledgeBase, held_out: set[str]) -> KnowledgeBase:
+    items = tuple(item.model_copy(update={"questions": tuple(q for q in item.questions if q not in held_out)})
+                  for item in kb.items)
+    return KnowledgeBase(root=kb.root, items=items, content_hash=f"{kb.content_hash}-fold")
+
+
+def folds_of(kb: KnowledgeBase, folds: int) -> list[list[EvalCase]]:
+    """Each item's questions dealt round-robin into `folds` groups, as cases expecting that item."""
+    groups: list[list[EvalCase]] = [[] for _ in range(folds)]
+    for item in kb.items:
+        for index, question in enumerate(item.questions):
+            groups[index % folds].append(EvalCase(question, (item.id,), "kb_question"))
+    return groups
+
+
+@dataclass
+class DevSample:
+    case: EvalCase
+    channels: ChannelScores
+    retriever: HybridRetriever  # the fold's retriever (item order is the same in every fold)
+
+
+def _fold_retriever(kb: KnowledgeBase, lexicon: Lexicon, weights: FusionWeights, name: str,
+                    with_vectors: bool) -> HybridRetriever:
+    retriever = HybridRetriever(kb, TextProcessor(lexicon), weights)
+    if with_vectors:
+        index = VectorIndex(chroma_client(), name, NgramHashEmbedding())
+        index.populate(*retriever.vector_documents())
+        retriever.vector = index
+    return retriever
+
+
+def development_samples(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
+                        dev_set: Path = DEFAULT_DEV_SET, weights: FusionWeights | None = None,
+                        progress: Callable[[str], None] | None = None) -> list[DevSample]:
+    """Channel scores of every held-out KB question (and its noisy copy) and of every dev-set question."""
+    weights = weights or FusionWeights.tuned()
+    if sum(len(item.questions) for item in kb.items) < folds:
+        raise ValueError("the knowledge base has too few caller questions (`questions:`) to tune on")
+    corpus = [item.authored_text() for item in kb.items]
+    extra = load_eval_set(dev_set) if dev_set.exists() else []
+    samples: list[DevSample] = []
+    for number, fold in enumerate(folds_of(kb, folds)):
+        held_out = {case.question for case in fold}
+        retriever = _fold_retriever(without_questions(kb, held_out), lexicon, weights, f"dev-fold-{number}",
+                                    with_vectors)
+        noisy = with_asr_noise([replace(case, category="colloquial") for case in fold], corpus, seed=NOISE_SEED + number)
+        cases = [*fold, *(replace(case, category="kb_question_noise") for case in noisy)]
+        if number == 0:
+            cases += extra  # questions no item answers: ranked once, by any fold's retriever
+        for case in cases:
+            samples.append(DevSample(case, retriever.channel_scores(case.question), retriever))
+        if progress:
+            progress(f"fold {number + 1}/{folds}: {len(cases)} questions")
+    return samples
+
+
+def _ranking(sample: DevSample, weights: dict[str, float]) -> np.ndarray:
+    fused = sum(weights[name] * values for name, values in sample.channels.channels.items())
+    return np.argsort(-fused, kind="stable")
+
+
+def retrieval_score(samples: list[DevSample], weights: FusionWeights) -> tuple[float, float]:
+    """(hit@1, MRR) over the answerable development questions."""
+    w = weights.as_dict()
+    answerable = [sample for sample in samples if not sample.case.expects_handoff]
+    hits, reciprocal = 0, 0.0
+    for sample in answerable:
+        order = _ranking(sample, w)[:10]
+        items = sample.retriever.items
+        ranks = [rank for rank, index in enumerate(order, 1) if items[index].id in sample.case.expect]
+        hits += bool(ranks and ranks[0] == 1)
+        reciprocal += 1 / ranks[0] if ranks else 0.0
+    return hits / len(answerable), reciprocal / len(answerable)
+
+
+def tune_weights(samples: list[DevSample], start: FusionWeights | None = None, rounds: int = 3,
+                 progress: Callable[[str], None] | None = None) -> tuple[FusionWeights, tuple[float, float]]:
+    """Coordinate search over the channel weights, maximising hit@1 (ties: MRR) on the development questions."""
+    best = start or FusionWeights.tuned()
+    best_score = retrieval_score(samples, best)
+    for _ in range(rounds):
+        improved = False
+        for name in best.as_dict():
+            for value in WEIGHT_STEPS:
+                candidate = replace(best, **{name: value})
+                if sum(candidate.as_dict().values()) == 0:
+                    continue
+                score = retrieval_score(samples, candidate)
+                if score > best_score:
+                    best, best_score, improved = candidate, score, True
+        if progress:
+            progress(f"hit@1 {best_score[0]:.4f} MRR {best_score[1]:.4f} with {best.as_dict()}")
+        if not improved:
+            break
+    return best, best_score
+
+
+def confidence_samples(samples: list[DevSample], weights: FusionWeights) -> tuple[list[list[float]], list[int]]:
+    """Confidence features of each development ranking, labelled 1 when the top item is right."""
+    rows, labels = [], []
+    for sample in samples:
+        sample.retriever.weights = weights
+        ranked = sample.retriever.rank(sample.channels, limit=5)
+        if not ranked:
+            continue
+        rows.append(features(ranked))
+        labels.append(int(not sample.case.expects_handoff and ranked[0].item_id in sample.case.expect))
+    return rows, labels
+
+
+def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
+         dev_set: Path = DEFAULT_DEV_SET, output: Path = DEFAULT_CALIBRATION_FILE,
+         progress: Callable[[str], None] | None = None) -> dict:
+    samples = development_samples(kb, lexicon, folds=folds, with_vectors=with_vectors, dev_set=dev_set,
+                                  progress=progress)
+    start = FusionWeights.tuned() if with_vectors else replace(FusionWeights.tuned(), vector=0.0)
+    start_score = retrieval_score(samples, start)
+    weights, score = tune_weights(samples, start, progress=progress)
+    rows, labels = confidence_samples(samples, weights)
+    model = fit(rows, labels)
+    model.save(output, samples=len(rows), fusion_weights=weights.as_dict())
+    from sklearn.metrics import roc_auc_score
+
+    probabilities = [model.probability(row) for row in rows]
+    by_category: dict[str, int] = {}
+    for sample in samples:
+        by_category[sample.case.category] = by_category.get(sample.case.category, 0) + 1
+    return {
+        "questions": by_category,
+        "folds": folds,
+        "dev_hit_at_1_before": round(start_score[0], 4),
+        "dev_hit_at_1": round(score[0], 4),
+        "dev_mrr": round(score[1], 4),
+        "fusion_weights": weights.as_dict(),
+        "confidence_samples": len(rows),
+        "confidence_right_at_top": int(sum(labels)),
+        "confidence_auc_in_sample": round(float(roc_auc_score(labels, probabilities)), 4),
+        "written": str(output),
+    }
+
