@@ -45,7 +45,6 @@ class FusionWeights:
     alias_match: float = 0.0
     alias_pinyin: float = 0.10
     centroid: float = 0.50
-    nearest: float = 0.0
     vector: float = 0.40
 
     @classmethod
@@ -140,8 +139,7 @@ class _KeyMatcher:
 
 
 class _CentroidMatcher:
-    """TF-IDF (character 1–3-grams and pinyin bigrams) of each item's phrasings: their average per item (centroid),
-    and the single nearest phrasing per item (nearest)."""
+    """TF-IDF (character 1–3-grams and pinyin bigrams) of each item's phrasings, averaged per item."""
 
     def __init__(self, phrasings: list[list[str]], text: TextProcessor) -> None:
         self.text = text
@@ -153,9 +151,6 @@ class _CentroidMatcher:
         rows = sparse.csr_matrix((np.ones(len(owners)), (owners, np.arange(len(owners)))),
                                  shape=(len(phrasings), len(owners)))
         self.centroids = normalize(rows @ matrix)
-        self.phrasings = matrix
-        self.group_starts = np.searchsorted(owners, np.arange(len(phrasings)))
-        self.item_count = len(phrasings)
 
     def _features(self, texts: list[str], fit: bool = False) -> sparse.csr_matrix:
         sounds = [" ".join(self.text.pinyin_bigrams_of_normalized(t)) or "∅" for t in texts]
@@ -163,13 +158,8 @@ class _CentroidMatcher:
             return normalize(sparse.hstack([self.chars.fit_transform(texts), self.sounds.fit_transform(sounds)]).tocsr())
         return normalize(sparse.hstack([self.chars.transform(texts), self.sounds.transform(sounds)]).tocsr())
 
-    def scores(self, normalized_query: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per item: cosine to the centroid, and the best cosine to any one phrasing."""
-        query = self._features([normalized_query])
-        centroid = np.asarray((query @ self.centroids.T).todense()).ravel()
-        each = np.asarray((query @ self.phrasings.T).todense()).ravel()
-        nearest = np.maximum.reduceat(each, self.group_starts) if each.size else np.zeros(self.item_count)
-        return centroid, nearest
+    def scores(self, normalized_query: str) -> np.ndarray:
+        return np.asarray((self._features([normalized_query]) @ self.centroids.T).todense()).ravel()
 
 
 @dataclass(frozen=True)
@@ -243,9 +233,8 @@ class HybridRetriever:
         channels["pinyin_bm25"] = self._normalized(self._pinyin.get_scores(syllables)) if syllables else np.zeros(count)
         channels["alias_match"], best_keys = self._alias_chars.scores(grams)
         channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
-        cosine, nearest = self._centroids.scores(normalized)
+        cosine = self._centroids.scores(normalized)
         channels["centroid"] = self._normalized(cosine)
-        channels["nearest"] = self._normalized(nearest)
         vector_scores = np.zeros(count)
         if self.vector is not None and normalized.strip():
             try:

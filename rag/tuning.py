@@ -31,6 +31,8 @@ from rag.vector import VectorIndex, chroma_client
 DEFAULT_DEV_SET = Path(__file__).resolve().parent / "devset"
 NOISE_SEED = 20261124  # not the evaluation's seed: the dev noise variants differ from the test set's
 WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7)
+GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97)
+MAX_WRONG_SHARE = 0.0105  # confidently wrong ≤ 1% of questions (rounded as reported)
 
 
 def without_questions(kb: KnowledgeBase, held_out: set[str]) -> KnowledgeBase:
@@ -144,6 +146,19 @@ def confidence_samples(samples: list[DevSample], weights: FusionWeights) -> tupl
     return rows, labels
 
 
+def gate_table(probabilities: list[float], labels: list[int]) -> list[dict]:
+    """For candidate answer gates: share of development questions answered at once, and share answered wrongly."""
+    p = np.asarray(probabilities)
+    y = np.asarray(labels)
+    table = []
+    for gate in GATE_STEPS:
+        answered = p >= gate
+        table.append({"gate": gate, "answered_share": round(float(answered.mean()), 4),
+                      "wrong_share": round(float((answered & (y == 0)).mean()), 4),
+                      "precision": round(float(y[answered].mean()), 4) if answered.any() else None})
+    return table
+
+
 def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
          dev_set: Path = DEFAULT_DEV_SET, output: Path = DEFAULT_CALIBRATION_FILE,
          progress: Callable[[str], None] | None = None) -> dict:
@@ -158,6 +173,8 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
     from sklearn.metrics import roc_auc_score
 
     probabilities = [model.probability(row) for row in rows]
+    gates = gate_table(probabilities, labels)
+    suggested = next((row["gate"] for row in gates if row["wrong_share"] <= MAX_WRONG_SHARE), None)
     by_category: dict[str, int] = {}
     for sample in samples:
         by_category[sample.case.category] = by_category.get(sample.case.category, 0) + 1
@@ -171,6 +188,8 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
         "confidence_samples": len(rows),
         "confidence_right_at_top": int(sum(labels)),
         "confidence_auc_in_sample": round(float(roc_auc_score(labels, probabilities)), 4),
+        "answer_gates": gates,
+        "suggested_answer_gate": suggested,
         "written": str(output),
     }
 

@@ -9,8 +9,10 @@ EXAMPLE_ITEM = Path(__file__).resolve().parent.parent / "kb" / "items" / "card" 
 
 
 def example_text() -> str:
-    """The shipped example item without cross-references (the mini KB holds no other items)."""
-    return re.sub(r"^related: .*\n", "", EXAMPLE_ITEM.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    """The shipped example item without cross-references (the mini KB holds no other items) and without its
+    callers' questions (the mini KB's two items are copies of it; a question may belong to one item only)."""
+    text = re.sub(r"^related: .*\n", "", EXAMPLE_ITEM.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return re.sub(r"^questions:\n(?:  - .*\n)+", "", text, flags=re.MULTILINE)
 
 
 def make_mini_kb(root: Path) -> Path:

@@ -88,3 +88,19 @@ def test_unverified_marks_must_be_listed(tmp_path: Path) -> None:
     write(root, "card-loss-report.md", text)
     report = check_knowledge_base(load_knowledge_base(root))
     assert "card/card-loss-report.md: text carries 〔待核实〕 but the item has no verify entries" in report.errors
+
+
+def test_a_caller_question_belongs_to_one_item(tmp_path: Path) -> None:
+    root = make_mini_kb(tmp_path)
+    for path in (root / "card" / "card-loss-report.md", root / "certification" / "pension-certification-test.md"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("aliases:\n", "questions:\n  - 这个要去哪里办\n  - 我想问一下那个卡\naliases:\n", 1),
+                        encoding="utf-8")
+    kb = load_knowledge_base(root)
+    assert not kb.errors and [len(item.questions) for item in kb.items] == [2, 2]
+    report = check_knowledge_base(kb)
+    clashes = [error for error in report.errors if error.startswith("caller question")]
+    assert clashes == [
+        "caller question '我想问一下那个卡' is listed 2 times (card-loss-report, pension-certification-test)",
+        "caller question '这个要去哪里办' is listed 2 times (card-loss-report, pension-certification-test)",
+    ]
