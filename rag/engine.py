@@ -95,13 +95,15 @@ class AnswerEngine:
             if followed is not None:
                 return followed
             return self.curated.answer(question, previous, max(confidence, 0.6), f"follow-up on {previous.id}")
+        off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
         if self.lexicon is not None and not self.lexicon.in_domain(question):
+            if off_topic is not None:  # named another office's business: repeating it would not help
+                return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}")
             if FOLLOWUP_CUE.search(question) or len(question) <= 6:
                 return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), confidence,
                               "no service named and no earlier question to follow")
             return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, "out of scope: no social-insurance term")
 
-        off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
         if (off_topic is not None and confidence < self.policy.high_confidence
                 and not self.lexicon.names_social_insurance(question)):
             return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rag import phrases
 from rag.asr_noise import HomophoneNoise, homophone_table
 from rag.base import Action, ConversationContext
 from rag.calculators import (
@@ -132,11 +133,18 @@ async def test_the_stored_conversation_carries_the_offered_choice(service: Hotli
 
 
 @pytest.mark.parametrize("question", ["今天天气怎么样", "帮我订一张去北京的火车票", "你会唱歌吗，给我唱一首",
-                                      "我妈想申请低保要啥材料", "驾驶证到期了去哪里换", "你觉得这个政策好不好"])
+                                      "我妈想申请低保要啥材料", "驾驶证到期了去哪里换", "你觉得这个政策好不好",
+                                      "办结婚证"])
 async def test_out_of_scope_is_handed_off(service: HotlineService, question: str) -> None:
     answer = await service.answerer.answer(question)
     assert answer.action is Action.HANDOFF and answer.sms == ""
     assert answer.reason.startswith("out of scope")
+
+
+async def test_a_short_fragment_without_a_service_is_asked_again_not_handed_off(service: HotlineService) -> None:
+    for fragment in ("嗯那个", "喂喂喂", "那个我问一下"):
+        answer = await service.answerer.answer(fragment)
+        assert answer.action is Action.CLARIFY and answer.spoken == phrases.EMPTY_QUESTION, fragment
 
 
 async def test_another_offices_word_does_not_hide_a_social_insurance_question(service: HotlineService) -> None:
