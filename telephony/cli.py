@@ -423,13 +423,17 @@ def asr_server(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (FunASR's runtime uses 10095)")] = 10095,
     punctuation_model: Annotated[Optional[str], typer.Option(help="ct-punc model directory")] = None,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+    engines: Annotated[int, typer.Option(min=1, max=64, help="Model copies, each decoding on its own thread "
+                                                            "(size with `hotline bench asr-capacity`)")] = 1,
 ) -> None:
     """Serve the FunASR runtime 2pass websocket protocol from the in-process engine (e.g. on a GPU machine)."""
     from voice.asr_server import run_asr_server
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    run_asr_server(model or settings.asr_model, host, port, punctuation_model=punctuation_model)
+    run_asr_server(model or settings.asr_model, host, port, punctuation_model=punctuation_model, device=device,
+                   engines=engines)
 
 
 def main() -> None:

@@ -413,14 +413,15 @@ async def test_closed_port_is_unavailable_at_once() -> None:
 
 
 async def test_hotline_asr_server_command_serves_the_in_process_text(engine: FunAsrEngine, tiny_model_dir: Path) -> None:
-    """`hotline asr-server` as its own process (how ASR runs on another machine), then stopped by SIGTERM."""
+    """`hotline asr-server` as its own process (how ASR runs on another machine) with two model copies serving two
+    calls at once, then stopped by SIGTERM."""
     import subprocess
     import sys
     import time
 
     port = free_port()
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "asr-server",
-               "--model", str(tiny_model_dir), "--port", str(port)]
+               "--model", str(tiny_model_dir), "--port", str(port), "--engines", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         client = FunAsrServerEngine(f"ws://127.0.0.1:{port}", chunk_size=(0, 10, 5), connect_timeout_s=2.0)
@@ -434,7 +435,9 @@ async def test_hotline_asr_server_command_serves_the_in_process_text(engine: Fun
                 assert time.monotonic() < deadline, "asr-server did not start listening"
                 await asyncio.sleep(0.2)  # polling a child process that is importing funasr
         pcm = speech_like_pcm(2.0)
-        assert await transcribe(client, pcm) == await transcribe(engine, pcm)
+        other = speech_like_pcm(2.0, seed=5)
+        served = await asyncio.gather(transcribe(client, pcm), transcribe(client, other))
+        assert list(served) == [await transcribe(engine, pcm), await transcribe(engine, other)]
         await client.close()
     finally:
         process.terminate()
@@ -456,3 +459,31 @@ async def test_capacity_benchmark_reports_real_time_streams(tiny_model_dir: Path
     assert 3 * 2 <= three["chunks"] <= 3 * 3 and three["finals"] == 3
     # The tiny model decodes a chunk in milliseconds: nothing falls behind real time.
     assert one["behind_real_time"] == 0 and three["behind_real_time"] == 0
+
+
+async def test_engine_pool_spreads_streams_and_gives_each_engines_text(tiny_model_dir: Path, engine: FunAsrEngine) -> None:
+    from voice.asr import FunAsrEnginePool
+
+    pool = FunAsrEnginePool.of(2, tiny_model_dir)
+    try:
+        await pool.warm_up()
+        assert all(member.load_seconds is not None for member in pool.engines)
+        streams = [pool.open_stream() for _ in range(3)]
+        assert pool.open_streams() == [2, 1]
+        await streams[0].close()
+        assert pool.open_streams() == [1, 1]
+        fourth = pool.open_stream()
+        assert pool.open_streams() == [2, 1] and fourth.engine is pool.engines[0]
+        # Every copy of the model decodes as the single engine does.
+        pcm = speech_like_pcm(2.0)
+        expected = await transcribe(engine, pcm)
+        assert [await transcribe(member, pcm) for member in pool.engines] == [expected, expected]
+    finally:
+        await pool.close()
+
+
+def test_engine_pool_needs_an_engine() -> None:
+    from voice.asr import FunAsrEnginePool
+
+    with pytest.raises(ValueError, match="at least one engine"):
+        FunAsrEnginePool([])

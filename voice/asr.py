@@ -251,6 +251,7 @@ class FunAsrStream:
         self.sample_rate_hz = sample_rate_hz
         self.options = options
         self.stride_samples = options["chunk_size"][1] * SAMPLES_PER_CHUNK_UNIT
+        self.closed = False
         self._lock = asyncio.Lock()
         self._utterance = self._new_utterance()
 
@@ -310,11 +311,55 @@ class FunAsrStream:
     async def close(self) -> None:
         async with self._lock:
             self._utterance = self._new_utterance()
+            self.closed = True
 
     def _decode_into(self, utterance: _Utterance, samples: np.ndarray, is_final: bool) -> str:
         new_text = self.engine.decode(samples, utterance.cache, is_final, self.options)
         utterance.text += new_text
         return new_text
+
+
+class FunAsrEnginePool:
+    """Several `FunAsrEngine` copies of one model, each decoding on its own thread: more streams per process where
+    there are cores (or a GPU) to run them. A new stream goes to the engine with the fewest open streams."""
+
+    name = "funasr"
+
+    def __init__(self, engines: Sequence[FunAsrEngine]) -> None:
+        if not engines:
+            raise ValueError("an engine pool needs at least one engine")
+        self.engines = list(engines)
+        self._streams: dict[int, set[FunAsrStream]] = {id(engine): set() for engine in self.engines}
+
+    @classmethod
+    def of(cls, count: int, model: str | Path, **options: Any) -> FunAsrEnginePool:
+        return cls([FunAsrEngine(model, **options) for _ in range(count)])
+
+    @property
+    def load_seconds(self) -> float | None:
+        times = [engine.load_seconds for engine in self.engines]
+        return None if None in times else sum(times)  # type: ignore[arg-type]
+
+    async def warm_up(self) -> None:
+        """Load the engines one after another (loading all at once would multiply the peak memory)."""
+        for engine in self.engines:
+            await engine.warm_up()
+
+    def open_stream(self, hotwords: Sequence[str] = (), **options: Any) -> FunAsrStream:
+        live = {key: {s for s in streams if not s.closed} for key, streams in self._streams.items()}
+        self._streams = live
+        engine = min(self.engines, key=lambda candidate: len(live[id(candidate)]))
+        stream = engine.open_stream(hotwords, **options)
+        live[id(engine)].add(stream)
+        return stream
+
+    def open_streams(self) -> list[int]:
+        """Open streams per engine, in engine order."""
+        return [sum(1 for stream in self._streams[id(engine)] if not stream.closed) for engine in self.engines]
+
+    async def close(self) -> None:
+        for engine in self.engines:
+            await engine.close()
 
 
 ASR_ENGINE_KINDS = ("funasr", "funasr-server")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from voice.base import AsrUnavailable, AudioFormatError, VoiceError
 
 if TYPE_CHECKING:
-    from voice.asr import FunAsrEngine, FunAsrStream
+    from voice.asr import FunAsrEngine, FunAsrEnginePool, FunAsrStream
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def next_state(state: SessionState, event: str) -> SessionState:
 class _Session:
     """One websocket connection: the protocol state, the open engine stream and the text sent so far."""
 
-    def __init__(self, engine: FunAsrEngine) -> None:
+    def __init__(self, engine: FunAsrEngine | FunAsrEnginePool) -> None:
         self.engine = engine
         self.state = SessionState.AWAITING_CONFIG
         self.config = StreamConfig()
@@ -255,7 +255,7 @@ class FunAsrWebsocketServer:
     "2pass-offline" text is the streaming model's final text (punctuated when the engine has a punctuation model).
     """
 
-    def __init__(self, engine: FunAsrEngine, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+    def __init__(self, engine: FunAsrEngine | FunAsrEnginePool, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.engine = engine
         self.host = host
@@ -325,7 +325,7 @@ class FunAsrWebsocketServer:
             await session.close()
 
 
-async def serve_engine(engine: FunAsrEngine, host: str, port: int) -> None:
+async def serve_engine(engine: FunAsrEngine | FunAsrEnginePool, host: str, port: int) -> None:
     """Warm the engine up, then serve until SIGINT or SIGTERM."""
     await engine.warm_up()
     server = FunAsrWebsocketServer(engine, host, port)
@@ -343,9 +343,11 @@ async def serve_engine(engine: FunAsrEngine, host: str, port: int) -> None:
 
 def run_asr_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                    punctuation_model: str | Path | None = None, device: str = "cpu",
-                   chunk_size: Sequence[int] = (0, 10, 5)) -> None:
-    """Blocking entry point for `hotline asr-server`: load the model, then serve ws://host:port until stopped."""
-    from voice.asr import FunAsrEngine
+                   chunk_size: Sequence[int] = (0, 10, 5), engines: int = 1) -> None:
+    """Blocking entry point for `hotline asr-server`: load the model (`engines` copies, each decoding on its own
+    thread), then serve ws://host:port until stopped."""
+    from voice.asr import FunAsrEngine, FunAsrEnginePool
 
-    engine = FunAsrEngine(model_dir, device=device, chunk_size=chunk_size, punctuation_model=punctuation_model)
+    options = {"device": device, "chunk_size": chunk_size, "punctuation_model": punctuation_model}
+    engine = FunAsrEngine(model_dir, **options) if engines == 1 else FunAsrEnginePool.of(engines, model_dir, **options)
     asyncio.run(serve_engine(engine, host, port))
