@@ -71,9 +71,9 @@ async def _synthesize_questions() -> list[bytes]:
     return questions
 
 
-def _start_asr_server(model: Path, port: int) -> subprocess.Popen:
+def _start_asr_server(model: Path, port: int, engines: int = 1) -> subprocess.Popen:
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "asr-server", "--model", str(model),
-               "--port", str(port)]
+               "--port", str(port), "--engines", str(engines)]
     return subprocess.Popen(command, env={**os.environ, "HOTLINE_LOG_LEVEL": "WARNING"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -229,7 +229,7 @@ def peak_overlap(reports: list[CallReport]) -> int:
 
 def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_call: int = 2,
                      asr_model: Path | None = None, ramp_s: float | None = None, asr_server: bool = False,
-                     known_transcripts: bool = False) -> dict:
+                     known_transcripts: bool = False, asr_engines: int = 1) -> dict:
     from voice.tiny_models import build_tiny_paraformer
 
     calls = calls or max(10, concurrency)
@@ -243,7 +243,7 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
     asr_url = None
     if asr_server:
         asr_port = _free_port()
-        asr_process = _start_asr_server(model, asr_port)
+        asr_process = _start_asr_server(model, asr_port, asr_engines)
         _wait_port(asr_port, asr_process)
         asr_url = f"ws://127.0.0.1:{asr_port}"
     process = _start_server(workdir, model, token, port, asr_url, known_transcripts)
@@ -278,7 +278,8 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
             except subprocess.TimeoutExpired:
                 child.kill()
     result = _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, asr_model is None)
-    result["engines"]["asr_process"] = f"separate FunASR 2pass server ({asr_url})" if asr_url else "in process"
+    result["engines"]["asr_process"] = (f"separate FunASR 2pass server ({asr_url}, {asr_engines} engine(s))"
+                                        if asr_url else "in process")
     result["engines"]["asr_text"] = ("the known question (correct-transcript assumption); decoding still runs"
                                      if known_transcripts else "the model's own output")
     return result

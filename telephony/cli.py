@@ -370,6 +370,7 @@ def bench_turn_latency(
     ramp_s: Annotated[Optional[float], typer.Option(help="Spread call arrivals over this many seconds")] = None,
     asr_server: Annotated[bool, typer.Option("--asr-server/--in-process-asr",
                                              help="Run the ASR as a separate `hotline asr-server` process")] = False,
+    asr_engines: Annotated[int, typer.Option(min=1, max=16, help="With --asr-server: model copies it runs")] = 1,
     transcripts: Annotated[str, typer.Option(help="'model': the ASR's own text; 'known': the spoken question's "
                                                   "text (how turns behave with a correct transcript)")] = "model",
 ) -> None:
@@ -379,7 +380,8 @@ def bench_turn_latency(
     configure_logging("WARNING")
     if transcripts not in ("model", "known"):
         raise typer.BadParameter("--transcripts is 'model' or 'known'")
-    result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known")
+    result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known",
+                              asr_engines)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
