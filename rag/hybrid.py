@@ -217,11 +217,8 @@ class HybridRetriever:
         return texts, item_ids
 
     def channel_scores(self, query: str) -> ChannelScores:
-        """Each channel's per-item score (0..1 within the channel) for the query, with what ranking needs."""
-        return ChannelScores(*self._score(query))
-
-    def _score(self, query: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Channel scores, the best-matching alias key per item and the raw centroid cosine per item."""
+        """Each channel's per-item score (0..1 within the channel), the best-matching alias key per item and the
+        raw centroid cosine per item."""
         normalized = self.text.normalize(self._sounds.correct(self.text.normalize(query)))
         words = self.text.words_of_normalized(normalized)
         grams = self.text.bigrams_of_normalized(normalized)
@@ -244,7 +241,7 @@ class HybridRetriever:
             except RetrievalError as exc:
                 log.warning("vector channel skipped: %s", exc)
         channels["vector"] = vector_scores
-        return channels, best_keys, cosine
+        return ChannelScores(channels, best_keys, cosine)
 
     def retrieve(self, query: str, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
         """Rank the items in effect on `on` (today by default) for the query; [] for an empty query."""
