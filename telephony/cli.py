@@ -181,7 +181,7 @@ def tune_command(
     try:
         report = tune(kb, load_lexicon(), folds=folds, with_vectors=vectors, output=output or DEFAULT_CALIBRATION_FILE,
                       progress=progress)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         typer.echo(f"cannot tune: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(report, ensure_ascii=False, indent=None if as_json else 2))
@@ -414,8 +414,14 @@ def bench_asr_capacity(
         raise typer.BadParameter("--streams and --engines take comma-separated integers") from exc
     if not stream_counts or not engine_counts or min(stream_counts + engine_counts) < 1:
         raise typer.BadParameter("--streams and --engines need positive integers")
-    result = asyncio.run(measure_capacity(model, device=device, streams=stream_counts, engines=engine_counts,
-                                          seconds=seconds))
+    from voice.base import VoiceError
+
+    try:
+        result = asyncio.run(measure_capacity(model, device=device, streams=stream_counts, engines=engine_counts,
+                                              seconds=seconds))
+    except VoiceError as exc:  # no model, or the device cannot run it
+        typer.echo(f"cannot measure: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

@@ -80,3 +80,16 @@ def test_help_lists_the_commands(tmp_path: Path, command: list[str]) -> None:
     result = run(command, tmp_path)
     assert result.returncode == 0
     assert ("serve" in result.stdout and "ask" in result.stdout) or "check" in result.stdout
+
+
+def test_asr_capacity_without_a_model_fails_with_a_clear_message(tmp_path: Path) -> None:
+    result = run(["bench", "asr-capacity", "--model", str(tmp_path / "missing"), "--streams", "1"], tmp_path)
+    assert result.returncode == 2
+    assert f"cannot measure: ASR model directory {tmp_path / 'missing'} does not exist" in result.stderr
+
+
+def test_tune_to_an_unwritable_place_fails_with_a_clear_message(tmp_path: Path) -> None:
+    target = tmp_path / "no-such-dir" / "calibration.json"
+    result = run(["tune", "--folds", "2", "--no-vectors", "--output", str(target), "--json"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("cannot tune: ") and "no-such-dir" in result.stderr
