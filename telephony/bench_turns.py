@@ -132,6 +132,10 @@ class _KnownQuestionStream:
         await self.inner.push(pcm16)
         return Transcript(self.engine.partial(self.voiced), False) if self.voiced else None
 
+    def expedite(self) -> None:
+        if hasattr(self.inner, "expedite"):
+            self.inner.expedite()
+
     async def finish(self):
         from voice.base import Transcript
 
@@ -163,7 +167,8 @@ def serve_known_questions() -> None:
     from telephony.voice_gateway import build_asr
 
     engine = KnownQuestionAsr(build_asr(settings), known)
-    uvicorn.run(create_app(settings, asr=engine), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(settings, asr=engine), host=settings.host, port=settings.port, log_level="warning",
+                ws_per_message_deflate=False)
 
 
 def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: str | None,

@@ -487,3 +487,96 @@ def test_engine_pool_needs_an_engine() -> None:
 
     with pytest.raises(ValueError, match="at least one engine"):
         FunAsrEnginePool([])
+
+
+# --- decode scheduling: finals before streaming chunks -----------------------------------------------------------
+
+def test_decode_queue_runs_urgent_work_first_and_expedites_one_owner() -> None:
+    import threading
+
+    from voice.asr import DecodeQueue
+
+    queue = DecodeQueue()
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    blocker = queue.submit(lambda: started.set() or release.wait(10))
+    assert started.wait(5)
+    first, second = object(), object()
+    jobs = [queue.submit(ran.append, "a1", owner=first), queue.submit(ran.append, "b1", owner=second),
+            queue.submit(ran.append, "a2", owner=first), queue.submit(ran.append, "final", urgent=True)]
+    cancelled = queue.submit(ran.append, "cancelled")
+    assert cancelled.cancel()
+    queue.expedite(second)
+    assert queue.depth() == (2, 2)
+    release.set()
+    for job in [blocker, *jobs]:
+        job.result(timeout=5)
+    assert ran == ["final", "b1", "a1", "a2"]  # expedited work joins the end of the urgent lane
+    failing = queue.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=5)
+    queue.submit(ran.append, "after shutdown was asked")
+    queue.shutdown()  # runs what was queued, then stops
+    assert ran[-1] == "after shutdown was asked"
+    with pytest.raises(RuntimeError, match="shut down"):
+        queue.submit(ran.append, "too late")
+
+
+async def test_a_final_overtakes_chunks_of_other_streams(engine: FunAsrEngine) -> None:
+    import threading
+
+    expected = await transcribe(engine, AUDIO_8K)
+    talking, ending = engine.open_stream(), engine.open_stream()
+    await ending.push(AUDIO_8K[: len(AUDIO_8K) // 2])
+    await ending.push(AUDIO_8K[len(AUDIO_8K) // 2:])
+    started, release = threading.Event(), threading.Event()
+    busy = asyncio.wrap_future(engine.queue.submit(lambda: started.set() or release.wait(10)))
+    assert started.wait(5)
+    done: list[str] = []
+
+    async def run(name: str, work) -> object:
+        result = await work
+        done.append(name)
+        return result
+
+    chunk = asyncio.create_task(run("other stream's chunk", talking.push(AUDIO_8K)))
+    await asyncio.sleep(0.05)
+    final = asyncio.create_task(run("final", ending.finish()))
+    await asyncio.sleep(0.05)
+    assert engine.queue.depth() == (1, 1)
+    release.set()
+    await busy
+    assert (await final).text == expected
+    await chunk
+    assert done == ["final", "other stream's chunk"]
+    assert (await talking.finish()).text == expected
+    await talking.close()
+    await ending.close()
+
+
+async def test_server_expedites_a_stream_as_soon_as_its_end_of_speech_arrives(
+        engine: FunAsrEngine, server: FunAsrWebsocketServer) -> None:
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    busy = asyncio.wrap_future(engine.queue.submit(lambda: started.set() or release.wait(10)))
+    assert started.wait(5)
+    config = json.dumps({"mode": "2pass", "chunk_size": [0, 10, 5], "audio_fs": 16000, "wav_name": "w"})
+    stride = AUDIO_16K[: 9600 * 2]
+    async with connect(server.url, subprotocols=["binary"]) as talking, \
+            connect(server.url, subprotocols=["binary"]) as ending:
+        for websocket in (talking, ending):
+            await websocket.send(config)
+            await websocket.send(stride)
+        await ending.send('{"is_speaking": false}')
+        for _ in range(100):
+            if engine.queue.depth() == (1, 1):  # the ending stream's chunk moved to the urgent lane
+                break
+            await asyncio.sleep(0.02)
+        assert engine.queue.depth() == (1, 1)
+        release.set()
+        await busy
+        final = json.loads(await ending.recv())
+        while final["mode"] != "2pass-offline":
+            final = json.loads(await ending.recv())
+        assert final["text"] == await transcribe(engine, stride, sample_rate_hz=16000)

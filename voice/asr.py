@@ -10,8 +10,9 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,30 +66,105 @@ def quiet_funasr() -> Iterator[None]:
         root.setLevel(level)
 
 
+@dataclass
+class _Job:
+    function: Callable[..., Any]
+    arguments: tuple
+    future: Future
+    owner: object | None
+
+
+class DecodeQueue:
+    """One worker thread that runs an engine's decodes, urgent work first.
+
+    Urgent work is what a caller is waiting for: the final transcript at the end of a turn (and the speculative one at
+    a pause). Streaming chunks only refresh partials, so under load they wait and the finals overtake them; a stream
+    whose turn has ended is `expedite`d, which moves its queued chunk to the urgent lane (its final needs it first).
+    """
+
+    def __init__(self, name: str = "funasr") -> None:
+        self._name = name
+        self._condition = threading.Condition()
+        self._urgent: deque[_Job] = deque()
+        self._streaming: deque[_Job] = deque()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, function: Callable[..., Any], *arguments: Any, urgent: bool = False,
+               owner: object | None = None) -> Future:
+        job = _Job(function, arguments, Future(), owner)
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the decode queue is shut down")
+            (self._urgent if urgent else self._streaming).append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._condition.notify()
+        return job.future
+
+    def expedite(self, owner: object) -> None:
+        """Move `owner`'s waiting jobs to the urgent lane, in their order."""
+        with self._condition:
+            moving = [job for job in self._streaming if job.owner is owner]
+            if moving:
+                self._streaming = deque(job for job in self._streaming if job.owner is not owner)
+                self._urgent.extend(moving)
+
+    def depth(self) -> tuple[int, int]:
+        """Jobs waiting: (urgent, streaming)."""
+        with self._condition:
+            return tuple(sum(not job.future.cancelled() for job in lane)  # type: ignore[return-value]
+                         for lane in (self._urgent, self._streaming))
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the worker."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._urgent and not self._streaming and not self._closed:
+                    self._condition.wait()
+                if not self._urgent and not self._streaming:
+                    return
+                job = (self._urgent or self._streaming).popleft()
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job.function(*job.arguments)
+            except BaseException as error:  # handed to the awaiting coroutine, which decides
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+
 class FunAsrEngine:
     """A streaming Paraformer (FunASR `AutoModel`) in this process; one model shared by all streams.
 
     Inference runs off the event loop. `AutoModel.generate()` writes each call's options (the stream's cache,
-    is_final) into the model's shared kwargs dict, so two threads calling it at once would mix streams: calls
-    are serialised by a lock, and the default executor has a single worker for the same reason. Pass a larger
-    executor to share threads with other engines; one model still decodes one chunk at a time (run one engine
-    per core, or a FunASR server, for more streams).
+    is_final) into the model's shared kwargs dict, so two threads calling it at once would mix streams: calls are
+    serialised by a lock and run on one worker thread (a `DecodeQueue`, finals before streaming chunks). One model
+    decodes one chunk at a time: run several engines (`FunAsrEnginePool`, one per core or GPU) for more streams.
     """
 
     name = "funasr"
 
     def __init__(self, model: str | Path, *, device: str = "cpu", chunk_size: Sequence[int] = (0, 10, 5),
                  encoder_chunk_look_back: int = 4, decoder_chunk_look_back: int = 1,
-                 punctuation_model: str | Path | None = None, executor: Executor | None = None,
-                 resample_quality: str = "HQ", torch_threads: int | None = 1) -> None:
+                 punctuation_model: str | Path | None = None, resample_quality: str = "HQ", torch_threads: int | None = 1) -> None:
         self.model_source = model
         self.torch_threads = torch_threads
         self.device = device
         self.decode_options = _decode_options(chunk_size, encoder_chunk_look_back, decoder_chunk_look_back)
         self.punctuation_source = punctuation_model
         self.resample_quality = resample_quality  # soxr: "HQ" holds partials back 60-100 ms, "QQ" ~0
-        self._owns_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="funasr")
+        self.queue = DecodeQueue()
         self._load_lock = threading.Lock()
         self._inference_lock = threading.Lock()
         self._model: Any = None
@@ -97,7 +173,7 @@ class FunAsrEngine:
 
     async def warm_up(self) -> None:
         """Load the model (and punctuation model) in the executor, then decode 600 ms of silence."""
-        await self.run_in_executor(self._load)
+        await self.run(self._load, urgent=True)
 
     def open_stream(self, hotwords: Sequence[str] = (), *, sample_rate_hz: int = TELEPHONY_RATE_HZ,
                     chunk_size: Sequence[int] | None = None, encoder_chunk_look_back: int | None = None,
@@ -113,11 +189,12 @@ class FunAsrEngine:
         return FunAsrStream(self, tuple(hotwords), sample_rate_hz, _decode_options(**merged))
 
     async def close(self) -> None:
-        if self._owns_executor:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self.queue.shutdown)
 
-    async def run_in_executor(self, function: Callable[..., ResultType], *arguments: Any) -> ResultType:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
+    async def run(self, function: Callable[..., ResultType], *arguments: Any, urgent: bool = False,
+                  owner: object | None = None) -> ResultType:
+        """Run `function` on the engine's decode thread; `urgent` work goes before streaming chunks."""
+        return await asyncio.wrap_future(self.queue.submit(function, *arguments, urgent=urgent, owner=owner))
 
     def decode(self, samples: np.ndarray, cache: dict, is_final: bool, options: dict) -> str:
         """Decode 16 kHz float samples with a stream's cache; returns only the newly decoded text."""
@@ -252,6 +329,7 @@ class FunAsrStream:
         self.options = options
         self.stride_samples = options["chunk_size"][1] * SAMPLES_PER_CHUNK_UNIT
         self.closed = False
+        self._expedited = False  # the turn has ended: this utterance's remaining decodes are urgent
         self._lock = asyncio.Lock()
         self._utterance = self._new_utterance()
 
@@ -271,22 +349,30 @@ class FunAsrStream:
             if whole == 0:
                 return None
             # The worker appends the text itself, so a cancelled push loses nothing.
-            new_text = await self.engine.run_in_executor(self._decode_into, utterance, pending[:whole], False)
+            new_text = await self.engine.run(self._decode_into, utterance, pending[:whole], False,
+                                             urgent=self._expedited, owner=self)
             return Transcript(utterance.text, is_final=False) if new_text else None
+
+    def expedite(self) -> None:
+        """The caller's turn has ended and `finish` follows: decode this utterance's remaining audio before other
+        streams' chunks (call it at once, before the pushes still queued for this stream are awaited)."""
+        self._expedited = True
+        self.engine.queue.expedite(self)
 
     async def finish(self) -> Transcript:
         async with self._lock:
             utterance, self._utterance = self._utterance, self._new_utterance()
+            self._expedited = False
             if not utterance.has_audio:
                 return Transcript("", is_final=True)
             tail = np.empty(0, dtype=np.float32)
             if utterance.resampler is not None:
                 tail = utterance.resampler.resample_chunk(tail, last=True)
-            await self.engine.run_in_executor(self._decode_into, utterance, np.concatenate((utterance.pending, tail)),
-                                              True)
+            await self.engine.run(self._decode_into, utterance, np.concatenate((utterance.pending, tail)), True,
+                                  urgent=True, owner=self)
             text = utterance.text
             if self.engine.punctuation_source is not None:
-                text = await self.engine.run_in_executor(self.engine.punctuate, text)
+                text = await self.engine.run(self.engine.punctuate, text, urgent=True, owner=self)
             return Transcript(text, is_final=True)
 
     async def peek(self) -> Transcript:
@@ -300,17 +386,19 @@ class FunAsrStream:
             if not utterance.has_audio:
                 return Transcript("", is_final=False)
             cache, pending = copy.deepcopy(utterance.cache), utterance.pending.copy()
-            tail = await self.engine.run_in_executor(self.engine.decode, pending, cache, True, self.options)
+            tail = await self.engine.run(self.engine.decode, pending, cache, True, self.options, urgent=True, owner=self)
             return Transcript(utterance.text + tail, is_final=False)
 
     async def discard(self) -> None:
         """End the utterance without decoding (its text was already taken from `peek`)."""
         async with self._lock:
             self._utterance = self._new_utterance()
+            self._expedited = False
 
     async def close(self) -> None:
         async with self._lock:
             self._utterance = self._new_utterance()
+            self._expedited = False
             self.closed = True
 
     def _decode_into(self, utterance: _Utterance, samples: np.ndarray, is_final: bool) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import enum
 import json
 import logging
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed
 
 from voice.base import AsrUnavailable, AudioFormatError, VoiceError
 
@@ -28,6 +32,8 @@ DEFAULT_HOTWORD_WEIGHT = 20
 SUPPORTED_AUDIO_RATES_HZ = (8000, 16000)
 PROTOCOL_DEFAULT_AUDIO_RATE_HZ = 16000  # what FunASR servers assume when audio_fs is absent
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024  # 8 s of 16 kHz PCM; clients send 60 ms pieces
+MAX_MERGED_FRAMES = 100  # audio frames that piled up are pushed together, up to 6 s of 60 ms pieces
+INBOX_FRAMES = 2000  # frames read ahead of the model per connection (2 minutes of 60 ms pieces), then backpressure
 
 
 class AsrProtocolError(VoiceError):
@@ -196,12 +202,21 @@ class _Session:
         self.config = StreamConfig()
         self.stream: FunAsrStream | None = None
         self.sent_text = ""
+        self.ends_ahead = 0  # ends of speech read off the socket but not yet handled
+
+    def end_of_speech_read(self) -> None:
+        """The reader saw an end of speech: this utterance's decodes still to come are urgent."""
+        self.ends_ahead += 1
+        if self.stream is not None:
+            self.stream.expedite()
 
     async def receive(self, message: str | bytes) -> list[str]:
         """Handle one frame; returns the JSON replies to send."""
         if isinstance(message, bytes):
             self.state = next_state(self.state, "audio")
             assert self.stream is not None
+            if self.ends_ahead:
+                self.stream.expedite()  # the reader saw this utterance's end before the stream was opened
             try:
                 transcript = await self.stream.push(message)
             except AudioFormatError as error:
@@ -211,6 +226,7 @@ class _Session:
             return [self._online(transcript.text, is_final=False)]
         event = parse_client_message(message)
         if isinstance(event, EndOfSpeech):
+            self.ends_ahead = max(0, self.ends_ahead - 1)
             return await self._end()
         self.state = next_state(self.state, "config")
         await self.close()
@@ -295,18 +311,34 @@ class FunAsrWebsocketServer:
             await self.stop()
 
     async def _handle(self, websocket: Any) -> None:
-        from websockets.exceptions import ConnectionClosed
-
+        """A reader task takes frames off the socket as they come while this loop handles them in order, so an
+        end of speech is seen (and its stream expedited) even while earlier audio waits for the busy model. Audio
+        that piled up meanwhile is pushed as one piece: the model decodes its strides in one call."""
         session = _Session(self.engine)
         peer = websocket.remote_address
+        inbox: asyncio.Queue[str | bytes | _Oversized | None] = asyncio.Queue(INBOX_FRAMES)
+        reader = asyncio.create_task(self._read(websocket, session, inbox, self.max_message_bytes))
+        waiting: collections.deque[str | bytes | _Oversized | None] = collections.deque()
         try:
-            async for message in websocket:
-                if len(message) > self.max_message_bytes:
-                    reason = f"message of {len(message)} bytes exceeds the limit of {self.max_message_bytes}"
+            while True:
+                if not waiting:
+                    waiting.append(await inbox.get())
+                while not inbox.empty():
+                    waiting.append(inbox.get_nowait())
+                message = waiting.popleft()
+                if message is None:
+                    break
+                if isinstance(message, _Oversized):
+                    reason = f"message of {message.size} bytes exceeds the limit of {self.max_message_bytes}"
                     logger.warning("ASR client %s: %s", peer, reason)
                     await websocket.send(ServerError(reason).to_json())
                     await websocket.close(code=1009, reason="message too big")
                     return
+                if isinstance(message, bytes) and waiting and isinstance(waiting[0], bytes):
+                    pieces = [message]
+                    while waiting and isinstance(waiting[0], bytes) and len(pieces) < MAX_MERGED_FRAMES:
+                        pieces.append(waiting.popleft())  # type: ignore[arg-type]
+                    message = b"".join(pieces)
                 try:
                     replies = await session.receive(message)
                 except AsrProtocolError as error:
@@ -322,7 +354,38 @@ class FunAsrWebsocketServer:
         except ConnectionClosed:
             pass
         finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
             await session.close()
+
+    @staticmethod
+    async def _read(websocket: Any, session: _Session, inbox: asyncio.Queue, max_message_bytes: int) -> None:
+        try:
+            async for message in websocket:
+                if len(message) > max_message_bytes:
+                    await inbox.put(_Oversized(len(message)))
+                    return
+                if isinstance(message, str) and _is_end_of_speech(message):
+                    session.end_of_speech_read()
+                await inbox.put(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            # Never blocks for long: the handler is draining the inbox, or has returned and cancelled this task.
+            await inbox.put(None)
+
+
+@dataclass(frozen=True)
+class _Oversized:
+    size: int
+
+
+def _is_end_of_speech(text: str) -> bool:
+    try:
+        return isinstance(parse_client_message(text), EndOfSpeech)
+    except AsrProtocolError:
+        return False
 
 
 async def serve_engine(engine: FunAsrEngine | FunAsrEnginePool, host: str, port: int) -> None:
@@ -350,4 +413,9 @@ def run_asr_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = D
 
     options = {"device": device, "chunk_size": chunk_size, "punctuation_model": punctuation_model}
     engine = FunAsrEngine(model_dir, **options) if engines == 1 else FunAsrEnginePool.of(engines, model_dir, **options)
-    asyncio.run(serve_engine(engine, host, port))
+    try:
+        import uvloop  # installed with uvicorn[standard]: less event-loop overhead per audio frame
+    except ImportError:
+        asyncio.run(serve_engine(engine, host, port))
+    else:
+        uvloop.run(serve_engine(engine, host, port))

@@ -212,6 +212,9 @@ class SpeechSession:
         utterance = self._utterance
         assert utterance is not None
         self._utterance = None
+        expedite = getattr(self.asr, "expedite", None)
+        if expedite is not None:
+            expedite()  # the final is awaited now: its remaining decodes go before other calls' partials
         self._asr_queue.put_nowait(("finish", (utterance, now, reason)))
 
     async def push_dtmf(self, digit: str) -> None:
@@ -223,8 +226,19 @@ class SpeechSession:
     async def _run_asr(self) -> None:
         """Feeds the ASR off the audio path, so VAD and barge-in never wait for decoding."""
         partial = ""
+        waiting: deque[tuple[str, object]] = deque()
         while True:
-            kind, payload = await self._asr_queue.get()
+            if not waiting:
+                waiting.append(await self._asr_queue.get())
+            while not self._asr_queue.empty():
+                waiting.append(self._asr_queue.get_nowait())
+            kind, payload = waiting.popleft()
+            if kind == "audio" and waiting and waiting[0][0] == "audio":
+                # The ASR fell behind (a busy model): what piled up goes in one push, decoded in one call.
+                pieces = [payload]
+                while waiting and waiting[0][0] == "audio":
+                    pieces.append(waiting.popleft()[1])
+                payload = b"".join(pieces)  # type: ignore[arg-type]
             if kind == "audio":
                 try:
                     transcript = await self.asr.push(payload)  # type: ignore[arg-type]
