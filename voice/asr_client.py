@@ -43,6 +43,7 @@ class FunAsrServerEngine:
         # FunASR clients send chunk_size[1] × 60 ms / chunk_interval per binary frame (60 ms by default).
         self.piece_bytes = 2 * (self.chunk_size[1] * 60 * audio_fs // 1000 // max(chunk_interval, 1))
         self._utterances = 0
+        self._closing: set[asyncio.Task] = set()  # connections of finished utterances, closing in the background
 
     async def warm_up(self) -> None:
         """Connect and recognise 600 ms of silence, so a dead server shows up before the first call."""
@@ -57,7 +58,15 @@ class FunAsrServerEngine:
         return FunAsrServerStream(self, (*self.hotwords, *hotwords))
 
     async def close(self) -> None:
-        """Nothing shared to release: each stream owns its connection."""
+        """Wait for the connections of finished utterances to close (each stream owns its connection)."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def close_later(self, closing: Any) -> None:
+        """Run a connection's closing handshake without anyone waiting for it."""
+        task = asyncio.ensure_future(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def next_wav_name(self) -> str:
         self._utterances += 1
@@ -139,17 +148,25 @@ class FunAsrServerStream:
             text = utterance.online_text if self.engine.mode == "online" else utterance.committed_text
             return Transcript(text, is_final=True)
         finally:
-            await self.close()
+            # The final is in hand: the closing handshake (a round trip to a busy server) is not the caller's wait.
+            utterance, self._utterance = self._utterance, None
+            self._reset_audio()
+            if utterance is not None:
+                self.engine.close_later(self._shut(utterance))
 
     async def close(self) -> None:
         utterance, self._utterance = self._utterance, None
         self._reset_audio()
         if utterance is not None:
-            if utterance.receiver is not None:
-                utterance.receiver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await utterance.receiver
-            await utterance.connection.close()
+            await self._shut(utterance)
+
+    @staticmethod
+    async def _shut(utterance: _ServerUtterance) -> None:
+        if utterance.receiver is not None:
+            utterance.receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await utterance.receiver
+        await utterance.connection.close()
 
     async def _connect(self) -> _ServerUtterance:
         from websockets.asyncio.client import connect
