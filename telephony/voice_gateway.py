@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from fastapi import WebSocket, WebSocketDisconnect
 
+from kb.loader import KnowledgeBase
 from rag import phrases
 from telephony import prompts
 from telephony.call import CallSession, DialogueConfig
@@ -106,13 +107,7 @@ class VoiceStack:
         if not isinstance(self.tts, ResilientTts):
             self.prerendered = True
             return
-        kb = self.service.kb
-        texts = fixed_prompts(self.settings) + [item.spoken for item in kb.items]
-        # Clarifying questions name services: render the likely ones (each item, and each pair of related items).
-        texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
-        for item in kb.items:
-            for other in filter(None, (kb.get(related) for related in item.related)):
-                texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
+        texts = prerender_texts(self.settings, self.service.kb)
         try:
             probe = await self.tts.prerender(texts[:1])
             if probe.failed:
@@ -326,3 +321,16 @@ class MediaStreamCall:
                 await asyncio.to_thread(self.stack.service.database.end_call, self.call_id, self.end_reason, status)
             except StorageError as exc:
                 log.error("call %s: end not stored: %s", self.call_id, exc)
+
+
+def prerender_texts(settings: Settings, kb: KnowledgeBase) -> list[str]:
+    """What the TTS cache is filled with at start: the fixed prompts, every item's spoken summary, and every
+    clarifying question the engine can ask (each item; each pair of related items in both orders, since either may
+    rank first and `related` need not be listed on both items)."""
+    texts = fixed_prompts(settings) + [item.spoken for item in kb.items]
+    texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
+    for item in kb.items:
+        for other in filter(None, (kb.get(related) for related in item.related)):
+            texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
+            texts.append(phrases.CHOOSE_ITEMS.format(first=other.title, second=item.title))
+    return list(dict.fromkeys(texts))

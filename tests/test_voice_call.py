@@ -197,3 +197,23 @@ async def test_prerender_gives_up_quietly_when_the_tts_service_is_unreachable(se
     assert stack.prerendered  # readiness does not wait for a cache that cannot fill
     assert not any(path.is_file() for path in cache_dir.rglob("*"))  # fallback audio is never cached as edge's
     database.close()
+
+
+def test_every_clarifying_question_the_engine_can_ask_is_prerendered() -> None:
+    """A clarifying question read live by the TTS would be the one slow reply: each one the engine can form (top and
+    runner-up related, in either order and either direction of `related`, same category) is in the cache list."""
+    from kb.loader import load_knowledge_base
+    from rag import phrases
+    from telephony.voice_gateway import prerender_texts
+
+    kb = load_knowledge_base()
+    texts = set(prerender_texts(Settings(), kb))
+    askable = [(top, second) for top in kb.items for second in kb.items
+               if top.id != second.id and top.category == second.category
+               and (second.id in top.related or top.id in second.related)]
+    one_way = [(top, second) for top, second in askable if top.id not in second.related]
+    assert askable and one_way  # the shipped KB has related lists on one side only, the case this guards
+    missing = [phrases.CHOOSE_ITEMS.format(first=top.title, second=second.title) for top, second in askable
+               if phrases.CHOOSE_ITEMS.format(first=top.title, second=second.title) not in texts]
+    assert missing == []
+    assert all(item.spoken in texts and phrases.CONFIRM_ITEM.format(title=item.title) in texts for item in kb.items)
