@@ -580,3 +580,16 @@ async def test_server_expedites_a_stream_as_soon_as_its_end_of_speech_arrives(
         while final["mode"] != "2pass-offline":
             final = json.loads(await ending.recv())
         assert final["text"] == await transcribe(engine, stride, sample_rate_hz=16000)
+
+
+async def test_audio_backlog_merges_only_audio_that_piled_up_and_keeps_order() -> None:
+    from voice.base import AudioBacklog
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in [b"a", b"b", b"c", "end", b"d", b"e", b"f", b"g"]:
+        queue.put_nowait(item)
+    backlog = AudioBacklog(queue, lambda item: item if isinstance(item, bytes) else None, max_items=2)
+    taken = [await backlog.next() for _ in range(5)]
+    assert taken == [(b"a", b"ab"), (b"c", b"c"), ("end", None), (b"d", b"de"), (b"f", b"fg")]
+    queue.put_nowait(b"h")
+    assert await backlog.next() == (b"h", b"h")  # nothing behind it: waits for the queue, not merged

@@ -157,7 +157,8 @@ class FunAsrEngine:
 
     def __init__(self, model: str | Path, *, device: str = "cpu", chunk_size: Sequence[int] = (0, 10, 5),
                  encoder_chunk_look_back: int = 4, decoder_chunk_look_back: int = 1,
-                 punctuation_model: str | Path | None = None, resample_quality: str = "HQ", torch_threads: int | None = 1) -> None:
+                 punctuation_model: str | Path | None = None, resample_quality: str = "HQ",
+                 torch_threads: int | None = 1) -> None:
         self.model_source = model
         self.torch_threads = torch_threads
         self.device = device
@@ -172,7 +173,7 @@ class FunAsrEngine:
         self.load_seconds: float | None = None
 
     async def warm_up(self) -> None:
-        """Load the model (and punctuation model) in the executor, then decode 600 ms of silence."""
+        """Load the model (and punctuation model) on the decode thread, then decode 600 ms of silence."""
         await self.run(self._load, urgent=True)
 
     def open_stream(self, hotwords: Sequence[str] = (), *, sample_rate_hz: int = TELEPHONY_RATE_HZ,
@@ -356,6 +357,8 @@ class FunAsrStream:
     def expedite(self) -> None:
         """The caller's turn has ended and `finish` follows: decode this utterance's remaining audio before other
         streams' chunks (call it at once, before the pushes still queued for this stream are awaited)."""
+        if self._expedited:
+            return  # its queued chunk was moved already, and later ones are submitted as urgent
         self._expedited = True
         self.engine.queue.expedite(self)
 
@@ -386,7 +389,8 @@ class FunAsrStream:
             if not utterance.has_audio:
                 return Transcript("", is_final=False)
             cache, pending = copy.deepcopy(utterance.cache), utterance.pending.copy()
-            tail = await self.engine.run(self.engine.decode, pending, cache, True, self.options, urgent=True, owner=self)
+            tail = await self.engine.run(self.engine.decode, pending, cache, True, self.options,
+                                         urgent=True, owner=self)
             return Transcript(utterance.text + tail, is_final=False)
 
     async def discard(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import json
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
-from voice.base import AsrUnavailable, AudioFormatError, VoiceError
+from voice.base import AsrUnavailable, AudioBacklog, AudioFormatError, VoiceError
 
 if TYPE_CHECKING:
     from voice.asr import FunAsrEngine, FunAsrEnginePool, FunAsrStream
@@ -32,7 +31,7 @@ DEFAULT_HOTWORD_WEIGHT = 20
 SUPPORTED_AUDIO_RATES_HZ = (8000, 16000)
 PROTOCOL_DEFAULT_AUDIO_RATE_HZ = 16000  # what FunASR servers assume when audio_fs is absent
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024  # 8 s of 16 kHz PCM; clients send 60 ms pieces
-MAX_MERGED_FRAMES = 100  # audio frames that piled up are pushed together, up to 6 s of 60 ms pieces
+MAX_MERGED_FRAMES = 100  # audio frames that piled up are pushed together: up to 6 s of 60 ms pieces
 INBOX_FRAMES = 2000  # frames read ahead of the model per connection (2 minutes of 60 ms pieces), then backpressure
 
 
@@ -318,14 +317,10 @@ class FunAsrWebsocketServer:
         peer = websocket.remote_address
         inbox: asyncio.Queue[str | bytes | _Oversized | None] = asyncio.Queue(INBOX_FRAMES)
         reader = asyncio.create_task(self._read(websocket, session, inbox, self.max_message_bytes))
-        waiting: collections.deque[str | bytes | _Oversized | None] = collections.deque()
+        backlog = AudioBacklog(inbox, lambda item: item if isinstance(item, bytes) else None, MAX_MERGED_FRAMES)
         try:
             while True:
-                if not waiting:
-                    waiting.append(await inbox.get())
-                while not inbox.empty():
-                    waiting.append(inbox.get_nowait())
-                message = waiting.popleft()
+                message, audio = await backlog.next()
                 if message is None:
                     break
                 if isinstance(message, _Oversized):
@@ -334,11 +329,8 @@ class FunAsrWebsocketServer:
                     await websocket.send(ServerError(reason).to_json())
                     await websocket.close(code=1009, reason="message too big")
                     return
-                if isinstance(message, bytes) and waiting and isinstance(waiting[0], bytes):
-                    pieces = [message]
-                    while waiting and isinstance(waiting[0], bytes) and len(pieces) < MAX_MERGED_FRAMES:
-                        pieces.append(waiting.popleft())  # type: ignore[arg-type]
-                    message = b"".join(pieces)
+                if audio is not None:
+                    message = audio
                 try:
                     replies = await session.receive(message)
                 except AsrProtocolError as error:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 # Telephony audio inside the voice package is 16-bit signed little-endian mono PCM at 8 kHz;
 # engines that need another rate resample at their own edge.
@@ -77,3 +79,36 @@ class Vad(Protocol):
         """Speech probability (0..1) of exactly one window of 8 kHz PCM; keeps state across windows."""
 
     def reset(self) -> None: ...
+
+
+Item = TypeVar("Item")
+
+
+class AudioBacklog(Generic[Item]):
+    """Reads a queue of audio and control items in order; audio items that piled up behind a busy consumer (an ASR
+    model decoding other calls) come out as one piece, so the model decodes their strides in one call."""
+
+    def __init__(self, queue: asyncio.Queue[Item], audio_of: Callable[[Item], bytes | None], max_items: int) -> None:
+        self.queue = queue
+        self.audio_of = audio_of  # the item's audio, or None for a control item
+        self.max_items = max_items
+        self._waiting: deque[Item] = deque()
+
+    async def next(self) -> tuple[Item, bytes | None]:
+        """The next item, and its audio merged with the audio items right behind it (None for a control item)."""
+        if not self._waiting:
+            self._waiting.append(await self.queue.get())
+        while not self.queue.empty():
+            self._waiting.append(self.queue.get_nowait())
+        item = self._waiting.popleft()
+        audio = self.audio_of(item)
+        if audio is None:
+            return item, None
+        pieces = [audio]
+        while self._waiting and len(pieces) < self.max_items:
+            more = self.audio_of(self._waiting[0])
+            if more is None:
+                break
+            pieces.append(more)
+            self._waiting.popleft()
+        return item, b"".join(pieces) if len(pieces) > 1 else audio

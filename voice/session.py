@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from voice.base import FRAME_BYTES, FRAME_MS, AsrStream, VoiceError
+from voice.base import FRAME_BYTES, FRAME_MS, AsrStream, AudioBacklog, VoiceError
 from voice.vad import SpeechDetector, SpeechStarted
 
 log = logging.getLogger(__name__)
 
 # A partial transcript that reads as a whole question lets the turn end on a shorter silence: it asks something
 # (an interrogative or a request for a human) and does not stop on a word that announces more to come.
+MAX_MERGED_FRAMES = 300  # 6 s of 20 ms frames: the most caller audio that goes to the ASR in one push
+
 QUESTION_WORDS = re.compile(r"怎么|咋|怎样|如何|什么|啥|哪|多少|几|吗|呢|能不能|可不可以|是不是|有没有|要不要|行不行|"
                             r"可以不|能否|转人工|人工")
 HANGING_ENDINGS = re.compile(r"(的|地|得|和|跟|与|还有|就是|那个|这个|然后|因为|但是|如果|要是|我想|我要|想问|请问|"
@@ -226,19 +228,12 @@ class SpeechSession:
     async def _run_asr(self) -> None:
         """Feeds the ASR off the audio path, so VAD and barge-in never wait for decoding."""
         partial = ""
-        waiting: deque[tuple[str, object]] = deque()
+        # When the ASR falls behind (a busy model), the audio that piled up goes in one push.
+        backlog = AudioBacklog(self._asr_queue, _audio_of, MAX_MERGED_FRAMES)
         while True:
-            if not waiting:
-                waiting.append(await self._asr_queue.get())
-            while not self._asr_queue.empty():
-                waiting.append(self._asr_queue.get_nowait())
-            kind, payload = waiting.popleft()
-            if kind == "audio" and waiting and waiting[0][0] == "audio":
-                # The ASR fell behind (a busy model): what piled up goes in one push, decoded in one call.
-                pieces = [payload]
-                while waiting and waiting[0][0] == "audio":
-                    pieces.append(waiting.popleft()[1])
-                payload = b"".join(pieces)  # type: ignore[arg-type]
+            (kind, payload), audio = await backlog.next()
+            if audio is not None:
+                payload = audio
             if kind == "audio":
                 try:
                     transcript = await self.asr.push(payload)  # type: ignore[arg-type]
@@ -358,3 +353,8 @@ class SpeechSession:
                 self._asr_task.cancel()
         with contextlib.suppress(VoiceError):
             await self.asr.close()
+
+
+def _audio_of(item: tuple[str, object]) -> bytes | None:
+    kind, payload = item
+    return payload if kind == "audio" and isinstance(payload, bytes) else None
