@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
-from rag.embeddings import NgramHashEmbedding
+from rag.embeddings import MultilingualUseEmbedding
 from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from rag.vector import VectorIndex, chroma_client
@@ -33,6 +33,9 @@ def synthetic_kb(kb: KnowledgeBase, target_characters: int = TARGET_CHARACTERS) 
                 "id": f"{item.id}-syn{round_number}",
                 "title": f"{variant}{item.title}",
                 "aliases": tuple(f"{variant}{alias}" for alias in item.aliases),
+                # distinct texts everywhere, so no embedding is reused from another copy
+                "questions": tuple(f"{variant}{question}" for question in item.questions),
+                "spoken": f"{variant}{item.spoken}",
                 "sections": {name: f"{variant}：{text}" for name, text in item.sections.items()},
                 "related": (),
             })
@@ -64,7 +67,7 @@ def measure(kb: KnowledgeBase, lexicon: Lexicon, questions: list[str], with_vect
     retriever = HybridRetriever(kb, TextProcessor(lexicon))
     if with_vectors:
         folder = tempfile.mkdtemp(prefix="hotline-bench-chroma-")
-        embedding = NgramHashEmbedding()
+        embedding = MultilingualUseEmbedding()
         index = VectorIndex(chroma_client(path=folder), f"bench-{kb.content_hash[:40]}", embedding)
         texts, item_ids = retriever.vector_documents()
         index.populate(texts, item_ids)

@@ -46,6 +46,7 @@ class FusionWeights:
     alias_pinyin: float = 0.10
     centroid: float = 0.50
     vector: float = 0.40
+    vector_centroid: float = 0.0  # the query's embedding against each item's mean embedding (needs `vector`)
 
     @classmethod
     def from_mapping(cls, weights: dict[str, float]) -> FusionWeights:
@@ -56,6 +57,10 @@ class FusionWeights:
         if any(value < 0 for value in weights.values()):
             raise RetrievalError("retrieval weights must not be negative")
         return cls(**weights)
+
+    @property
+    def uses_vectors(self) -> bool:
+        return self.vector > 0 or self.vector_centroid > 0
 
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
@@ -116,6 +121,8 @@ class _KeyMatcher:
         self.order = order
         sorted_items = np.asarray(key_items)[order]
         self.group_starts = np.searchsorted(sorted_items, np.arange(item_count))
+        self.group_sizes = np.diff(np.append(self.group_starts, len(sorted_items)))
+        self.key_group = sorted_items  # item of each key, in sorted order
         self.item_count = item_count
 
     def scores(self, query_grams: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -130,11 +137,13 @@ class _KeyMatcher:
             covered = np.where(self.key_sizes > 0, shared / self.key_sizes, 0.0)
         per_key = (0.5 * dice + 0.5 * covered)[self.order]
         best = np.maximum.reduceat(per_key, self.group_starts)
-        best_key = np.empty(self.item_count, dtype=np.int64)
-        bounds = list(self.group_starts) + [len(per_key)]
-        for item in range(self.item_count):
-            segment = per_key[bounds[item]:bounds[item + 1]]
-            best_key[item] = self.order[bounds[item] + int(np.argmax(segment))] if len(segment) else -1
+        # The first key of each item that reaches the item's best score (np.argmax per item, vectorised).
+        at_best = np.flatnonzero(per_key == best[self.key_group])
+        groups, first = np.unique(self.key_group[at_best], return_index=True)
+        best_key = np.full(self.item_count, -1, dtype=np.int64)
+        best_key[groups] = self.order[at_best[first]]
+        empty = self.group_sizes == 0
+        best[empty] = 0.0  # reduceat repeats the next group's value for an item without keys
         return best, best_key
 
 
@@ -151,6 +160,7 @@ class _CentroidMatcher:
         rows = sparse.csr_matrix((np.ones(len(owners)), (owners, np.arange(len(owners)))),
                                  shape=(len(phrasings), len(owners)))
         self.centroids = normalize(rows @ matrix)
+        self._centroids_t = self.centroids.T.tocsr()  # transposed once, not per query (the conversion dominated)
 
     def _features(self, texts: list[str], fit: bool = False) -> sparse.csr_matrix:
         sounds = [" ".join(self.text.pinyin_bigrams_of_normalized(t)) or "∅" for t in texts]
@@ -159,7 +169,7 @@ class _CentroidMatcher:
         return normalize(sparse.hstack([self.chars.transform(texts), self.sounds.transform(sounds)]).tocsr())
 
     def scores(self, normalized_query: str) -> np.ndarray:
-        return np.asarray((self._features([normalized_query]) @ self.centroids.T).todense()).ravel()
+        return np.asarray((self._features([normalized_query]) @ self._centroids_t).todense()).ravel()
 
 
 @dataclass(frozen=True)
@@ -176,7 +186,7 @@ class HybridRetriever:
         self.text = text
         weights = weights or FusionWeights.tuned()
         self.weights = weights
-        self.vector = vector if weights.vector > 0 else None
+        self.vector = vector if weights.uses_vectors else None
         self.items = list(kb.items)
         if not self.items:
             raise RetrievalError("the knowledge base has no items to retrieve from")
@@ -200,6 +210,7 @@ class HybridRetriever:
         self._sounds = SoundCorrector([*lexicon.hotwords, *lexicon.synonyms, *lexicon.synonyms.values(),
                                        *lexicon.domain_terms, *self.keys])
         self._index_of = {item.id: index for index, item in enumerate(self.items)}
+        self._centroid_cache: tuple[VectorIndex, np.ndarray, np.ndarray] | None = None
 
     @staticmethod
     def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
@@ -211,7 +222,7 @@ class HybridRetriever:
         """(text, item id) pairs for the vector channel: every key, callers' question and spoken summary."""
         texts, item_ids = [], []
         for item in self.items:
-            for key in [*item_keys(item), *item.questions, item.spoken]:
+            for key in item_phrasings(item):
                 texts.append(self.text.normalize(key))
                 item_ids.append(item.id)
         return texts, item_ids
@@ -232,16 +243,30 @@ class HybridRetriever:
         channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
         cosine = self._centroids.scores(normalized)
         channels["centroid"] = self._normalized(cosine)
-        vector_scores = np.zeros(count)
+        vector_scores, vector_centroid = np.zeros(count), np.zeros(count)
         if self.vector is not None and normalized.strip():
             try:
-                for item_id, similarity in self.vector.query(normalized).items():
+                embedding = self.vector.embed(normalized)
+                for item_id, similarity in self.vector.nearest(embedding).items():
                     if item_id in self._index_of:
                         vector_scores[self._index_of[item_id]] = similarity
+                rows, centroids = self._vector_centroids()
+                vector_centroid[rows] = np.clip(centroids @ embedding, 0.0, 1.0)
             except RetrievalError as exc:
                 log.warning("vector channel skipped: %s", exc)
         channels["vector"] = vector_scores
+        channels["vector_centroid"] = vector_centroid
         return ChannelScores(channels, best_keys, cosine)
+
+    def _vector_centroids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, mean embeddings) of the items the vector collection holds, read once per index."""
+        vector = self.vector
+        if self._centroid_cache is None or self._centroid_cache[0] is not vector:
+            item_ids, centroids = vector.item_centroids()
+            known = [n for n, item_id in enumerate(item_ids) if item_id in self._index_of]
+            rows = np.asarray([self._index_of[item_ids[n]] for n in known], dtype=np.int64)
+            self._centroid_cache = (vector, rows, centroids[known])
+        return self._centroid_cache[1], self._centroid_cache[2]
 
     def retrieve(self, query: str, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
         """Rank the items in effect on `on` (today by default) for the query; [] for an empty query."""

