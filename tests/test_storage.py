@@ -99,3 +99,15 @@ def test_unreachable_database_raises_storage_error() -> None:
     assert db.ping() is False
     with pytest.raises(StorageError, match="cannot migrate database"):
         db.migrate()
+
+
+def test_sqlite_file_runs_in_wal_mode_with_normal_sync_and_foreign_keys(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    try:
+        db.migrate()
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        db.close()

@@ -26,6 +26,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode NORMAL still survives a crash of the process (every turn written stays written); only a power
+    # cut can lose the last commits, and it cannot corrupt the file. FULL's fsync on every commit cost 5-7% of the
+    # server's CPU samples at 100 calls. Production uses PostgreSQL.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
