@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -234,12 +235,27 @@ def peak_overlap(reports: list[CallReport]) -> int:
 
 def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_call: int = 2,
                      asr_model: Path | None = None, ramp_s: float | None = None, asr_server: bool = False,
-                     known_transcripts: bool = False, asr_engines: int = 1) -> dict:
+                     known_transcripts: bool = False, asr_engines: int = 1, keep_workdir: bool = False) -> dict:
+    """Run the benchmark in a fresh folder (server data, database, recordings; about 150 MB), removed afterwards
+    unless `keep_workdir`: then its path is in the result as `workdir`."""
+    workdir = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
+    try:
+        result = _run_in(workdir, concurrency, calls, turns_per_call, asr_model, ramp_s, asr_server, known_transcripts,
+                         asr_engines)
+    finally:
+        if not keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if keep_workdir:
+        result["workdir"] = str(workdir)
+    return result
+
+
+def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: int, asr_model: Path | None,
+            ramp_s: float | None, asr_server: bool, known_transcripts: bool, asr_engines: int) -> dict:
     from voice.tiny_models import build_tiny_paraformer
 
     calls = calls or max(10, concurrency)
     ramp = ramp_s if ramp_s is not None else (0.0 if concurrency == 1 else 5.0)
-    workdir = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
     model = asr_model or build_tiny_paraformer(workdir / "tiny-paraformer")
     token = secrets.token_urlsafe(16)
     port = _free_port()

@@ -381,6 +381,8 @@ def bench_turn_latency(
     asr_engines: Annotated[int, typer.Option(min=1, max=16, help="With --asr-server: model copies it runs")] = 1,
     transcripts: Annotated[str, typer.Option(help="'model': the ASR's own text; 'known': the spoken question's "
                                                   "text (how turns behave with a correct transcript)")] = "model",
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the run's folder (database, recordings, TTS cache) "
+                                                      "and print where it is")] = False,
 ) -> None:
     """Simulated callers in real time over the Media Streams websocket: end of speech → first reply audio."""
     from telephony.bench_turns import run_turn_latency
@@ -389,7 +391,7 @@ def bench_turn_latency(
     if transcripts not in ("model", "known"):
         raise typer.BadParameter("--transcripts is 'model' or 'known'")
     result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known",
-                              asr_engines)
+                              asr_engines, keep_workdir=keep)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

@@ -39,7 +39,7 @@ from voice.asr_client import FunAsrServerEngine
 from voice.audio import ulaw_decode, ulaw_encode
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
 from voice.session import EndpointConfig, SpeechSession
-from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache
+from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache, clauses
 from voice.vad import DetectorConfig, SileroModel, SileroVad, SpeechDetector
 
 log = logging.getLogger(__name__)
@@ -325,10 +325,15 @@ class MediaStreamCall:
 
 def prerender_texts(settings: Settings, kb: KnowledgeBase) -> list[str]:
     """What the TTS cache is filled with at start: the fixed prompts, every item's spoken summary, and every
-    clarifying question the engine can ask (each item; each pair of related items in both orders, since either may
-    rank first and `related` need not be listed on both items)."""
+    clarifying question the engine can ask.
+
+    「请问您问的是A，还是B？」 can pair any two services that rank close, so each item's two clauses (「请问您问的是A，」
+    and 「还是A？」) are cached and any pair is stitched from them (`ResilientTts`). Pairs of related items, the
+    common case, are also rendered whole, in both orders, for the more natural reading."""
     texts = fixed_prompts(settings) + [item.spoken for item in kb.items]
     texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
+    for item in kb.items:
+        texts += clauses(phrases.CHOOSE_ITEMS.format(first=item.title, second=item.title))
     for item in kb.items:
         for other in filter(None, (kb.get(related) for related in item.related)):
             texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))

@@ -93,3 +93,25 @@ def test_tune_to_an_unwritable_place_fails_with_a_clear_message(tmp_path: Path) 
     result = run(["tune", "--folds", "2", "--no-vectors", "--output", str(target), "--json"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("cannot tune: ") and "no-such-dir" in result.stderr
+
+
+def test_turn_latency_bench_removes_its_folder_even_when_the_run_fails(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from telephony import bench_turns
+
+    monkeypatch.setattr(bench_turns.tempfile, "tempdir", str(tmp_path))
+    folders: list[Path] = []
+
+    def failing_run(workdir: Path, *args) -> dict:
+        folders.append(workdir)
+        (workdir / "bench.db").write_bytes(b"x")
+        raise RuntimeError("server did not become ready")
+
+    monkeypatch.setattr(bench_turns, "_run_in", failing_run)
+    with pytest.raises(RuntimeError, match="did not become ready"):
+        bench_turns.run_turn_latency()
+    assert folders and not folders[0].exists()
+
+    monkeypatch.setattr(bench_turns, "_run_in", lambda workdir, *args: {"p50_ms": 1.0})
+    kept = bench_turns.run_turn_latency(keep_workdir=True)
+    assert Path(kept["workdir"]).is_dir() and kept["p50_ms"] == 1.0

@@ -19,7 +19,9 @@ from voice.tts import (
     EspeakTtsEngine,
     PrerenderReport,
     ResilientTts,
+    SynthesisOutcome,
     TtsCache,
+    clauses,
     create_tts_engine,
     normalize_text_for_speech,
 )
@@ -276,6 +278,29 @@ async def test_prerender_reports_rendered_cached_and_failed(edge_server: FakeEdg
     assert report == PrerenderReport(rendered=0, cached=1, failed=1, failed_texts=("转人工",))
     await collect(tts.synthesize("请稍等"))
     assert tts.last_outcome.from_cache is True
+
+
+async def test_a_reply_whose_clauses_are_cached_is_stitched_without_the_engine(edge_server: FakeEdgeTtsServer,
+                                                                                cache: TtsCache) -> None:
+    tts = resilient(edge_server, cache)
+    await tts.prerender(["请问您问的是“失业保险金申领”，", "还是“社会保障卡挂失与解挂”？"])
+    first = b"".join(await collect(tts.synthesize("请问您问的是“失业保险金申领”，")))
+    second = b"".join(await collect(tts.synthesize("还是“社会保障卡挂失与解挂”？")))
+    rendered = len(edge_server.requests)
+
+    stitched = b"".join(await collect(tts.synthesize("请问您问的是“失业保险金申领”，还是“社会保障卡挂失与解挂”？")))
+
+    assert first and second and stitched == first + second and len(edge_server.requests) == rendered  # no new render
+    assert tts.last_outcome == SynthesisOutcome("edge", from_cache=True, complete=True)
+    # One clause missing: the whole text is rendered by the engine, not a partial stitch.
+    await collect(tts.synthesize("请问您问的是“失业保险金申领”，还是“养老金资格认证”？"))
+    assert len(edge_server.requests) == rendered + 1 and tts.last_outcome.from_cache is False
+
+
+def test_clauses_keep_their_marks_and_drop_empty_parts() -> None:
+    assert clauses("请问您问的是“甲”，还是“乙”？") == ["请问您问的是“甲”，", "还是“乙”？"]
+    assert clauses("好的。请稍候！ ") == ["好的。", "请稍候！"]
+    assert clauses("没有标点") == ["没有标点"]
 
 
 def test_create_tts_engine() -> None:

@@ -200,14 +200,19 @@ async def test_prerender_gives_up_quietly_when_the_tts_service_is_unreachable(se
 
 
 def test_every_clarifying_question_the_engine_can_ask_is_prerendered() -> None:
-    """A clarifying question read live by the TTS would be the one slow reply: each one the engine can form (top and
-    runner-up related, in either order and either direction of `related`, same category) is in the cache list."""
+    """A clarifying question read live by the TTS would be the one slow reply. Any two services can be offered
+    (the two closest), so each such question must be stitchable from cached clauses; the related pairs (either order,
+    either direction of `related`) are also cached whole."""
     from kb.loader import load_knowledge_base
     from rag import phrases
     from telephony.voice_gateway import prerender_texts
+    from voice.tts import clauses
 
     kb = load_knowledge_base()
     texts = set(prerender_texts(Settings(), kb))
+    unstitchable = [(top.id, second.id) for top in kb.items for second in kb.items if top.id != second.id
+                    and not set(clauses(phrases.CHOOSE_ITEMS.format(first=top.title, second=second.title))) <= texts]
+    assert unstitchable == []
     askable = [(top, second) for top in kb.items for second in kb.items
                if top.id != second.id and top.category == second.category
                and (second.id in top.related or top.id in second.related)]

@@ -342,6 +342,14 @@ async def _store(cache: TtsCache, key: str, pcm: bytes) -> bool:
     return True
 
 
+_CLAUSE_END = re.compile(r"(?<=[，；。？！])")
+
+
+def clauses(text: str) -> list[str]:
+    """The text cut after each clause mark (，；。？！), marks kept: the units a reply can be stitched from."""
+    return [part for part in _CLAUSE_END.split(text) if part.strip()]
+
+
 def _engine_key(engine: TtsEngine, text: str) -> str:
     return TtsCache.key_for(engine.name, engine.voice, str(getattr(engine, "rate", "")), text)
 
@@ -388,9 +396,28 @@ class ResilientTts:
                            self.primary.name, self._consecutive_failures, self.fallback.name, self.primary_cooldown_s)
             self._consecutive_failures = 0
 
+    def _cached(self, text: str) -> bytes | None:
+        """The text's audio from the cache: rendered whole, or stitched from its clauses when every clause is
+        cached (a clarifying question naming any two services is then as fast as a fixed prompt)."""
+        if self.cache is None:
+            return None
+        whole = self.cache.get(_engine_key(self.primary, text))
+        if whole is not None:
+            return whole
+        parts = clauses(text)
+        if len(parts) < 2:
+            return None
+        pieces = []
+        for part in parts:
+            piece = self.cache.get(_engine_key(self.primary, part))
+            if piece is None:
+                return None
+            pieces.append(piece)
+        return b"".join(pieces)
+
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         key = _engine_key(self.primary, text)
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self._cached(text)
         if cached is not None:
             self.last_outcome = SynthesisOutcome(self.primary.name, from_cache=True, complete=True)
             step = TELEPHONY_RATE_HZ * self.cached_chunk_ms // 1000 * SAMPLE_WIDTH_BYTES
