@@ -21,7 +21,7 @@ from kb.schema import ServiceItem
 from rag.base import ScoredItem
 from rag.errors import RetrievalError
 from rag.text import SoundCorrector, TextProcessor, register_words
-from rag.vector import VectorIndex
+from rag.vector import ItemProfiles, VectorIndex
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -46,7 +46,8 @@ class FusionWeights:
     alias_pinyin: float = 0.10
     centroid: float = 0.50
     vector: float = 0.40
-    vector_centroid: float = 0.0  # the query's embedding against each item's mean embedding (needs `vector`)
+    vector_centroid: float = 0.0  # the query's embedding against each item's mean embedding
+    vector_classifier: float = 0.0  # a ridge-regression classifier over the items' text embeddings
 
     @classmethod
     def from_mapping(cls, weights: dict[str, float]) -> FusionWeights:
@@ -60,7 +61,7 @@ class FusionWeights:
 
     @property
     def uses_vectors(self) -> bool:
-        return self.vector > 0 or self.vector_centroid > 0
+        return self.vector > 0 or self.vector_centroid > 0 or self.vector_classifier > 0
 
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
@@ -210,7 +211,7 @@ class HybridRetriever:
         self._sounds = SoundCorrector([*lexicon.hotwords, *lexicon.synonyms, *lexicon.synonyms.values(),
                                        *lexicon.domain_terms, *self.keys])
         self._index_of = {item.id: index for index, item in enumerate(self.items)}
-        self._centroid_cache: tuple[VectorIndex, np.ndarray, np.ndarray] | None = None
+        self._profiles: tuple[VectorIndex, np.ndarray, ItemProfiles] | None = None
 
     @staticmethod
     def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
@@ -243,30 +244,35 @@ class HybridRetriever:
         channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
         cosine = self._centroids.scores(normalized)
         channels["centroid"] = self._normalized(cosine)
-        vector_scores, vector_centroid = np.zeros(count), np.zeros(count)
+        vector_scores, vector_centroid, vector_classifier = np.zeros(count), np.zeros(count), np.zeros(count)
         if self.vector is not None and normalized.strip():
             try:
                 embedding = self.vector.embed(normalized)
                 for item_id, similarity in self.vector.nearest(embedding).items():
                     if item_id in self._index_of:
                         vector_scores[self._index_of[item_id]] = similarity
-                rows, centroids = self._vector_centroids()
-                vector_centroid[rows] = np.clip(centroids @ embedding, 0.0, 1.0)
+                rows, profiles = self._vector_profiles()
+                vector_centroid[rows] = np.clip(profiles.centroids @ embedding, 0.0, 1.0)
+                vector_classifier[rows] = embedding @ profiles.classifier
+                vector_classifier = self._normalized(np.clip(vector_classifier, 0.0, None))
             except RetrievalError as exc:
                 log.warning("vector channel skipped: %s", exc)
         channels["vector"] = vector_scores
         channels["vector_centroid"] = vector_centroid
+        channels["vector_classifier"] = vector_classifier
         return ChannelScores(channels, best_keys, cosine)
 
-    def _vector_centroids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item rows, mean embeddings) of the items the vector collection holds, read once per index."""
+    def _vector_profiles(self) -> tuple[np.ndarray, ItemProfiles]:
+        """(item rows, profiles) of the items the vector collection holds, computed once per index."""
         vector = self.vector
-        if self._centroid_cache is None or self._centroid_cache[0] is not vector:
-            item_ids, centroids = vector.item_centroids()
-            known = [n for n, item_id in enumerate(item_ids) if item_id in self._index_of]
-            rows = np.asarray([self._index_of[item_ids[n]] for n in known], dtype=np.int64)
-            self._centroid_cache = (vector, rows, centroids[known])
-        return self._centroid_cache[1], self._centroid_cache[2]
+        if self._profiles is None or self._profiles[0] is not vector:
+            profiles = vector.item_profiles()
+            known = [n for n, item_id in enumerate(profiles.item_ids) if item_id in self._index_of]
+            rows = np.asarray([self._index_of[profiles.item_ids[n]] for n in known], dtype=np.int64)
+            profiles = ItemProfiles([profiles.item_ids[n] for n in known], profiles.centroids[known],
+                                    profiles.classifier[:, known])
+            self._profiles = (vector, rows, profiles)
+        return self._profiles[1], self._profiles[2]
 
     def retrieve(self, query: str, limit: int = 5, on: dt.date | None = None) -> list[ScoredItem]:
         """Rank the items in effect on `on` (today by default) for the query; [] for an empty query."""

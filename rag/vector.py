@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import chromadb
 import numpy as np
@@ -14,6 +15,15 @@ from chromadb.config import Settings as ChromaSettings
 from rag.errors import RetrievalError
 
 log = logging.getLogger(__name__)
+
+RIDGE_ALPHA = 1.0  # the classifier's L2 penalty; embeddings are unit length, so XᵀX's diagonal sums to the text count
+
+
+@dataclass(frozen=True)
+class ItemProfiles:
+    item_ids: list[str]
+    centroids: np.ndarray  # (items, d): unit-length mean embedding of each item's texts
+    classifier: np.ndarray  # (d, items): ridge-regression weights; embedding @ classifier scores every item
 
 
 def chroma_client(path: str | None = None, host: str | None = None, port: int = 8000) -> ClientAPI:
@@ -67,21 +77,30 @@ class VectorIndex:
         except Exception as exc:  # noqa: BLE001 - an embedding backend can fail in many ways
             raise RetrievalError(f"embedding the question failed: {exc}") from exc
 
-    def item_centroids(self) -> tuple[list[str], np.ndarray]:
-        """(item ids, unit-length mean of each item's stored embeddings): one vector per item for the whole-item
-        similarity channel, read back from the collection."""
+    def item_profiles(self, ridge_alpha: float = RIDGE_ALPHA) -> ItemProfiles:
+        """Per item, from the stored embeddings (read back from the collection once): the unit-length mean of its
+        texts, and a one-vs-rest ridge-regression classifier over all texts.
+
+        The classifier has a closed form: W = (XᵀX + αI)⁻¹ XᵀY with Y the one-hot item of each text, and XᵀY is
+        just each item's sum of embeddings, so it costs a d×d solve (d = 512), not a pass per item.
+        """
         try:
             stored = self.collection.get(include=["embeddings", "metadatas"])
         except Exception as exc:  # noqa: BLE001
             raise RetrievalError(f"reading the vector collection failed: {exc}") from exc
         owners = [str(metadata["item_id"]) for metadata in stored["metadatas"]]
         item_ids = sorted(set(owners))
+        if not item_ids:
+            raise RetrievalError("the vector collection is empty")
         row_of = {item_id: row for row, item_id in enumerate(item_ids)}
-        vectors = np.asarray(stored["embeddings"], dtype=np.float32)
-        sums = np.zeros((len(item_ids), vectors.shape[1] if vectors.size else 1), dtype=np.float32)
+        vectors = np.asarray(stored["embeddings"], dtype=np.float64)
+        sums = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float64)
         np.add.at(sums, [row_of[owner] for owner in owners], vectors)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        return item_ids, sums / np.where(norms > 0, norms, 1.0)
+        gram = vectors.T @ vectors + ridge_alpha * np.eye(vectors.shape[1])
+        classifier = np.linalg.solve(gram, sums.T)
+        return ItemProfiles(item_ids, (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32),
+                            classifier.astype(np.float32))
 
     def nearest(self, embedding: np.ndarray, limit: int = 30) -> dict[str, float]:
         try:

@@ -154,8 +154,8 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'hotline.db').resolve()}"
 
     def _vector_choice(self) -> str:
-        vector_weights = (self.retrieval_weights.get("vector", 1), self.retrieval_weights.get("vector_centroid", 1))
-        if self.embedding_backend is EmbeddingBackend.NONE or vector_weights == (0, 0):
+        vector_weights = {self.retrieval_weights.get(name, 1) for name in ("vector", "vector_centroid", "vector_classifier")}
+        if self.embedding_backend is EmbeddingBackend.NONE or vector_weights == {0}:
             return "no vector channel"
         where = f"chromadb server {self.chroma_host}:{self.chroma_port}" if self.chroma_host else "chromadb folder"
         what = {

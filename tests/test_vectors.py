@@ -59,21 +59,29 @@ def test_collection_reopens_with_the_project_embedding_from_its_stored_config(tm
     assert result["metadatas"][0][0]["item_id"] == "card"
 
 
-def test_item_centroids_are_unit_means_of_each_items_texts() -> None:
-    index = VectorIndex(chroma_client(), "centroid-test", MultilingualUseEmbedding())
-    texts = ["社保卡丢了", "社保卡挂失怎么办", "养老金认证"]
-    index.populate(texts, ["card", "card", "pension"])
-    item_ids, centroids = index.item_centroids()
-    vectors = MultilingualUseEmbedding()(texts)
+def test_item_profiles_hold_unit_means_and_a_ridge_classifier() -> None:
+    index = VectorIndex(chroma_client(), "profiles-test", MultilingualUseEmbedding())
+    texts = ["社保卡丢了", "社保卡挂失怎么办", "养老金认证", "退休工资每年认证"]
+    owners = ["card", "card", "pension", "pension"]
+    index.populate(texts, owners)
+    profiles = index.item_profiles(ridge_alpha=0.5)
+    vectors = np.asarray(MultilingualUseEmbedding()(texts), dtype=np.float64)
     expected_card = (vectors[0] + vectors[1]) / np.linalg.norm(vectors[0] + vectors[1])
-    assert item_ids == ["card", "pension"]
-    assert np.allclose(centroids[0], expected_card, atol=1e-5) and np.allclose(centroids[1], vectors[2], atol=1e-5)
+    assert profiles.item_ids == ["card", "pension"]
+    assert np.allclose(profiles.centroids[0], expected_card, atol=1e-5)
+    # The closed form equals ridge regression on one-hot targets.
+    from sklearn.linear_model import Ridge
+
+    one_hot = np.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    reference = Ridge(alpha=0.5, fit_intercept=False).fit(vectors, one_hot).coef_.T
+    assert np.allclose(profiles.classifier, reference, atol=1e-4)
+    assert int(np.argmax(vectors[1] @ profiles.classifier)) == 0 and int(np.argmax(vectors[3] @ profiles.classifier)) == 1
 
 
 def test_retriever_vector_channels_rank_a_paraphrase(tmp_path: Path) -> None:
     kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
     weights = FusionWeights(words_bm25=0, chars_bm25=0, pinyin_bm25=0, alias_match=0, alias_pinyin=0, centroid=0,
-                            vector=0, vector_centroid=1.0)
+                            vector=0, vector_centroid=1.0, vector_classifier=1.0)
     retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), weights)
     assert retriever.vector is None  # nothing attached yet
     index = VectorIndex(chroma_client(), "retriever-test", MultilingualUseEmbedding())
@@ -83,6 +91,7 @@ def test_retriever_vector_channels_rank_a_paraphrase(tmp_path: Path) -> None:
     pension = [item.id for item in retriever.items].index("pension-certification-test")
     assert int(np.argmax(scores["vector_centroid"])) == pension
     assert int(np.argmax(scores["vector"])) == pension
+    assert int(np.argmax(scores["vector_classifier"])) == pension and scores["vector_classifier"].max() == 1.0
     assert retriever.retrieve("我爸每年都要弄的那个领退休工资的认证，手机上能搞吗")[0].item_id == "pension-certification-test"
 
 
@@ -96,7 +105,7 @@ def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: 
     index.collection.delete(ids=index.collection.get(include=[])["ids"])  # an emptied collection cannot be queried
     ranked = retriever.retrieve("社保卡丢了怎么挂失")
     assert ranked[0].item_id == "card-loss-report"
-    assert ranked[0].channel_scores["vector"] == 0.0 and ranked[0].channel_scores["vector_centroid"] == 0.0
+    assert all(ranked[0].channel_scores[name] == 0.0 for name in ("vector", "vector_centroid", "vector_classifier"))
     assert "vector channel skipped" in caplog.text
 
 
