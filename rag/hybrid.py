@@ -220,7 +220,7 @@ class HybridRetriever:
         return index
 
     def vector_documents(self) -> tuple[list[str], list[str]]:
-        """(text, item id) pairs for the vector channel: every key, callers' question and spoken summary."""
+        """(text, item id) pairs for the vector channels: every phrasing of each item (`item_phrasings`)."""
         texts, item_ids = [], []
         for item in self.items:
             for key in item_phrasings(item):

@@ -65,10 +65,6 @@ class VectorIndex:
             if progress is not None:
                 progress(end - start)
 
-    def query(self, text: str, limit: int = 30) -> dict[str, float]:
-        """Cosine similarity (0..1) of the best-matching text of each item among the nearest `limit`."""
-        return self.nearest(self.embed(text), limit)
-
     def embed(self, text: str) -> np.ndarray:
         try:
             return np.asarray(self.embedding([text])[0], dtype=np.float32)
@@ -103,6 +99,7 @@ class VectorIndex:
                             classifier.astype(np.float32))
 
     def nearest(self, embedding: np.ndarray, limit: int = 30) -> dict[str, float]:
+        """Cosine similarity (0..1) of the best-matching text of each item among the nearest `limit` texts."""
         try:
             if self._count is None:  # asking chroma for the count costs ~2 ms on a large collection
                 self._count = self.collection.count()
