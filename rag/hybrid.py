@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import logging
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import bm25s
@@ -28,6 +28,7 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 # Sections that describe what a service *is*; the rest adds noise to the index.
 INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
+VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
 
@@ -61,7 +62,10 @@ class FusionWeights:
 
     @property
     def uses_vectors(self) -> bool:
-        return self.vector > 0 or self.vector_centroid > 0 or self.vector_classifier > 0
+        return any(getattr(self, name) > 0 for name in VECTOR_CHANNELS)
+
+    def without_vectors(self) -> FusionWeights:
+        return replace(self, **{name: 0.0 for name in VECTOR_CHANNELS})
 
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}

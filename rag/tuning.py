@@ -18,12 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from chromadb.api.types import EmbeddingFunction
 
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from rag.confidence import DEFAULT_CALIBRATION_FILE, ConfidenceModel, features, fit
-from chromadb.api.types import EmbeddingFunction
-
 from rag.embeddings import MultilingualUseEmbedding
 from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
 from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
@@ -172,7 +171,7 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
          progress: Callable[[str], None] | None = None, embedding: EmbeddingFunction | None = None) -> dict:
     samples = development_samples(kb, lexicon, folds=folds, with_vectors=with_vectors, dev_set=dev_set,
                                   progress=progress, embedding=embedding)
-    start = FusionWeights.tuned() if with_vectors else replace(FusionWeights.tuned(), vector=0.0, vector_centroid=0.0, vector_classifier=0.0)
+    start = FusionWeights.tuned() if with_vectors else FusionWeights.tuned().without_vectors()
     start_score = retrieval_score(samples, start)
     weights, score = tune_weights(samples, start, progress=progress)
     rows, labels = confidence_samples(samples, weights)

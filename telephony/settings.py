@@ -154,8 +154,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'hotline.db').resolve()}"
 
     def _vector_choice(self) -> str:
-        vector_weights = {self.retrieval_weights.get(name, 1) for name in ("vector", "vector_centroid", "vector_classifier")}
-        if self.embedding_backend is EmbeddingBackend.NONE or vector_weights == {0}:
+        from rag.hybrid import VECTOR_CHANNELS
+
+        if self.embedding_backend is EmbeddingBackend.NONE or all(
+                self.retrieval_weights.get(name, 1) == 0 for name in VECTOR_CHANNELS):
             return "no vector channel"
         where = f"chromadb server {self.chroma_host}:{self.chroma_port}" if self.chroma_host else "chromadb folder"
         what = {
