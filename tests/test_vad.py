@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,48 @@ def test_a_shared_model_runs_calls_on_parallel_threads(model: SileroModel) -> No
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = list(pool.map(lambda call: detect(model, call), calls * 4))
     assert parallel == alone * 4
+
+
+def test_calls_on_one_event_loop_share_batched_inference_with_the_same_results() -> None:
+    model = SileroModel()  # its own, to count its batches
+    calls = [padded(synthesize_mandarin(SENTENCE), 1000, 1000), concatenate(silence(300), synthesize_mandarin("你好"),
+                                                                           silence(1500), cough(), silence(1200))]
+    calls.append(noise(len(calls[0]) // 16, dbfs=-30))
+    alone = [detect(model, call) for call in calls]
+
+    async def call(audio: bytes) -> tuple[list[VadEvent], list[float]]:
+        detector = SpeechDetector(SileroVad(model))
+        events: list[VadEvent] = []
+        probabilities: list[float] = []
+        for offset in range(0, len(audio), 320):
+            events += await detector.push_async(audio[offset:offset + 320])
+            probabilities.append(detector.last_probability)
+            await asyncio.sleep(0)  # frames arrive one at a time, as from a socket
+        return events, probabilities
+
+    async def all_calls() -> list[tuple[list[VadEvent], list[float]]]:
+        return await asyncio.gather(*(call(audio) for audio in calls * 3))
+
+    results = asyncio.run(all_calls())
+    assert [events for events, _ in results] == alone * 3
+    # The three copies of a call saw bit-identical probabilities although they shared batches with other calls.
+    assert results[0][1] == results[3][1] == results[6][1]
+    windows = sum(len(audio) // WINDOW_BYTES for audio in calls) * 3
+    assert model.batched_windows == windows
+    assert model.batches <= windows / 3  # nine calls per pass, not one window per model run
+
+
+def test_a_failing_batch_fails_every_waiting_call_with_a_voice_error(model: SileroModel) -> None:
+    vads = [SileroVad(model) for _ in range(3)]
+    vads[1]._state = np.zeros((2, 1, 64), dtype=np.float32)  # a corrupt state breaks the whole batch
+
+    async def all_windows() -> list[object]:
+        return await asyncio.gather(*(vad.probability_async(bytes(WINDOW_BYTES)) for vad in vads),
+                                    return_exceptions=True)
+
+    results = asyncio.run(all_windows())
+    assert all(isinstance(result, VoiceError) and "Silero VAD inference failed" in str(result) for result in results)
+    assert 0.0 <= asyncio.run(SileroVad(model).probability_async(bytes(WINDOW_BYTES))) <= 1.0  # the model still works
 
 
 def test_reset_starts_a_fresh_stream(model: SileroModel) -> None:

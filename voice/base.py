@@ -73,6 +73,9 @@ class TtsEngine(Protocol):
 
 
 class Vad(Protocol):
+    """A VAD may also offer `async probability_async(window)`, which `SpeechDetector.push_async` prefers (Silero's
+    batches the windows of every call on the event loop)."""
+
     window_samples: int  # samples per decision at 8 kHz
 
     def probability(self, window: bytes) -> float:

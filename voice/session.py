@@ -167,7 +167,7 @@ class SpeechSession:
 
     async def _push_frame(self, frame: bytes) -> None:
         now = self.clock()
-        for event in self.detector.push(frame):
+        for event in await self.detector.push_async(frame):
             if isinstance(event, SpeechStarted) and self._utterance is None:
                 barged_in = self.playing
                 if barged_in:
