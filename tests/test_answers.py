@@ -141,6 +141,33 @@ async def test_out_of_scope_is_handed_off(service: HotlineService, question: str
     assert answer.reason.startswith("out of scope")
 
 
+@pytest.mark.parametrize("question", ["转人工", "帮我接一下客服", "喊个人来嘛", "我不想跟机器讲", "你们领导在不在",
+                                      "我要找专门管工伤的同志讲", "能不能帮我接到社保局里面的人"])
+async def test_asking_for_a_person_in_any_words_is_handed_off(service: HotlineService, question: str) -> None:
+    answer = await service.answerer.answer(question)
+    assert (answer.action, answer.spoken, answer.reason) == (Action.HANDOFF, phrases.HANDOFF_REQUESTED,
+                                                             "caller asked for a human")
+
+
+@pytest.mark.parametrize(("question", "item"), [
+    ("我们厂里有个工人工伤住院了，单位要在多少天内去申请工伤认定", "injury-recognition"),
+    ("伤残补助金里说的本人工资是按哪个月的算", "injury-disability-benefits"),
+    ("找个人帮我代办社保卡补办可以吗", "card-reissue"),
+])
+async def test_words_that_merely_contain_a_human_request_are_answered(service: HotlineService, question: str,
+                                                                      item: str) -> None:
+    answer = await service.answerer.answer(question)
+    assert answer.action is not Action.HANDOFF and answer.items[0] == item
+
+
+async def test_insults_and_frustration_go_to_a_person(service: HotlineService) -> None:
+    for remark in ("你是不是傻哦", "啥子破系统", "一点用都没得"):
+        answer = await service.answerer.answer(remark)
+        assert (answer.action, answer.spoken) == (Action.HANDOFF, phrases.ABUSE), remark
+    answer = await service.answerer.answer("我的社保卡一直没用过，要先激活吗")  # 没用过 is no complaint
+    assert answer.action is not Action.HANDOFF
+
+
 async def test_a_short_fragment_without_a_service_is_asked_again_not_handed_off(service: HotlineService) -> None:
     for fragment in ("嗯那个", "喂喂喂", "那个我问一下"):
         answer = await service.answerer.answer(fragment)

@@ -97,7 +97,7 @@ async def test_service_uses_the_llm_in_the_middle_band_only(server, settings, tm
 
     configured = settings.model_copy(update={
         "llm_api_key": SecretStr("k"), "llm_base_url": server.base_url, "llm_model": "normal",
-        "kb_dir": make_mini_kb(tmp_path / "items"), "answer_high_confidence": 0.99, "answer_low_confidence": 0.01,
+        "kb_dir": make_mini_kb(tmp_path / "items"), "answer_high_confidence": 1.0, "answer_low_confidence": 0.0,
     })
     assert configured.engine_choices()["answers"].startswith("llm normal at http://127.0.0.1")
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")

@@ -55,7 +55,9 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     (dev / "out_of_scope.yaml").write_text(
         "- {q: 明天桂林下不下雨, expect: [handoff], category: out_of_scope}\n"
         "- {q: 驾驶证到期了去哪换, expect: [handoff], category: out_of_scope}\n"
-        "- {q: 你给我讲个笑话, expect: [handoff], category: out_of_scope}\n", encoding="utf-8")
+        "- {q: 你给我讲个笑话, expect: [handoff], category: out_of_scope}\n"
+        "- {q: 商业养老保险哪家公司的好, expect: [handoff], category: out_of_scope}\n"
+        "- {q: 帮我转人工, expect: [handoff], category: human_request}\n", encoding="utf-8")
     read_sets: list[Path] = []
     real_loader = tuning.load_eval_set
     monkeypatch.setattr(tuning, "load_eval_set", lambda path: read_sets.append(path) or real_loader(path))
@@ -64,10 +66,12 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     report = tuning.tune(tuned_kb, load_lexicon(), folds=2, with_vectors=False, dev_set=dev, output=output)
 
     assert read_sets == [dev]  # the evaluation set is never read
-    assert report["questions"] == {"kb_question": 12, "kb_question_noise": 12, "out_of_scope": 3}
-    assert report["confidence_samples"] == 27
+    assert report["questions"] == {"kb_question": 12, "kb_question_noise": 12, "out_of_scope": 4, "human_request": 1}
+    # The engine's rules settle the human request and the three questions naming nothing the hotline deals with
+    # before any gate, so the confidence model sees only the 24 KB questions and 商业养老保险.
+    assert report["confidence_samples"] == 25
     stored = json.loads(output.read_text(encoding="utf-8"))
-    assert stored["fusion_weights"] == report["fusion_weights"] and stored["samples"] == 27
+    assert stored["fusion_weights"] == report["fusion_weights"] and stored["samples"] == 25
     assert stored["fusion_weights"]["vector"] == stored["fusion_weights"]["vector_centroid"] == 0.0  # no vectors
     assert FusionWeights.tuned(output).as_dict() == report["fusion_weights"]
     model = ConfidenceModel.load(output)
