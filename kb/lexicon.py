@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -59,21 +61,16 @@ class Lexicon:
         """Replace colloquial words by standard terms, longest first, in one left-to-right pass."""
         if not self.synonyms:
             return text
-        # Standard terms map to themselves so that "资格认证" is not rewritten by the key "认证".
+        table, pattern = self._rewriter
+        return pattern.sub(lambda match: table[match.group(0)], text)
+
+    @cached_property
+    def _rewriter(self) -> tuple[dict[str, str], re.Pattern[str]]:
+        # Standard terms map to themselves so that "资格认证" is not rewritten by the key "认证". A regex tries the
+        # alternatives in order at each position, so listing the keys longest first gives the longest match.
         table = {value: value for value in self.synonyms.values()} | self.synonyms
         keys = sorted(table, key=len, reverse=True)
-        out: list[str] = []
-        index = 0
-        while index < len(text):
-            for key in keys:
-                if text.startswith(key, index):
-                    out.append(table[key])
-                    index += len(key)
-                    break
-            else:
-                out.append(text[index])
-                index += 1
-        return "".join(out)
+        return table, re.compile("|".join(re.escape(key) for key in keys))
 
     def dictionary_words(self) -> set[str]:
         """Words jieba should keep whole."""

@@ -16,6 +16,7 @@ from rag.errors import RetrievalError
 
 log = logging.getLogger(__name__)
 
+READ_PAGE = 5_000  # texts per read when the whole collection is read back
 RIDGE_ALPHA = 1.0  # the classifier's L2 penalty; embeddings are unit length, so XᵀX's diagonal sums to the text count
 
 
@@ -52,8 +53,8 @@ class VectorIndex:
         self._count = None
         if self.collection.count() == len(texts):
             return
-        if self.collection.count():
-            existing = self.collection.get(include=[])["ids"]
+        while self.collection.count():
+            existing = self.collection.get(include=[], limit=READ_PAGE)["ids"]
             self.collection.delete(ids=existing)
         for start in range(0, len(texts), batch_size):
             end = min(start + batch_size, len(texts))
@@ -80,16 +81,25 @@ class VectorIndex:
         The classifier has a closed form: W = (XᵀX + αI)⁻¹ XᵀY with Y the one-hot item of each text, and XᵀY is
         just each item's sum of embeddings, so it costs a d×d solve (d = 512), not a pass per item.
         """
+        owners: list[str] = []
+        pages: list[np.ndarray] = []
         try:
-            stored = self.collection.get(include=["embeddings", "metadatas"])
+            # In pages: one read of a large collection (the 2.2M-character KB has ~55,000 texts) exceeds the
+            # SQLite variable limit of chroma's local store ("too many SQL variables").
+            while True:
+                stored = self.collection.get(include=["embeddings", "metadatas"], limit=READ_PAGE,
+                                             offset=len(owners))
+                owners += [str(metadata["item_id"]) for metadata in stored["metadatas"]]
+                pages.append(np.asarray(stored["embeddings"], dtype=np.float64))
+                if len(stored["metadatas"]) < READ_PAGE:
+                    break
         except Exception as exc:  # noqa: BLE001
             raise RetrievalError(f"reading the vector collection failed: {exc}") from exc
-        owners = [str(metadata["item_id"]) for metadata in stored["metadatas"]]
         item_ids = sorted(set(owners))
         if not item_ids:
             raise RetrievalError("the vector collection is empty")
         row_of = {item_id: row for row, item_id in enumerate(item_ids)}
-        vectors = np.asarray(stored["embeddings"], dtype=np.float64)
+        vectors = np.concatenate([page for page in pages if page.size])
         sums = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float64)
         np.add.at(sums, [row_of[owner] for owner in owners], vectors)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)

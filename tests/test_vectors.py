@@ -15,6 +15,7 @@ from rag import embeddings
 from rag.embeddings import MultilingualUseEmbedding, NgramHashEmbedding
 from rag.hybrid import FusionWeights, HybridRetriever
 from rag.text import TextProcessor
+from rag import vector
 from rag.vector import VectorIndex, chroma_client
 from telephony.service import embedding_function
 from telephony.settings import EmbeddingBackend, Settings
@@ -76,6 +77,20 @@ def test_item_profiles_hold_unit_means_and_a_ridge_classifier() -> None:
     reference = Ridge(alpha=0.5, fit_intercept=False).fit(vectors, one_hot).coef_.T
     assert np.allclose(profiles.classifier, reference, atol=1e-4)
     assert int(np.argmax(vectors[1] @ profiles.classifier)) == 0 and int(np.argmax(vectors[3] @ profiles.classifier)) == 1
+
+
+def test_a_collection_larger_than_one_read_is_read_back_in_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    index = VectorIndex(chroma_client(), "pages-test", MultilingualUseEmbedding())
+    texts = ["社保卡丢了", "社保卡挂失怎么办", "养老金认证", "退休工资每年认证", "失业金怎么领", "失业保险金申领", "工伤认定"]
+    owners = ["card", "card", "pension", "pension", "jobless", "jobless", "injury"]
+    index.populate(texts, owners)
+    whole = index.item_profiles()
+    monkeypatch.setattr(vector, "READ_PAGE", 3)  # pages of 3, 3 and 1 texts, as ~55,000 texts go in pages of 5,000
+    paged = index.item_profiles()
+    assert paged.item_ids == whole.item_ids == ["card", "injury", "jobless", "pension"]
+    assert np.allclose(paged.centroids, whole.centroids) and np.allclose(paged.classifier, whole.classifier)
+    index.populate(texts[:2], owners[:2])  # a changed KB: the old texts go, page by page
+    assert index.collection.count() == 2 and index.item_profiles().item_ids == ["card"]
 
 
 def test_retriever_vector_channels_rank_a_paraphrase(tmp_path: Path) -> None:
