@@ -64,8 +64,8 @@ class SileroModel:
 
     def run(self, model_input: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
         """One window: input (1, context + window) float32 and state (2, 1, 128) → (probability, next state)."""
-        output, next_state = self._session.run(None, {"input": model_input, "state": state, "sr": self._sample_rate})
-        return float(output[0, 0]), next_state
+        probabilities, next_state = self.run_batch(model_input, state)
+        return float(probabilities[0]), next_state
 
     def run_batch(self, inputs: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Many independent windows: inputs (B, context + window), states (2, B, 128) → (B probabilities, states)."""
