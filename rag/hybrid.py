@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -29,6 +30,8 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 # Sections that describe what a service *is*; the rest adds noise to the index.
 INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
+_clock = time.monotonic  # module-level so tests can move time
+VECTOR_RETRY_S = 30.0  # after the vector index fails, questions use the other channels this long before it is tried again
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
 
@@ -216,6 +219,7 @@ class HybridRetriever:
                                        *lexicon.domain_terms, *self.keys])
         self._index_of = {item.id: index for index, item in enumerate(self.items)}
         self._profiles: tuple[VectorIndex, np.ndarray, ItemProfiles] | None = None
+        self._vector_down_until = 0.0  # monotonic time; a failing index (a chroma server down) is not retried per query
 
     @staticmethod
     def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
@@ -249,7 +253,7 @@ class HybridRetriever:
         cosine = self._centroids.scores(normalized)
         channels["centroid"] = self._normalized(cosine)
         vector_scores, vector_centroid, vector_classifier = np.zeros(count), np.zeros(count), np.zeros(count)
-        if self.vector is not None and normalized.strip():
+        if self.vector is not None and normalized.strip() and _clock() >= self._vector_down_until:
             try:
                 embedding = self.vector.embed(normalized)
                 for item_id, similarity in self.vector.nearest(embedding).items():
@@ -260,7 +264,8 @@ class HybridRetriever:
                 vector_classifier[rows] = embedding @ profiles.classifier
                 vector_classifier = self._normalized(np.clip(vector_classifier, 0.0, None))
             except RetrievalError as exc:
-                log.warning("vector channel skipped: %s", exc)
+                self._vector_down_until = _clock() + VECTOR_RETRY_S
+                log.warning("vector channel skipped for %.0f s: %s", VECTOR_RETRY_S, exc)
         channels["vector"] = vector_scores
         channels["vector_centroid"] = vector_centroid
         channels["vector_classifier"] = vector_classifier

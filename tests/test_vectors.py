@@ -11,8 +11,9 @@ from chromadb.config import Settings as ChromaSettings
 
 from kb.lexicon import load_lexicon
 from kb.loader import load_knowledge_base
-from rag import embeddings
+from rag import embeddings, hybrid
 from rag.embeddings import MultilingualUseEmbedding, NgramHashEmbedding
+from rag.errors import RetrievalError
 from rag.hybrid import FusionWeights, HybridRetriever
 from rag.text import TextProcessor
 from rag import vector
@@ -122,6 +123,31 @@ def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: 
     assert ranked[0].item_id == "card-loss-report"
     assert all(ranked[0].channel_scores[name] == 0.0 for name in ("vector", "vector_centroid", "vector_classifier"))
     assert "vector channel skipped" in caplog.text
+
+
+def test_a_failing_vector_index_is_not_retried_on_every_question(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
+    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), FusionWeights(vector_centroid=1.0))
+    index = VectorIndex(chroma_client(), "down-test", MultilingualUseEmbedding())
+    index.populate(*retriever.vector_documents())
+    retriever.vector = index
+    calls: list[str] = []
+
+    def unreachable(text: str) -> np.ndarray:
+        calls.append(text)
+        raise RetrievalError("embedding the question failed: connection refused")
+
+    monkeypatch.setattr(index, "embed", unreachable)
+    now = [1000.0]
+    monkeypatch.setattr(hybrid, "_clock", lambda: now[0])
+    for question in ("社保卡丢了怎么挂失", "社保卡密码忘了", "养老金认证怎么做"):
+        assert retriever.retrieve(question)  # the lexical channels still answer
+    assert len(calls) == 1  # tried once, then left alone
+    now[0] += hybrid.VECTOR_RETRY_S
+    monkeypatch.setattr(index, "embed", lambda text: calls.append(text) or MultilingualUseEmbedding()([text])[0])
+    ranked = retriever.retrieve("社保卡丢了怎么挂失")
+    assert len(calls) == 2 and ranked[0].channel_scores["vector_centroid"] > 0  # back after the pause
 
 
 def test_the_offline_encoder_is_the_default_embedding() -> None:
