@@ -31,7 +31,7 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
 _clock = time.monotonic  # module-level so tests can move time
-VECTOR_RETRY_S = 30.0  # after the vector index fails, questions use the other channels this long before it is tried again
+VECTOR_RETRY_S = 30.0  # after the vector index fails, the other channels answer alone this long before a retry
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
 
@@ -219,7 +219,7 @@ class HybridRetriever:
                                        *lexicon.domain_terms, *self.keys])
         self._index_of = {item.id: index for index, item in enumerate(self.items)}
         self._profiles: tuple[VectorIndex, np.ndarray, ItemProfiles] | None = None
-        self._vector_down_until = 0.0  # monotonic time; a failing index (a chroma server down) is not retried per query
+        self._vector_down_until = 0.0  # monotonic; a failing index (chroma down) is not retried on every query
 
     @staticmethod
     def _bm25(corpus: list[list[str]]) -> bm25s.BM25:

@@ -111,13 +111,19 @@ def test_retriever_vector_channels_rank_a_paraphrase(tmp_path: Path) -> None:
     assert retriever.retrieve("我爸每年都要弄的那个领退休工资的认证，手机上能搞吗")[0].item_id == "pension-certification-test"
 
 
-def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def retriever_with_vectors(tmp_path: Path, collection: str) -> tuple[HybridRetriever, VectorIndex]:
+    """The mini KB's retriever with a populated vector index attached (all lexical channels plus vector_centroid)."""
     kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
     retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), FusionWeights(vector_centroid=1.0))
-    index = VectorIndex(chroma_client(), "failing-test", MultilingualUseEmbedding())
+    index = VectorIndex(chroma_client(), collection, MultilingualUseEmbedding())
     index.populate(*retriever.vector_documents())
     retriever.vector = index
+    return retriever, index
+
+
+def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    retriever, index = retriever_with_vectors(tmp_path, "failing-test")
     index.collection.delete(ids=index.collection.get(include=[])["ids"])  # an emptied collection cannot be queried
     ranked = retriever.retrieve("社保卡丢了怎么挂失")
     assert ranked[0].item_id == "card-loss-report"
@@ -127,11 +133,7 @@ def test_retriever_keeps_lexical_channels_when_the_vector_index_fails(tmp_path: 
 
 def test_a_failing_vector_index_is_not_retried_on_every_question(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
-    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), FusionWeights(vector_centroid=1.0))
-    index = VectorIndex(chroma_client(), "down-test", MultilingualUseEmbedding())
-    index.populate(*retriever.vector_documents())
-    retriever.vector = index
+    retriever, index = retriever_with_vectors(tmp_path, "down-test")
     calls: list[str] = []
 
     def unreachable(text: str) -> np.ndarray:
