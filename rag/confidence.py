@@ -13,7 +13,8 @@ from rag.base import ScoredItem
 
 DEFAULT_CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration.json"
 FEATURES = ("fused", "lead", "gap", "alias_match", "alias_pinyin", "vector", "vector_gap", "cosine", "cosine_gap",
-            "words_bm25_second", "vector_centroid", "vector_centroid_gap")
+            "words_bm25_second", "vector_centroid", "vector_centroid_gap", "lexical_classifier",
+            "lexical_classifier_second")
 
 
 def features(ranked: list[ScoredItem]) -> list[float]:
@@ -40,6 +41,8 @@ def features(ranked: list[ScoredItem]) -> list[float]:
         channel(second, "words_bm25"),
         channel(top, "vector_centroid"),
         channel(top, "vector_centroid") - channel(second, "vector_centroid"),
+        channel(top, "lexical_classifier"),
+        channel(second, "lexical_classifier"),
     ]
 
 
@@ -67,7 +70,7 @@ class ConfidenceModel:
     @classmethod
     def default(cls) -> ConfidenceModel:
         # Hand-set before any calibration: alias agreement and a clear lead drive confidence.
-        return cls((1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 4.0, -0.5, 0.0, 2.0), -4.0)
+        return cls((1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 4.0, -0.5, 0.0, 2.0, 1.0, -1.0), -4.0)
 
     def save(self, path: Path = DEFAULT_CALIBRATION_FILE, samples: int = 0,
              fusion_weights: dict[str, float] | None = None) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
+from sklearn.svm import LinearSVC
 
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
@@ -32,6 +34,7 @@ INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
 _clock = time.monotonic  # module-level so tests can move time
 VECTOR_RETRY_S = 30.0  # after the vector index fails, the other channels answer alone this long before a retry
+SIBLINGS = 15  # the lexical classifier trains each item against this many nearest items
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
 
@@ -49,6 +52,7 @@ class FusionWeights:
     alias_match: float = 0.0
     alias_pinyin: float = 0.10
     centroid: float = 0.50
+    lexical_classifier: float = 0.0  # per item, a linear SVM against its nearest items' phrasings
     vector: float = 0.40
     vector_centroid: float = 0.0  # the query's embedding against each item's mean embedding
     vector_classifier: float = 0.0  # a ridge-regression classifier over the items' text embeddings
@@ -164,10 +168,11 @@ class _CentroidMatcher:
         owners = np.asarray([index for index, group in enumerate(phrasings) for _ in group])
         self.chars = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         self.sounds = TfidfVectorizer(analyzer=str.split, sublinear_tf=True, token_pattern=None)
-        matrix = self._features(samples, fit=True)
+        self.matrix = self._features(samples, fit=True)  # one row per phrasing
+        self.owners = owners
         rows = sparse.csr_matrix((np.ones(len(owners)), (owners, np.arange(len(owners)))),
                                  shape=(len(phrasings), len(owners)))
-        self.centroids = normalize(rows @ matrix)
+        self.centroids = normalize(rows @ self.matrix)
         self._centroids_t = self.centroids.T.tocsr()  # transposed once, not per query (the conversion dominated)
 
     def _features(self, texts: list[str], fit: bool = False) -> sparse.csr_matrix:
@@ -176,8 +181,50 @@ class _CentroidMatcher:
             return normalize(sparse.hstack([self.chars.fit_transform(texts), self.sounds.fit_transform(sounds)]).tocsr())
         return normalize(sparse.hstack([self.chars.transform(texts), self.sounds.transform(sounds)]).tocsr())
 
-    def scores(self, normalized_query: str) -> np.ndarray:
-        return np.asarray((self._features([normalized_query]) @ self._centroids_t).todense()).ravel()
+    def query_features(self, normalized_query: str) -> sparse.csr_matrix:
+        return self._features([normalized_query])
+
+    def scores(self, query: sparse.csr_matrix) -> np.ndarray:
+        return np.asarray((query @ self._centroids_t).todense()).ravel()
+
+
+class _SiblingClassifier:
+    """A linear SVM per item that tells its phrasings from those of its nearest items (by centroid cosine).
+
+    The lexical channels score what a question shares with each item; this one learns, from the callers' questions,
+    which words tell an item from its siblings (给孩子 vs 成人, 单位 vs 个人, 补办 vs 挂失). Training against the
+    `neighbours` nearest items only, not all of them, keeps the build linear in the number of items (a full
+    one-vs-rest over the 2.2M-character KB took minutes) and loses nothing on the development questions.
+    """
+
+    def __init__(self, matcher: _CentroidMatcher, neighbours: int = SIBLINGS, regularization: float = 0.5) -> None:
+        count = matcher.centroids.shape[0]
+        owners = matcher.owners
+        rows_of = [np.flatnonzero(owners == index) for index in range(count)]
+        centroids_t = matcher.centroids.T.tocsr()
+        keep = min(neighbours, count - 1)
+        coefficients, self.bias = [], np.zeros(count)
+        for index in range(count):
+            similarity = np.asarray((matcher.centroids[index] @ centroids_t).todense()).ravel()
+            similarity[index] = -np.inf
+            nearest = np.argpartition(-similarity, keep - 1)[:keep] if keep > 0 else []
+            rows = np.concatenate([rows_of[index], *(rows_of[other] for other in nearest)]).astype(np.int64)
+            labels = (owners[rows] == index).astype(np.int64)
+            if len(rows_of[index]) == 0 or labels.all():
+                coefficients.append(sparse.csr_matrix((1, matcher.matrix.shape[1])))
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # liblinear's convergence notice on tiny, separable problems
+                model = LinearSVC(C=regularization, random_state=0).fit(matcher.matrix[rows], labels)
+            coefficients.append(sparse.csr_matrix(model.coef_.astype(np.float32)))
+            self.bias[index] = float(model.intercept_[0])
+        self.weights_t = sparse.vstack(coefficients).T.tocsr()  # features x items
+
+    def scores(self, query: sparse.csr_matrix) -> np.ndarray:
+        """Per item: exp(margin - best margin), 1.0 for the item whose classifier is surest."""
+        # The rows of the query's features, weighted: ~30x faster than a sparse-by-sparse product on 1,287 items.
+        margins = self.weights_t[query.indices].T @ query.data + self.bias
+        return np.exp(margins - margins.max())
 
 
 @dataclass(frozen=True)
@@ -214,6 +261,7 @@ class HybridRetriever:
         self._alias_pinyin = _KeyMatcher([self.text.pinyin_bigrams_of_normalized(k) for k in normalized_keys], key_items,
                                          len(self.items))
         self._centroids = _CentroidMatcher([item_phrasings(item) for item in self.items], self.text)
+        self._siblings = _SiblingClassifier(self._centroids)
         lexicon = self.text.lexicon
         self._sounds = SoundCorrector([*lexicon.hotwords, *lexicon.synonyms, *lexicon.synonyms.values(),
                                        *lexicon.domain_terms, *self.keys])
@@ -250,8 +298,10 @@ class HybridRetriever:
         channels["pinyin_bm25"] = self._normalized(self._pinyin.get_scores(syllables)) if syllables else np.zeros(count)
         channels["alias_match"], best_keys = self._alias_chars.scores(grams)
         channels["alias_pinyin"], _ = self._alias_pinyin.scores(syllables)
-        cosine = self._centroids.scores(normalized)
+        query_features = self._centroids.query_features(normalized)
+        cosine = self._centroids.scores(query_features)
         channels["centroid"] = self._normalized(cosine)
+        channels["lexical_classifier"] = self._siblings.scores(query_features)
         vector_scores, vector_centroid, vector_classifier = np.zeros(count), np.zeros(count), np.zeros(count)
         if self.vector is not None and normalized.strip() and _clock() >= self._vector_down_until:
             try:

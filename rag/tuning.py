@@ -33,7 +33,7 @@ from rag.vector import VectorIndex, chroma_client
 DEFAULT_DEV_SET = Path(__file__).resolve().parent / "devset"
 NOISE_SEED = 20261124  # not the evaluation's seed: the dev noise variants differ from the test set's
 WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
-GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97)
+GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.98)
 MAX_WRONG_SHARE = 0.0105  # confidently wrong ≤ 1% of questions (rounded as reported)
 
 
