@@ -30,7 +30,7 @@ class AnswerPolicy:
 
     centre_phone: str
     sms_signature: str
-    high_confidence: float = 0.955
+    high_confidence: float = 0.95
     low_confidence: float = 0.25
     max_question_chars: int = 500
 

@@ -34,7 +34,7 @@ INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
 _clock = time.monotonic  # module-level so tests can move time
 VECTOR_RETRY_S = 30.0  # after the vector index fails, the other channels answer alone this long before a retry
-SIBLINGS = 15  # the lexical classifier trains each item against this many nearest items
+SIBLINGS = 30  # the lexical classifier trains each item against this many nearest items (chosen on dev data)
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
 
@@ -197,7 +197,7 @@ class _SiblingClassifier:
     one-vs-rest over the 2.2M-character KB took minutes) and loses nothing on the development questions.
     """
 
-    def __init__(self, matcher: _CentroidMatcher, neighbours: int = SIBLINGS, regularization: float = 0.5) -> None:
+    def __init__(self, matcher: _CentroidMatcher, neighbours: int = SIBLINGS, regularization: float = 2.0) -> None:
         count = matcher.centroids.shape[0]
         owners = matcher.owners
         rows_of = [np.flatnonzero(owners == index) for index in range(count)]

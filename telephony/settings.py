@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     centre_phone: str = Field(default=NATIONAL_HOTLINE, description="The number every answer ends with")
     sms_signature: str = Field(default="桂林社保", min_length=2, max_length=12)
 
-    answer_high_confidence: float = Field(default=0.955, ge=0, le=1)
+    answer_high_confidence: float = Field(default=0.95, ge=0, le=1)
     answer_low_confidence: float = Field(default=0.25, ge=0, le=1)
     max_question_chars: int = Field(default=500, ge=10, le=5000)
 
