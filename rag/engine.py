@@ -42,6 +42,7 @@ CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一�
 REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
 CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
 CHOICE_REPLY_MAX_CHARS = 12
+NEXT_CANDIDATES = 2  # offered once after the caller turns both choices down
 
 
 def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
@@ -90,7 +91,8 @@ class AnswerEngine:
             return self._handoff(question, phrases.ABUSE, 1.0, "abusive language")
 
         if context.offered_item_ids:
-            chosen = self._resolve_choice(question, context.offered_item_ids)
+            asked = context.previous_questions[-1] if context.previous_questions else ""
+            chosen = self._resolve_choice(question, context.offered_item_ids, asked)
             if chosen is not None:
                 return chosen
 
@@ -159,8 +161,9 @@ class AnswerEngine:
         lead = (ranked[0].score - ranked[1].score) / ranked[0].score
         return self.kb.get(ranked[1].item_id) if lead <= CHOICE_LEAD else None
 
-    def _resolve_choice(self, reply: str, offered: tuple[str, ...]) -> Answer | None:
-        """The caller's reply to a clarifying question: pick the offered item, or ask to rephrase.
+    def _resolve_choice(self, reply: str, offered: tuple[str, ...], asked: str = "") -> Answer | None:
+        """The caller's reply to a clarifying question (asked after the question `asked`): pick the offered item,
+        offer the next candidates when the caller says it was neither, or ask to rephrase.
 
         None when the reply is a new question rather than a choice (it then goes through the normal path).
         """
@@ -173,8 +176,8 @@ class AnswerEngine:
         elif CHOOSE_FIRST.search(reply):
             picked = items[0]
         elif REJECT.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
-            return Answer(reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0,
-                          "caller rejected the offered services")
+            return self._next_candidates(reply, offered, asked) or Answer(
+                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0, "caller rejected the offered services")
         elif CONFIRM.search(reply) and len(items) == 1:
             picked = items[0]
         else:
@@ -186,6 +189,24 @@ class AnswerEngine:
         if picked is None:
             return None
         return self.curated.answer(reply, picked, 0.9, f"caller chose {picked.id} from {', '.join(offered)}")
+
+    def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
+        """After "都不是": the next two services the first question ranked, once. None when the offered services were
+        not that question's top candidates (the caller already turned down a second offer) or nothing is left."""
+        if not asked.strip() or (REJECT.search(asked) and len(asked) <= CHOICE_REPLY_MAX_CHARS):
+            return None
+        ranked = self.retriever.retrieve(asked, limit=len(offered) + NEXT_CANDIDATES)
+        if tuple(scored.item_id for scored in ranked[:len(offered)]) != offered:
+            return None
+        rest = [item for item in (self.kb.get(scored.item_id) for scored in ranked[len(offered):]) if item is not None]
+        reason = f"{MIDDLE}, caller rejected {', '.join(offered)}: offer the next candidates"
+        if len(rest) >= 2:
+            spoken = phrases.CHOOSE_NEXT.format(first=rest[0].title, second=rest[1].title)
+            return Answer(reply, Action.CLARIFY, spoken, "", (), (rest[0].id, rest[1].id), 0.0, reason)
+        if rest:
+            return Answer(reply, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=rest[0].title), "", (),
+                          (rest[0].id,), 0.0, reason)
+        return None
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
         """A question about the item asked before, unless it confidently names another service."""

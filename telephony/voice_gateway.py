@@ -328,12 +328,14 @@ def prerender_texts(settings: Settings, kb: KnowledgeBase) -> list[str]:
     clarifying question the engine can ask.
 
     「请问您问的是A，还是B？」 can pair any two services that rank close, so each item's two clauses (「请问您问的是A，」
-    and 「还是A？」) are cached and any pair is stitched from them (`ResilientTts`). Pairs of related items, the
+    and 「还是A？」) are cached and any pair is stitched from them (`ResilientTts`); so are the clauses of 「那您问的是C，
+    还是D？…」, offered after the caller turns the first two down. Pairs of related items, the
     common case, are also rendered whole, in both orders, for the more natural reading."""
     texts = fixed_prompts(settings) + [item.spoken for item in kb.items]
     texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
     for item in kb.items:
         texts += clauses(phrases.CHOOSE_ITEMS.format(first=item.title, second=item.title))
+        texts += clauses(phrases.CHOOSE_NEXT.format(first=item.title, second=item.title))  # after "都不是"
     for item in kb.items:
         for other in filter(None, (kb.get(related) for related in item.related)):
             texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))

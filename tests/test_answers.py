@@ -114,8 +114,19 @@ async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(service: Hot
     first_choice = await service.answerer.answer("前面那个", offered)
     assert first_choice.items == (first.items[0],)
 
+    # Neither: the next two services the question ranked are offered, once; then the caller is asked to rephrase.
     rejected = await service.answerer.answer("都不是", offered)
-    assert rejected.action is Action.CLARIFY and rejected.items == () and "换个说法" in rejected.spoken
+    ranked = [scored.item_id for scored in service.retriever.retrieve("我想办社保卡", limit=4)]
+    assert rejected.action is Action.CLARIFY and rejected.items == tuple(ranked[2:4])
+    assert rejected.spoken.startswith("那您问的是") and service.kb.get(ranked[2]).title in rejected.spoken
+    offered_again = ConversationContext(previous_questions=("我想办社保卡", "都不是"), offered_item_ids=rejected.items)
+    picked = await service.answerer.answer("第二个", offered_again)
+    assert picked.action is Action.ANSWER and picked.items == (ranked[3],)
+    rejected_again = await service.answerer.answer("都不是", offered_again)
+    assert rejected_again.action is Action.CLARIFY and rejected_again.items == ()
+    assert "换个说法" in rejected_again.spoken
+    without_question = await service.answerer.answer("都不是", ConversationContext(offered_item_ids=first.items))
+    assert without_question.items == () and "换个说法" in without_question.spoken
 
     confirmed = await service.answerer.answer("是的", ConversationContext(offered_item_ids=("card-loss-report",)))
     assert confirmed.action is Action.ANSWER and confirmed.items == ("card-loss-report",)

@@ -211,7 +211,8 @@ def test_every_clarifying_question_the_engine_can_ask_is_prerendered() -> None:
     kb = load_knowledge_base()
     texts = set(prerender_texts(Settings(), kb))
     unstitchable = [(top.id, second.id) for top in kb.items for second in kb.items if top.id != second.id
-                    and not set(clauses(phrases.CHOOSE_ITEMS.format(first=top.title, second=second.title))) <= texts]
+                    for question in (phrases.CHOOSE_ITEMS, phrases.CHOOSE_NEXT)
+                    if not set(clauses(question.format(first=top.title, second=second.title))) <= texts]
     assert unstitchable == []
     askable = [(top, second) for top in kb.items for second in kb.items
                if top.id != second.id and top.category == second.category
