@@ -221,7 +221,10 @@ class _SiblingClassifier:
         self.weights_t = sparse.vstack(coefficients).T.tocsr()  # features x items
 
     def scores(self, query: sparse.csr_matrix) -> np.ndarray:
-        """Per item: exp(margin - best margin), 1.0 for the item whose classifier is surest."""
+        """Per item: exp(margin - best margin), 1.0 for the item whose classifier is surest; zeros for a query with
+        no known feature (the biases alone would pick an item)."""
+        if query.nnz == 0:
+            return np.zeros(len(self.bias))
         # The rows of the query's features, weighted: ~30x faster than a sparse-by-sparse product on 1,287 items.
         margins = self.weights_t[query.indices].T @ query.data + self.bias
         return np.exp(margins - margins.max())

@@ -167,8 +167,9 @@ use the embedded default, the multilingual Universal Sentence Encoder that ships
 (`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
 answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
 `confidently_wrong_rate` stays under 1%: `answer_precision` is how often an answer given at once is right, and
-`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Retrieval (hit@1) is the limit: most misses are the runner-up among sibling services (机关事业单位 vs
-企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发), which the clarifying question then resolves.
+`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Most retrieval misses are the
+runner-up among sibling services (机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发),
+which the clarifying question then resolves; channels and how they were chosen: `docs/retrieval.md`.
 """
 
 

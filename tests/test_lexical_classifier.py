@@ -60,6 +60,11 @@ def test_a_single_item_or_an_item_without_phrasings_still_scores() -> None:
     assert scores.shape == (3,) and int(np.argmax(scores)) == 0
 
 
+def test_a_query_sharing_nothing_with_the_phrasings_scores_zero() -> None:
+    text, matcher, classifier = _channel([CHILD, ADULT, PENSION])
+    assert _scores(text, matcher, classifier, "hello").tolist() == [0.0, 0.0, 0.0]
+
+
 def test_the_build_is_deterministic() -> None:
     first = _channel([CHILD, ADULT, PENSION])
     second = _channel([CHILD, ADULT, PENSION])
