@@ -33,6 +33,7 @@ from rag.vector import VectorIndex, chroma_client
 DEFAULT_DEV_SET = Path(__file__).resolve().parent / "devset"
 NOISE_SEED = 20261124  # not the evaluation's seed: the dev noise variants differ from the test set's
 WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+HANDOFF_GATE_STEPS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.98)
 MAX_WRONG_SHARE = 0.0105  # confidently wrong ≤ 1% of questions (rounded as reported)
 
@@ -142,12 +143,12 @@ def tune_weights(samples: list[DevSample], start: FusionWeights | None = None, r
 
 
 def confidence_samples(samples: list[DevSample], weights: FusionWeights, lexicon: Lexicon | None = None,
-                       folds: int = 4) -> tuple[list[list[float]], list[int], list[int]]:
+                       folds: int = 4) -> tuple[list[list[float]], list[int], list[int], list[bool]]:
     """Confidence features of each development ranking, labelled 1 when the top item is right, and a fold number per
     row for held-out checks (a KB question and its noisy copy share their retriever's fold; questions no item answers
-    are dealt round-robin). Only questions that reach the gates count: with a lexicon, the engine's rules settle the
+    are dealt round-robin), and whether each row is a question no item answers. Only questions that reach the gates count: with a lexicon, the engine's rules settle the
     others first (see `reaches_the_gates`)."""
-    rows, labels, groups = [], [], []
+    rows, labels, groups, out_of_scope = [], [], [], []
     retrievers: list[HybridRetriever] = []
     negatives = 0
     for sample in samples:
@@ -159,6 +160,7 @@ def confidence_samples(samples: list[DevSample], weights: FusionWeights, lexicon
             continue
         rows.append(features(ranked))
         labels.append(int(not sample.case.expects_handoff and ranked[0].item_id in sample.case.expect))
+        out_of_scope.append(sample.case.expects_handoff)
         if sample.case.expects_handoff:
             groups.append(negatives % folds)
             negatives += 1
@@ -166,7 +168,7 @@ def confidence_samples(samples: list[DevSample], weights: FusionWeights, lexicon
             if sample.retriever not in retrievers:
                 retrievers.append(sample.retriever)
             groups.append(retrievers.index(sample.retriever) % folds)
-    return rows, labels, groups
+    return rows, labels, groups, out_of_scope
 
 
 def held_out_probabilities(rows: list[list[float]], labels: list[int], groups: list[int]) -> list[float]:
@@ -198,6 +200,20 @@ def gate_table(probabilities: list[float], labels: list[int]) -> list[dict]:
     return table
 
 
+def handoff_gate_table(probabilities: list[float], out_of_scope: list[bool]) -> list[dict]:
+    """For candidate low gates: share of the answerable development questions that would be handed off as "not
+    sure", and share of the questions no item answers (those the rules leave to the gates) that would be."""
+    p = np.asarray(probabilities)
+    outside = np.asarray(out_of_scope, dtype=bool)
+    table = []
+    for gate in HANDOFF_GATE_STEPS:
+        below = p < gate
+        table.append({"gate": gate,
+                      "answerable_handed_off": round(float(below[~outside].mean()), 4) if (~outside).any() else None,
+                      "out_of_scope_handed_off": round(float(below[outside].mean()), 4) if outside.any() else None})
+    return table
+
+
 def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
          dev_set: Path = DEFAULT_DEV_SET, output: Path = DEFAULT_CALIBRATION_FILE,
          progress: Callable[[str], None] | None = None, embedding: EmbeddingFunction | None = None) -> dict:
@@ -206,7 +222,7 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
     start = FusionWeights.tuned() if with_vectors else FusionWeights.tuned().without_vectors()
     start_score = retrieval_score(samples, start)
     weights, score = tune_weights(samples, start, progress=progress)
-    rows, labels, groups = confidence_samples(samples, weights, lexicon, folds)
+    rows, labels, groups, out_of_scope = confidence_samples(samples, weights, lexicon, folds)
     model = fit(rows, labels)
     model.save(output, samples=len(rows), fusion_weights=weights.as_dict())
     from sklearn.metrics import roc_auc_score
@@ -228,6 +244,7 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: b
         "confidence_right_at_top": int(sum(labels)),
         "confidence_auc_held_out": round(float(roc_auc_score(labels, probabilities)), 4),
         "answer_gates": gates,
+        "handoff_gates": handoff_gate_table(probabilities, out_of_scope),
         "suggested_answer_gate": suggested,
         "written": str(output),
     }

@@ -78,6 +78,21 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     assert model != ConfidenceModel.default() and len(model.weights) == len(stored["features"])
     # Two clearly different services: held-out questions land on their own item.
     assert report["dev_hit_at_1"] >= 0.9
+    # The low-gate table: one row per candidate gate, shares that only grow with the gate.
+    handoff = report["handoff_gates"]
+    assert [row["gate"] for row in handoff] == list(tuning.HANDOFF_GATE_STEPS)
+    for name in ("answerable_handed_off", "out_of_scope_handed_off"):
+        shares = [row[name] for row in handoff]
+        assert all(0.0 <= share <= 1.0 for share in shares) and shares == sorted(shares)
+
+
+def test_handoff_gate_table_counts_each_kind_of_question_below_the_gate() -> None:
+    table = tuning.handoff_gate_table([0.05, 0.12, 0.3, 0.9, 0.08, 0.5], [False, False, False, False, True, True])
+    rows = {row["gate"]: row for row in table}
+    assert rows[0.1] == {"gate": 0.1, "answerable_handed_off": 0.25, "out_of_scope_handed_off": 0.5}
+    assert rows[0.15]["answerable_handed_off"] == 0.5 and rows[0.4]["answerable_handed_off"] == 0.75
+    assert rows[0.4]["out_of_scope_handed_off"] == 0.5
+    assert tuning.handoff_gate_table([0.2], [False])[0]["out_of_scope_handed_off"] is None
 
 
 def test_tune_refuses_a_kb_without_caller_questions(tmp_path: Path) -> None:
