@@ -45,6 +45,11 @@ CHOICE_REPLY_MAX_CHARS = 12
 NEXT_CANDIDATES = 2  # offered once after the caller turns both choices down
 
 
+def _turns_down(reply: str) -> bool:
+    """A short reply that turns the offered services down ("都不是", "不对")."""
+    return bool(REJECT.search(reply)) and len(reply) <= CHOICE_REPLY_MAX_CHARS
+
+
 def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
     """Whether the confidence gates decide this question. Rules come first: a request for a person, an insult and a
     question naming nothing the hotline deals with are settled without the confidence model."""
@@ -175,7 +180,7 @@ class AnswerEngine:
             picked = items[1]
         elif CHOOSE_FIRST.search(reply):
             picked = items[0]
-        elif REJECT.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
+        elif _turns_down(reply):
             return self._next_candidates(reply, offered, asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0, "caller rejected the offered services")
         elif CONFIRM.search(reply) and len(items) == 1:
@@ -193,7 +198,7 @@ class AnswerEngine:
     def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
         """After "都不是": the next two services the first question ranked, once. None when the offered services were
         not that question's top candidates (the caller already turned down a second offer) or nothing is left."""
-        if not asked.strip() or (REJECT.search(asked) and len(asked) <= CHOICE_REPLY_MAX_CHARS):
+        if not asked.strip() or _turns_down(asked):
             return None
         ranked = self.retriever.retrieve(asked, limit=len(offered) + NEXT_CANDIDATES)
         if tuple(scored.item_id for scored in ranked[:len(offered)]) != offered:
