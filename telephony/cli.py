@@ -1,4 +1,5 @@
-"""The `hotline` command: serve, ask, kb check, eval."""
+"""The `hotline` command: serve, ask, the KB tools (check, ingest, build, diff, hotwords), tune, eval, the benchmarks
+and the ASR server. Every engine is built through `telephony.app`."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def serve(
     """Start the hotline server (API, health checks) on its configured engines."""
     import uvicorn
 
-    from telephony.api import create_app
+    from telephony.web.app import create_app
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -65,14 +66,12 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print one answer JSON object per line")] = False,
 ) -> None:
     """Answer questions as the hotline would, and store each as a turn."""
-    from telephony.service import HotlineService
-    from telephony.store import CallChannel, Database
+    from telephony.app import Hotline
+    from telephony.store import CallChannel
 
     settings = load_settings()
     configure_logging("WARNING")
-    database = Database(settings.resolved_database_url)
-    database.migrate()
-    service = HotlineService(settings, database)
+    hotline = Hotline.open(settings)
     questions = [question] if question is not None else (line.rstrip("\r\n") for line in sys.stdin)
     failures = 0
 
@@ -80,7 +79,7 @@ def ask(
         nonlocal failures
         for text in questions:
             try:
-                result = await service.ask(text, CallChannel.CLI)
+                reply = await hotline.conversations.ask(text, CallChannel.CLI)
             except InvalidQuestionError as exc:
                 failures += 1
                 if as_json:
@@ -88,7 +87,7 @@ def ask(
                 else:
                     typer.echo(f"错误：{exc}", err=True)
                 continue
-            answer = result.answer
+            answer = reply.answer
             if as_json:
                 typer.echo(json.dumps(answer.to_json(), ensure_ascii=False))
             else:
@@ -98,7 +97,7 @@ def ask(
                 typer.echo("")
 
     asyncio.run(run())
-    database.close()
+    hotline.close()
     if failures and question is not None:
         raise typer.Exit(1)
 
@@ -185,7 +184,7 @@ def tune_command(
     from rag.confidence import DEFAULT_CALIBRATION_FILE
     from rag.errors import RetrievalError
     from rag.tuning import tune
-    from telephony.service import embedding_function
+    from telephony.app import embedding_function
     from telephony.settings import EmbeddingBackend
 
     settings = load_settings()
@@ -212,25 +211,25 @@ def eval_command(
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
     from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
-    from telephony.service import HotlineService
+    from telephony.app import Hotline
     from telephony.store import Database
 
     settings = load_settings()
     configure_logging("WARNING")
-    database = Database("sqlite://")  # evaluation stores nothing
-    service = HotlineService(settings, database)
+    hotline = Hotline.open(settings, Database("sqlite://"), migrate=False)  # evaluation stores nothing
+    stack = hotline.answers.stack
     cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
     if asr_noise:
         from rag.evaluation import with_asr_noise
 
-        cases += with_asr_noise(cases, (item.authored_text() for item in service.kb.items))
-    report = asyncio.run(evaluate(cases, service.retriever, service.answerer))
+        cases += with_asr_noise(cases, (item.authored_text() for item in stack.kb.items))
+    report = asyncio.run(evaluate(cases, stack.retriever, stack.answerer))
     table = markdown_table(report)
     if write_doc is not None:
         write_doc.parent.mkdir(parents=True, exist_ok=True)
         write_doc.write_text(
             "# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evalset/` "
-            f"(knowledge base version {service.kb_version}, {len(service.kb)} items, gates: answer at confidence "
+            f"(knowledge base version {stack.version}, {len(stack.kb)} items, gates: answer at confidence "
             f"≥ {settings.answer_high_confidence}, hand off below {settings.answer_low_confidence}).\n\n"
             + table + EVAL_DOC_NOTES,
             encoding="utf-8",
@@ -393,7 +392,7 @@ def bench_turn_latency(
                                                       "and print where it is")] = False,
 ) -> None:
     """Simulated callers in real time over the Media Streams websocket: end of speech → first reply audio."""
-    from telephony.bench_turns import run_turn_latency
+    from telephony.bench.turn_latency import run_turn_latency
 
     configure_logging("WARNING")
     if transcripts not in ("model", "known"):

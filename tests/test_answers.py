@@ -15,18 +15,17 @@ from rag.calculators import (
 )
 from rag.numerals import find_year_month
 from rag.text import SoundCorrector
-from telephony.service import HotlineService
+from telephony.app import Hotline
 from telephony.settings import Settings
 from telephony.store import Database
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> HotlineService:
+def hotline(tmp_path_factory: pytest.TempPathFactory) -> Hotline:
     directory = tmp_path_factory.mktemp("answers")
     settings = Settings(data_dir=directory / "var", centre_phone="0773-0000000", sms_signature="测试社保")
     database = Database(f"sqlite:///{directory / 'answers.db'}")
-    database.migrate()
-    return HotlineService(settings, database)
+    return Hotline.open(settings, database)
 
 
 # Worked examples of the 2025 gradual retirement reform (research/domain_facts.md §3).
@@ -66,19 +65,19 @@ def test_chinese_numerals_in_dates() -> None:
     assert find_year_month("1972年3月") == (1972, 3)
 
 
-async def test_calculator_answers_and_asks_for_what_is_missing(service: HotlineService) -> None:
-    answer = await service.answerer.answer("一九六五年五月出生的男的什么时候退休")
+async def test_calculator_answers_and_asks_for_what_is_missing(hotline: Hotline) -> None:
+    answer = await hotline.answers.ask("一九六五年五月出生的男的什么时候退休")
     assert answer.action is Action.ANSWER and answer.items == ("retirement-age-query",)
     assert "60岁2个月" in answer.spoken and "2025年7月" in answer.spoken
     assert "0773-0000000" in answer.sms
 
-    asked = await service.answerer.answer("我是一九七五年六月出生的，什么时候退休")
+    asked = await hotline.answers.ask("我是一九七五年六月出生的，什么时候退休")
     assert asked.action is Action.CLARIFY and asked.spoken == "请问是男同志还是女同志？"
-    followed = await service.answerer.answer(
+    followed = await hotline.answers.ask(
         "女的，原来五十岁退休的工人", ConversationContext(previous_questions=("我是一九七五年六月出生的，什么时候退休",)))
     assert followed.action is Action.ANSWER and "50岁3个月" in followed.spoken
 
-    when = await service.answerer.answer("我什么时候退休")
+    when = await hotline.answers.ask("我什么时候退休")
     assert when.action is Action.CLARIFY and "出生的年份和月份" in when.spoken
 
 
@@ -87,9 +86,9 @@ async def test_calculator_answers_and_asks_for_what_is_missing(service: HotlineS
     ("失叶金怎么领", "unemployment-benefit-application"),
     ("社保卡掉了", "card-loss-report"),
 ])
-async def test_asr_homophones_still_find_the_service(service: HotlineService, question: str, item: str) -> None:
-    assert service.retriever.retrieve(question, limit=1)[0].item_id == item
-    answer = await service.answerer.answer(question)
+async def test_asr_homophones_still_find_the_service(hotline: Hotline, question: str, item: str) -> None:
+    assert hotline.answers.stack.retriever.retrieve(question, limit=1)[0].item_id == item
+    answer = await hotline.answers.ask(question)
     assert answer.action is not Action.HANDOFF  # never treated as out of scope
 
 
@@ -101,61 +100,61 @@ def test_sound_corrector_leaves_real_words_alone() -> None:
     assert corrector.correct("丧脏费") == "丧葬费"
 
 
-async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(service: HotlineService) -> None:
-    first = await service.answerer.answer("我想办社保卡")
+async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(hotline: Hotline) -> None:
+    first = await hotline.answers.ask("我想办社保卡")
     assert first.action is Action.CLARIFY and len(first.items) == 2
     assert first.spoken.startswith("请问您问的是")
     offered = ConversationContext(previous_questions=("我想办社保卡",), offered_item_ids=first.items)
 
-    second = await service.answerer.answer("第二个", offered)
+    second = await hotline.answers.ask("第二个", offered)
     assert second.action is Action.ANSWER and second.items == (first.items[1],)
     assert second.citations and "0773-0000000" in second.sms
 
-    first_choice = await service.answerer.answer("前面那个", offered)
+    first_choice = await hotline.answers.ask("前面那个", offered)
     assert first_choice.items == (first.items[0],)
 
     # Neither: the next two services the question ranked are offered, once; then the caller is asked to rephrase.
-    rejected = await service.answerer.answer("都不是", offered)
-    ranked = [scored.item_id for scored in service.retriever.retrieve("我想办社保卡", limit=4)]
+    rejected = await hotline.answers.ask("都不是", offered)
+    ranked = [scored.item_id for scored in hotline.answers.stack.retriever.retrieve("我想办社保卡", limit=4)]
     assert rejected.action is Action.CLARIFY and rejected.items == tuple(ranked[2:4])
-    assert rejected.spoken.startswith("那您问的是") and service.kb.get(ranked[2]).title in rejected.spoken
+    assert rejected.spoken.startswith("那您问的是") and hotline.answers.kb.get(ranked[2]).title in rejected.spoken
     offered_again = ConversationContext(previous_questions=("我想办社保卡", "都不是"), offered_item_ids=rejected.items)
-    picked = await service.answerer.answer("第二个", offered_again)
+    picked = await hotline.answers.ask("第二个", offered_again)
     assert picked.action is Action.ANSWER and picked.items == (ranked[3],)
-    rejected_again = await service.answerer.answer("都不是", offered_again)
+    rejected_again = await hotline.answers.ask("都不是", offered_again)
     assert rejected_again.action is Action.CLARIFY and rejected_again.items == ()
     assert "换个说法" in rejected_again.spoken
-    without_question = await service.answerer.answer("都不是", ConversationContext(offered_item_ids=first.items))
+    without_question = await hotline.answers.ask("都不是", ConversationContext(offered_item_ids=first.items))
     assert without_question.items == () and "换个说法" in without_question.spoken
 
-    confirmed = await service.answerer.answer("是的", ConversationContext(offered_item_ids=("card-loss-report",)))
+    confirmed = await hotline.answers.ask("是的", ConversationContext(offered_item_ids=("card-loss-report",)))
     assert confirmed.action is Action.ANSWER and confirmed.items == ("card-loss-report",)
 
     # A new full question is not mistaken for a choice.
-    fresh = await service.answerer.answer("社保卡丢了怎么办", offered)
+    fresh = await hotline.answers.ask("社保卡丢了怎么办", offered)
     assert fresh.items == ("card-loss-report",)
 
 
-async def test_the_stored_conversation_carries_the_offered_choice(service: HotlineService) -> None:
-    first = await service.ask("我想办社保卡")
+async def test_the_stored_conversation_carries_the_offered_choice(hotline: Hotline) -> None:
+    first = await hotline.conversations.ask("我想办社保卡")
     assert first.answer.action is Action.CLARIFY
-    second = await service.ask("第二个", conversation_id=first.call_id)
+    second = await hotline.conversations.ask("第二个", conversation_id=first.conversation_id)
     assert second.answer.action is Action.ANSWER and second.answer.items == (first.answer.items[1],)
 
 
 @pytest.mark.parametrize("question", ["今天天气怎么样", "帮我订一张去北京的火车票", "你会唱歌吗，给我唱一首",
                                       "我妈想申请低保要啥材料", "驾驶证到期了去哪里换", "你觉得这个政策好不好",
                                       "办结婚证"])
-async def test_out_of_scope_is_handed_off(service: HotlineService, question: str) -> None:
-    answer = await service.answerer.answer(question)
+async def test_out_of_scope_is_handed_off(hotline: Hotline, question: str) -> None:
+    answer = await hotline.answers.ask(question)
     assert answer.action is Action.HANDOFF and answer.sms == ""
     assert answer.reason.startswith("out of scope")
 
 
 @pytest.mark.parametrize("question", ["转人工", "帮我接一下客服", "喊个人来嘛", "我不想跟机器讲", "你们领导在不在",
                                       "我要找专门管工伤的同志讲", "能不能帮我接到社保局里面的人"])
-async def test_asking_for_a_person_in_any_words_is_handed_off(service: HotlineService, question: str) -> None:
-    answer = await service.answerer.answer(question)
+async def test_asking_for_a_person_in_any_words_is_handed_off(hotline: Hotline, question: str) -> None:
+    answer = await hotline.answers.ask(question)
     assert (answer.action, answer.spoken, answer.reason) == (Action.HANDOFF, phrases.HANDOFF_REQUESTED,
                                                              "caller asked for a human")
 
@@ -165,28 +164,28 @@ async def test_asking_for_a_person_in_any_words_is_handed_off(service: HotlineSe
     ("伤残补助金里说的本人工资是按哪个月的算", "injury-disability-benefits"),
     ("找个人帮我代办社保卡补办可以吗", "card-reissue"),
 ])
-async def test_words_that_merely_contain_a_human_request_are_answered(service: HotlineService, question: str,
+async def test_words_that_merely_contain_a_human_request_are_answered(hotline: Hotline, question: str,
                                                                       item: str) -> None:
-    answer = await service.answerer.answer(question)
+    answer = await hotline.answers.ask(question)
     assert answer.action is not Action.HANDOFF and answer.items[0] == item
 
 
-async def test_insults_and_frustration_go_to_a_person(service: HotlineService) -> None:
+async def test_insults_and_frustration_go_to_a_person(hotline: Hotline) -> None:
     for remark in ("你是不是傻哦", "啥子破系统", "一点用都没得"):
-        answer = await service.answerer.answer(remark)
+        answer = await hotline.answers.ask(remark)
         assert (answer.action, answer.spoken) == (Action.HANDOFF, phrases.ABUSE), remark
-    answer = await service.answerer.answer("我的社保卡一直没用过，要先激活吗")  # 没用过 is no complaint
+    answer = await hotline.answers.ask("我的社保卡一直没用过，要先激活吗")  # 没用过 is no complaint
     assert answer.action is not Action.HANDOFF
 
 
-async def test_a_short_fragment_without_a_service_is_asked_again_not_handed_off(service: HotlineService) -> None:
+async def test_a_short_fragment_without_a_service_is_asked_again_not_handed_off(hotline: Hotline) -> None:
     for fragment in ("嗯那个", "喂喂喂", "那个我问一下"):
-        answer = await service.answerer.answer(fragment)
+        answer = await hotline.answers.ask(fragment)
         assert answer.action is Action.CLARIFY and answer.spoken == phrases.EMPTY_QUESTION, fragment
 
 
-async def test_another_offices_word_does_not_hide_a_social_insurance_question(service: HotlineService) -> None:
-    answer = await service.answerer.answer("农村户口的老人家怎么参加城乡居民养老保险")
+async def test_another_offices_word_does_not_hide_a_social_insurance_question(hotline: Hotline) -> None:
+    answer = await hotline.answers.ask("农村户口的老人家怎么参加城乡居民养老保险")
     assert answer.action is not Action.HANDOFF
     assert "resident-pension-enrollment" in answer.items
 
@@ -201,7 +200,7 @@ def test_homophone_noise_is_deterministic_and_changes_sounds_not_length() -> Non
 def test_kb_search_endpoint_ranks_items_with_channel_scores(settings: Settings) -> None:
     from fastapi.testclient import TestClient
 
-    from telephony.api import create_app
+    from telephony.web.app import create_app
 
     with TestClient(create_app(settings)) as client:
         response = client.get("/api/kb/search", params={"q": "公伤认定", "limit": 3})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from telephony.api import create_app
+from telephony.web.app import create_app
 from telephony.settings import Settings
 from telephony.store import Database
 

@@ -97,7 +97,7 @@ def test_tune_to_an_unwritable_place_fails_with_a_clear_message(tmp_path: Path) 
 
 def test_turn_latency_bench_removes_its_folder_even_when_the_run_fails(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from telephony import bench_turns
+    from telephony.bench import turn_latency as bench_turns
 
     monkeypatch.setattr(bench_turns.tempfile, "tempdir", str(tmp_path))
     folders: list[Path] = []

@@ -14,7 +14,7 @@ from kb.errors import KbError
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE
 from kb.loader import load_knowledge_base
-from telephony.api import create_app
+from telephony.web.app import create_app
 from telephony.settings import Settings
 from tests.kbfixtures import make_mini_kb
 

@@ -92,21 +92,20 @@ def test_caller_text_cannot_forge_prompt_sections(server, item) -> None:
 
 
 async def test_service_uses_the_llm_in_the_middle_band_only(server, settings, tmp_path: Path) -> None:
-    from telephony.service import HotlineService
+    from telephony.app import Hotline, engine_choices
     from telephony.store import CallChannel, Database
 
     configured = settings.model_copy(update={
         "llm_api_key": SecretStr("k"), "llm_base_url": server.base_url, "llm_model": "normal",
         "kb_dir": make_mini_kb(tmp_path / "items"), "answer_high_confidence": 1.0, "answer_low_confidence": 0.0,
     })
-    assert configured.engine_choices()["answers"].startswith("llm normal at http://127.0.0.1")
+    assert engine_choices(configured)["answers"].startswith("llm normal at http://127.0.0.1")
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    database.migrate()
-    service = HotlineService(configured, database)
-    result = await service.ask("我那张卡好像找不着了", CallChannel.API)
+    hotline = Hotline.open(configured, database)
+    result = await hotline.conversations.ask("我那张卡好像找不着了", CallChannel.API)
     assert result.answer.reason.startswith("middle, LLM confidence")
     assert result.answer.spoken.startswith("社保卡丢了请先打12333办理临时挂失。")
     assert "LLM answer in" in result.answer.reason
-    high = await service.ask("转人工", CallChannel.API)
+    high = await hotline.conversations.ask("转人工", CallChannel.API)
     assert high.answer.action is Action.HANDOFF  # decided in code, the model is never asked
     database.close()

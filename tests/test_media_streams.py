@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from telephony.media_streams import (
+from telephony.transports.twilio.protocol import (
     MAX_MESSAGE_BYTES,
     Connected,
     Dtmf,

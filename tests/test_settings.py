@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from telephony.app import engine_choices
 from telephony.settings import Environment, Settings
 
 
@@ -12,7 +13,7 @@ def test_defaults_run_locally_on_embedded_engines(settings: Settings) -> None:
     assert settings.environment is Environment.LOCAL
     assert settings.resolved_database_url.startswith("sqlite:///")
     assert settings.resolved_database_url.endswith("/var/hotline.db")
-    choices = settings.engine_choices()
+    choices = engine_choices(settings)
     assert choices["answers"] == "extractive (no LLM key set)"
     assert choices["storage"].startswith("sqlite file (default")
 
@@ -24,7 +25,7 @@ def test_environment_prefix_and_dotenv(tmp_path: Path, monkeypatch: pytest.Monke
     loaded = Settings()
     assert loaded.centre_phone == "0773-1234567"
     assert loaded.port == 9200
-    assert "0773-1234567 (HOTLINE_CENTRE_PHONE)" == loaded.engine_choices()["centre phone"]
+    assert "0773-1234567 (HOTLINE_CENTRE_PHONE)" == engine_choices(loaded)["centre phone"]
 
 
 @pytest.mark.parametrize(
@@ -72,4 +73,4 @@ def test_voice_settings_are_validated(tmp_path: Path, field: str, value: object,
 
 def test_postgres_url_is_reported_as_the_storage_engine(tmp_path: Path) -> None:
     configured = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://u@127.0.0.1/db")
-    assert configured.engine_choices()["storage"] == "postgresql (HOTLINE_DATABASE_URL)"
+    assert engine_choices(configured)["storage"] == "postgresql (HOTLINE_DATABASE_URL)"

@@ -27,7 +27,7 @@ from voice.audio import ULAW_DECODE_TABLE, ULAW_ENCODE_TABLE
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
 
 CHROMIUM = Path("/usr/bin/chromium")
-PHONE_PAGE = Path(__file__).resolve().parent.parent / "telephony" / "static" / "phone.html"
+PHONE_PAGE = Path(__file__).resolve().parent.parent / "telephony" / "web" / "static" / "phone.html"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
 
 TELEPHONY_RATE_HZ = 8000

@@ -194,7 +194,7 @@ def _drain(session: SpeechSession) -> list:
 
 
 def test_dialogue_state_table_rejects_illegal_moves() -> None:
-    from telephony.call import DialogueState, IllegalTransition, next_state, usable
+    from telephony.calls.dialogue import DialogueState, IllegalTransition, next_state, usable
 
     assert next_state(DialogueState.GREETING, DialogueState.LISTENING) is DialogueState.LISTENING
     assert next_state(DialogueState.RESPONDING, DialogueState.ENDING) is DialogueState.ENDING

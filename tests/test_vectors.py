@@ -18,7 +18,7 @@ from rag.hybrid import FusionWeights, HybridRetriever
 from rag.text import TextProcessor
 from rag import vector
 from rag.vector import VectorIndex, chroma_client
-from telephony.service import embedding_function
+from telephony.app import embedding_function
 from telephony.settings import EmbeddingBackend, Settings
 from tests.kbfixtures import make_mini_kb
 

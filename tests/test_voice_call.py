@@ -17,11 +17,11 @@ import pytest
 import uvicorn
 import websockets
 
-from telephony.api import create_app
-from telephony.media_streams import connected_message, dtmf_message, inbound_media_message, start_message
+from telephony.bench.simulated_caller import simulated_call
 from telephony.settings import Settings
-from telephony.simulated_caller import simulated_call
 from telephony.store import CallStatus, Database
+from telephony.transports.twilio.protocol import connected_message, dtmf_message, inbound_media_message, start_message
+from telephony.web.app import create_app
 from tests.conftest import _free_port
 from tests.voicefixtures import require_espeak, synthesize_mandarin
 from voice.audio import ulaw_encode
@@ -180,21 +180,19 @@ def test_keypad_zero_registers_a_callback_and_the_assistant_hangs_up(server: Run
 
 
 async def test_prerender_gives_up_quietly_when_the_tts_service_is_unreachable(settings: Settings) -> None:
-    from telephony.service import HotlineService
-    from telephony.voice_gateway import VoiceStack
+    from telephony.app import Hotline
     from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache
-    from voice.vad import SileroModel
 
     database = Database(f"sqlite:///{settings.data_dir / 'prerender.db'}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database.migrate()
     cache_dir = settings.data_dir / "tts-cache"
     unreachable = EdgeTtsEngine(endpoint_url=f"ws://127.0.0.1:{_free_port()}/edge?TrustedClientToken=x",
                                 connect_timeout_s=1.0)
     tts = ResilientTts(unreachable, EspeakTtsEngine(), TtsCache(cache_dir), first_audio_deadline_ms=500)
-    stack = VoiceStack(settings, HotlineService(settings, database), SileroModel(), tts)
-    await stack.prerender()
-    assert stack.prerendered  # readiness does not wait for a cache that cannot fill
+    hotline = Hotline.open(settings, database)
+    voice = await hotline.start_voice(tts=tts)
+    await voice.prerender(hotline.answers.kb)
+    assert voice.prerendered  # readiness does not wait for a cache that cannot fill
     assert not any(path.is_file() for path in cache_dir.rglob("*"))  # fallback audio is never cached as edge's
     database.close()
 
@@ -205,11 +203,11 @@ def test_every_clarifying_question_the_engine_can_ask_is_prerendered() -> None:
     either direction of `related`) are also cached whole."""
     from kb.loader import load_knowledge_base
     from rag import phrases
-    from telephony.voice_gateway import prerender_texts
+    from telephony.calls.prerender import prerender_texts
     from voice.tts import clauses
 
     kb = load_knowledge_base()
-    texts = set(prerender_texts(Settings(), kb))
+    texts = set(prerender_texts(Settings().centre_name, kb))
     unstitchable = [(top.id, second.id) for top in kb.items for second in kb.items if top.id != second.id
                     for question in (phrases.CHOOSE_ITEMS, phrases.CHOOSE_NEXT)
                     if not set(clauses(question.format(first=top.title, second=second.title))) <= texts]

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from voice.base import FRAME_BYTES, FRAME_MS, AsrStream, AudioBacklog, VoiceError
@@ -30,6 +31,11 @@ HANGING_ENDINGS = re.compile(r"(的|地|得|和|跟|与|还有|就是|那个|这
 def looks_complete(text: str) -> bool:
     body = text.strip().rstrip("？?。！!")
     return len(body) >= 3 and bool(QUESTION_WORDS.search(body)) and not HANGING_ENDINGS.search(body)
+
+
+class ReplyKind(StrEnum):
+    QUESTION = "question"
+    SHORT = "short"
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,13 @@ class SpeechSession:
         self._playback: _Playback | None = None
         self._carry = b""
         self.asr_errors = 0
+
+    def expect_reply(self, kind: ReplyKind) -> None:
+        self.expect_short_reply = kind is ReplyKind.SHORT
+
+    @property
+    def expects_short_reply(self) -> bool:
+        return self.expect_short_reply
 
     # -- caller side ----------------------------------------------------------------------------
 

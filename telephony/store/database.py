@@ -117,14 +117,6 @@ class Database:
             session.add(turn)
         return turn
 
-    def update_turn_timings(self, call_id: str, seq: int, timings_ms: dict[str, float]) -> None:
-        """Merge stage timings known only after the turn was stored (e.g. the reply's first audio)."""
-        with self.session() as session:
-            turn = session.scalar(select(Turn).where(Turn.call_id == call_id, Turn.seq == seq))
-            if turn is None:
-                raise StorageError(f"no turn {seq} in call {call_id}")
-            turn.timings_ms = {**(turn.timings_ms or {}), **timings_ms}
-
     def set_recordings(self, call_id: str, caller_path: str, assistant_path: str) -> None:
         with self.session() as session:
             call = session.get(Call, call_id)

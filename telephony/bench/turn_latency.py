@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from telephony.simulated_caller import CallReport, simulated_call, voiced_frames
+from telephony.bench.known_questions import synthesize_questions
+from telephony.bench.simulated_caller import CallReport, simulated_call
 from telephony.store import Database
 
-BENCH_QUESTIONS = ("社保卡丢了怎么办", "失业金怎么领", "退休了养老金怎么办", "灵活就业怎么交社保", "工伤认定要什么材料")
 STAGES = ("endpoint_wait_ms", "asr_final_ms", "answer_ms", "tts_first_audio_ms", "voice_to_voice_ms")
 
 
@@ -61,17 +61,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def _synthesize_questions() -> list[bytes]:
-    from voice.tts import EspeakTtsEngine
-
-    engine = EspeakTtsEngine()
-    questions = []
-    for text in BENCH_QUESTIONS:
-        pcm = b"".join([chunk async for chunk in engine.synthesize(text)])
-        questions.append(pcm)
-    return questions
-
-
 def _start_asr_server(model: Path, port: int, engines: int = 1) -> subprocess.Popen:
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "asr-server", "--model", str(model),
                "--port", str(port), "--engines", str(engines)]
@@ -91,87 +80,6 @@ def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 120) -> 
     raise RuntimeError("ASR server did not start")
 
 
-class KnownQuestionAsr:
-    """For `--transcripts known`: the wrapped engine decodes every frame (its real cost), but the text returned is
-    the known benchmark question being spoken, recognised by its voiced length. This shows how endpointing and
-    answers behave with a correct transcript, which the tiny random model here cannot give."""
-
-    name = "known-questions"
-
-    def __init__(self, inner, questions: list[tuple[str, int]]) -> None:
-        self.inner = inner
-        self.questions = sorted(questions, key=lambda question: question[1])  # (text, voiced frames)
-
-    async def warm_up(self) -> None:
-        await self.inner.warm_up()
-
-    def open_stream(self, hotwords=()):
-        return _KnownQuestionStream(self, self.inner.open_stream(hotwords))
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def closest(self, voiced_frames: int) -> str:
-        return min(self.questions, key=lambda question: abs(question[1] - voiced_frames))[0]
-
-    def partial(self, voiced_frames: int) -> str:
-        longer = [question for question in self.questions if question[1] >= voiced_frames]
-        text, total = longer[0] if longer else self.questions[-1]
-        return text[: max(1, round(len(text) * min(1.0, voiced_frames / max(1, total))))]
-
-
-class _KnownQuestionStream:
-    def __init__(self, engine: KnownQuestionAsr, inner) -> None:
-        self.engine = engine
-        self.inner = inner
-        self.voiced = 0
-
-    async def push(self, pcm16: bytes):
-        from voice.base import Transcript
-
-        self.voiced += _voiced_frames(pcm16)
-        await self.inner.push(pcm16)
-        return Transcript(self.engine.partial(self.voiced), False) if self.voiced else None
-
-    def expedite(self) -> None:
-        if hasattr(self.inner, "expedite"):
-            self.inner.expedite()
-
-    async def finish(self):
-        from voice.base import Transcript
-
-        await self.inner.finish()
-        text = self.engine.closest(self.voiced) if self.voiced else ""
-        self.voiced = 0
-        return Transcript(text, True)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-def _voiced_frames(pcm16: bytes) -> int:
-    return int(voiced_frames(pcm16).sum())
-
-
-def serve_known_questions() -> None:
-    """Server entry point for `--transcripts known` (settings from the environment)."""
-    import uvicorn
-
-    from telephony.api import create_app
-    from telephony.settings import Settings
-    from voice.audio import ulaw_decode, ulaw_encode
-
-    settings = Settings()
-    questions = asyncio.run(_synthesize_questions())
-    # What the server hears went through G.711 on the way: count voiced frames on that.
-    known = [(text, _voiced_frames(ulaw_decode(ulaw_encode(pcm)))) for text, pcm in zip(BENCH_QUESTIONS, questions)]
-    from telephony.voice_gateway import build_asr
-
-    engine = KnownQuestionAsr(build_asr(settings), known)
-    uvicorn.run(create_app(settings, asr=engine), host=settings.host, port=settings.port, log_level="warning",
-                ws_per_message_deflate=False)
-
-
 def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: str | None,
                   known_transcripts: bool = False) -> subprocess.Popen:
     env = {**os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
@@ -182,7 +90,7 @@ def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: st
         env |= {"HOTLINE_ASR_ENGINE": "funasr-server", "HOTLINE_ASR_SERVER_URL": asr_url}
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "serve"]
     if known_transcripts:
-        command = [sys.executable, "-c", "from telephony.bench_turns import serve_known_questions as s; s()"]
+        command = [sys.executable, "-c", "from telephony.bench.known_questions import serve_known_questions as s; s()"]
     return subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -259,7 +167,7 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
     model = asr_model or build_tiny_paraformer(workdir / "tiny-paraformer")
     token = secrets.token_urlsafe(16)
     port = _free_port()
-    questions = asyncio.run(_synthesize_questions())
+    questions = asyncio.run(synthesize_questions())
     asr_process = None
     asr_url = None
     if asr_server:

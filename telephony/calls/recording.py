@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from telephony.calls.base import CallerAudio, CallInfo, CallTransport, LineEvent
 
 SAMPLE_RATE_HZ = 8000
 SAMPLE_WIDTH_BYTES = 2
@@ -76,3 +79,36 @@ class CallRecorder:
             self.closed = True
             self._caller.close()
             self._assistant.close()
+
+
+class RecordingTransport:
+    """A `CallTransport` that records both sides as they cross the line: the caller's audio as it arrives (from the
+    first frame, whatever the dialogue does with it) and the assistant's audio as it is sent (what was cut by a
+    barge-in was never heard, so it is not recorded)."""
+
+    def __init__(self, line: CallTransport, recorder: CallRecorder) -> None:
+        self.line = line
+        self.recorder = recorder
+
+    @property
+    def info(self) -> CallInfo:
+        return self.line.info
+
+    async def events(self) -> AsyncIterator[LineEvent]:
+        async for event in self.line.events():
+            if isinstance(event, CallerAudio):
+                self.recorder.caller(event.pcm16)
+            yield event
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        self.recorder.assistant(pcm16)
+        await self.line.send_audio(pcm16)
+
+    async def clear(self) -> None:
+        await self.line.clear()
+
+    async def transfer(self, target: str) -> None:
+        await self.line.transfer(target)
+
+    async def hang_up(self) -> None:
+        await self.line.hang_up()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import websockets
 
-from telephony.media_streams import (
+from telephony.transports.twilio.protocol import (
     connected_message,
     dtmf_message,
     inbound_media_message,

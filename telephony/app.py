@@ -1,0 +1,317 @@
+"""The composition root: the only module that names concrete engines (database, retrieval and answer stack, ASR, TTS,
+VAD, handoff target) and wires them into a `Hotline`. The web app and the CLI build everything through here."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb.builds import BuildStore
+from kb.ingest import Passage
+from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
+from kb.loader import KnowledgeBase, load_knowledge_base
+from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
+                            OpenAICompatibleEmbedding)
+from rag.engine import AnswerEngine
+from rag.errors import RetrievalError
+from rag.extractive import AnswerPolicy, CuratedComposer
+from rag.hybrid import VECTOR_CHANNELS, FusionWeights, HybridRetriever
+from rag.llm import LlmComposer, LlmConfig
+from rag.text import TextProcessor
+from rag.vector import VectorIndex, chroma_client
+from telephony.answers import Answers, AnswerStack, TextConversations
+from telephony.calls.dialogue import DialogueConfig
+from telephony.calls.prerender import prerender_texts
+from telephony.calls.runner import CallConfig, CallRunner, VoiceEngines
+from telephony.handoff.callback import CallbackTickets
+from telephony.settings import NATIONAL_HOTLINE, AsrChoice, EmbeddingBackend, Settings, TtsChoice
+from telephony.store import Database
+from telephony.store.turns import TurnJournal, TurnWriter
+from telephony.transports.auth import MediaStreamAuth
+from telephony.transports.twilio.gateway import MediaStreamLine
+from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
+from voice.asr import FunAsrEngine  # moves to voice.funasr with the voice split
+from voice.asr_client import FunAsrServerEngine
+from voice.session import EndpointConfig
+from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache
+from voice.vad import DetectorConfig, SileroModel, SileroVad
+
+log = logging.getLogger(__name__)
+
+# -- the answer stack ----------------------------------------------------------------------------
+
+
+def embedding_function(settings: Settings):
+    if settings.embedding_backend is EmbeddingBackend.OPENAI:
+        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else "unused"
+        return OpenAICompatibleEmbedding(settings.embedding_base_url, settings.embedding_model, api_key=key)
+    if settings.embedding_backend is EmbeddingBackend.LOCAL:
+        return LocalModelEmbedding(str(settings.embedding_model_dir))
+    if settings.embedding_backend is EmbeddingBackend.NGRAM:
+        return NgramHashEmbedding()
+    return MultilingualUseEmbedding()
+
+
+def uses_vectors(settings: Settings) -> bool:
+    return settings.embedding_backend is not EmbeddingBackend.NONE and any(
+        settings.retrieval_weights.get(name, 1) != 0 for name in VECTOR_CHANNELS)
+
+
+def open_vector_index(settings: Settings, retriever: HybridRetriever, version: str) -> VectorIndex:
+    """The chromadb collection for this KB version and embedding function, filled on first use."""
+    embedding = embedding_function(settings)
+    client = chroma_client(
+        path=None if settings.chroma_host else str(settings.data_dir / "chroma"),
+        host=settings.chroma_host, port=settings.chroma_port,
+    )
+    index = VectorIndex(client, f"kb-{version}-{embedding.name()}", embedding)
+    texts, item_ids = retriever.vector_documents()
+    index.populate(texts, item_ids)
+    return index
+
+
+def answer_policy(settings: Settings) -> AnswerPolicy:
+    return AnswerPolicy(
+        centre_phone=settings.centre_phone,
+        sms_signature=settings.sms_signature,
+        high_confidence=settings.answer_high_confidence,
+        low_confidence=settings.answer_low_confidence,
+        max_question_chars=settings.max_question_chars,
+    )
+
+
+def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str, lexicon_path: Path,
+                passages: tuple[Passage, ...] = ()) -> AnswerStack:
+    for error in kb.errors:
+        log.error("knowledge base: %s (item skipped)", error)
+    lexicon = load_lexicon(lexicon_path)
+    text = TextProcessor(lexicon)
+    weights = FusionWeights.tuned().with_overrides(settings.retrieval_weights)
+    retriever = HybridRetriever(kb, text, weights)
+    if weights.uses_vectors and settings.embedding_backend is not EmbeddingBackend.NONE:
+        try:
+            retriever.vector = open_vector_index(settings, retriever, version)
+        except (RetrievalError, OSError, ValueError) as exc:
+            log.error("vector channel off, lexical channels only: %s", exc)
+    policy = answer_policy(settings)
+    llm = None
+    if settings.llm_api_key is not None:
+        llm = LlmComposer(
+            LlmConfig(
+                base_url=settings.llm_base_url, model=settings.llm_model,
+                api_key=settings.llm_api_key.get_secret_value(),
+                first_token_timeout_s=settings.llm_first_token_timeout_ms / 1000,
+                total_timeout_s=settings.llm_total_timeout_ms / 1000, centre_name=settings.centre_name,
+            ),
+            CuratedComposer(policy),
+        )
+    answerer = AnswerEngine(kb, retriever, policy, llm=llm, lexicon=lexicon)
+    retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
+    return AnswerStack(version, source, kb, passages, retriever, answerer)
+
+
+def stack_loader(settings: Settings, builds: BuildStore, kb: KnowledgeBase | None = None):
+    """What `Answers` loads (and reloads): a given KB, else the published build, else the items directory."""
+
+    def load() -> AnswerStack:
+        if kb is not None:
+            return build_stack(settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE)
+        if builds.current() is not None:
+            build = builds.load()
+            return build_stack(settings, build.kb, build.manifest.version, f"build {build.manifest.version}",
+                               build.lexicon_path, build.passages)
+        directory_kb = load_knowledge_base(settings.kb_dir)
+        return build_stack(settings, directory_kb, directory_kb.content_hash[:12], f"directory {settings.kb_dir}",
+                           DEFAULT_LEXICON_FILE)
+
+    return load
+
+
+def _vector_choice(settings: Settings) -> str:
+    if not uses_vectors(settings):
+        return "no vector channel"
+    where = (f"chromadb server {settings.chroma_host}:{settings.chroma_port}" if settings.chroma_host
+             else "chromadb folder")
+    what = {
+        EmbeddingBackend.USE: "offline multilingual sentence encoder (default; no model download)",
+        EmbeddingBackend.NGRAM: "offline n-gram embeddings",
+        EmbeddingBackend.OPENAI: f"embeddings {settings.embedding_model} at {settings.embedding_base_url}",
+        EmbeddingBackend.LOCAL: f"local embedding model {settings.embedding_model_dir}",
+    }[settings.embedding_backend]
+    return f"vectors in {where}, {what}"
+
+
+def engine_choices(settings: Settings) -> dict[str, str]:
+    """Which engine each part runs, and why: logged at start and shown by /readyz."""
+    url = settings.resolved_database_url
+    storage = (
+        "postgresql (HOTLINE_DATABASE_URL)" if url.startswith("postgresql")
+        else "sqlite file (default; set HOTLINE_DATABASE_URL for PostgreSQL)" if settings.database_url is None
+        else f"{url.split(':', 1)[0]} (HOTLINE_DATABASE_URL)"
+    )
+    answers = (
+        f"llm {settings.llm_model} at {settings.llm_base_url} for middle-confidence questions, curated above the high "
+        f"gate, curated fallback after {settings.llm_first_token_timeout_ms} ms (HOTLINE_LLM_API_KEY set)"
+        if settings.llm_api_key else "extractive (no LLM key set)"
+    )
+    phone = (
+        "national 12333 (HOTLINE_CENTRE_PHONE not set: set the centre's own number)"
+        if settings.centre_phone == NATIONAL_HOTLINE else f"{settings.centre_phone} (HOTLINE_CENTRE_PHONE)"
+    )
+    return {
+        "storage": storage,
+        "retrieval": "hybrid: BM25 on jieba words, character and pinyin bigrams, alias matching; "
+                     + _vector_choice(settings),
+        "answers": answers,
+        "centre phone": phone,
+        "asr": (f"FunASR 2pass server at {settings.asr_server_url} (HOTLINE_ASR_SERVER_URL)"
+                if settings.asr_engine is AsrChoice.FUNASR_SERVER
+                else f"FunASR streaming Paraformer in process, model {settings.asr_model} (HOTLINE_ASR_MODEL)"),
+        "tts": (f"edge-tts {settings.tts_voice}, espeak-ng fallback after {settings.tts_first_audio_deadline_ms} ms "
+                "without audio (default)" if settings.tts_engine is TtsChoice.EDGE
+                else "espeak-ng only (HOTLINE_TTS_ENGINE=espeak; offline, robotic)"),
+        "media streams": ("Twilio signature check (HOTLINE_TWILIO_AUTH_TOKEN)" if settings.twilio_auth_token
+                          else "token in the URL (HOTLINE_MEDIA_STREAM_TOKEN)" if settings.media_stream_token
+                          else "token in the URL, random for this run (HOTLINE_MEDIA_STREAM_TOKEN not set)"),
+    }
+
+
+# -- voice engines and calls ---------------------------------------------------------------------
+
+
+def build_tts(settings: Settings) -> ResilientTts:
+    cache = TtsCache(settings.data_dir / "tts-cache")
+    espeak = EspeakTtsEngine()
+    if settings.tts_engine is TtsChoice.ESPEAK:
+        return ResilientTts(espeak, espeak, cache, settings.tts_first_audio_deadline_ms)
+    edge = EdgeTtsEngine(settings.tts_voice, settings.tts_rate, endpoint_url=settings.tts_edge_url)
+    return ResilientTts(edge, espeak, cache, settings.tts_first_audio_deadline_ms)
+
+
+def build_asr(settings: Settings) -> AsrEngine:
+    if settings.asr_engine is AsrChoice.FUNASR_SERVER:
+        return FunAsrServerEngine(settings.asr_server_url or "")
+    return FunAsrEngine(settings.asr_model, punctuation_model=settings.asr_punctuation_model)
+
+
+def call_config(settings: Settings) -> CallConfig:
+    return CallConfig(
+        dialogue=DialogueConfig(no_speech_timeout_ms=settings.no_speech_timeout_ms,
+                                no_speech_reprompts=settings.no_speech_reprompts, max_call_s=settings.max_call_s,
+                                centre_name=settings.centre_name),
+        detector=DetectorConfig(threshold=settings.vad_threshold, min_speech_ms=settings.barge_in_min_speech_ms,
+                                min_silence_ms=min(settings.complete_question_silence_ms,
+                                                   settings.short_reply_silence_ms)),
+        endpoint=EndpointConfig(end_of_turn_silence_ms=settings.end_of_turn_silence_ms,
+                                complete_question_silence_ms=settings.complete_question_silence_ms,
+                                short_reply_silence_ms=settings.short_reply_silence_ms,
+                                max_utterance_ms=settings.max_utterance_ms,
+                                speculative_final=settings.speculative_final),
+        recordings_dir=settings.data_dir / "recordings" if settings.recordings else None,
+    )
+
+
+async def start_voice_engines(settings: Settings, asr: AsrEngine | None = None,
+                              tts: TtsEngine | None = None) -> VoiceEngines:
+    """Load and warm the engines every call shares. An ASR that cannot load leaves `asr` None (calls then get an
+    apology and a callback ticket), never a failed start."""
+    vad_model = SileroModel()
+    engines = VoiceEngines(new_vad=lambda: SileroVad(vad_model), tts=tts or build_tts(settings), asr=None)
+    engine = asr or build_asr(settings)
+    try:
+        await engine.warm_up()
+        engines.asr = engine
+    except AsrUnavailable as exc:
+        engines.asr_error = str(exc)
+        log.error("voice: ASR unavailable, calls get an apology and a callback ticket: %s", exc)
+    return engines
+
+
+@dataclass
+class Voice:
+    """The phone side of a running hotline: shared engines, the call runner and the media-stream line."""
+
+    settings: Settings
+    engines: VoiceEngines
+    runner: CallRunner
+    line: MediaStreamLine
+    prerendered: bool = False
+
+    async def prerender(self, kb: KnowledgeBase) -> None:
+        """Fill the TTS cache with the fixed prompts and every item's spoken summary (runs in the background)."""
+        tts = self.engines.tts
+        if not isinstance(tts, ResilientTts):
+            self.prerendered = True
+            return
+        texts = prerender_texts(self.settings.centre_name, kb)
+        try:
+            probe = await tts.prerender(texts[:1])
+            if probe.failed:
+                # Offline or the service is down: do not log hundreds of failures; calls use the fallback.
+                log.warning("TTS prerender skipped: the primary engine could not render a test sentence; replies "
+                            "are rendered when needed (fallback after %s ms)",
+                            self.settings.tts_first_audio_deadline_ms)
+                return
+            report = await tts.prerender(texts)
+        except (VoiceError, OSError) as exc:
+            log.error("TTS prerender stopped, replies are rendered when first needed: %s", exc)
+            return
+        finally:
+            self.prerendered = True  # done trying: readiness must not wait on a cache that will not fill
+        log.info("TTS prerender: %s rendered, %s already cached, %s failed", report.rendered, report.cached,
+                 report.failed)
+
+    def readiness(self) -> dict[str, object]:
+        engines = self.engines
+        return {"asr": "ready" if engines.asr is not None else f"unavailable: {engines.asr_error}",
+                "tts_prerendered": self.prerendered, "active_calls": self.runner.active_calls,
+                "bad_messages": self.line.bad_messages}
+
+
+# -- the hotline ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Hotline:
+    """Everything a running hotline holds: storage, answers, the text path and, once warmed, the voice side."""
+
+    settings: Settings
+    database: Database
+    builds: BuildStore
+    answers: Answers
+    journal: TurnJournal
+    writer: TurnWriter
+    conversations: TextConversations
+    auth: MediaStreamAuth
+    voice: Voice | None = None
+    voice_error: str | None = None
+    line: MediaStreamLine = field(default_factory=MediaStreamLine)
+
+    @classmethod
+    def open(cls, settings: Settings, database: Database | None = None, kb: KnowledgeBase | None = None,
+             migrate: bool = True) -> Hotline:
+        """Blocking: opens (and migrates) the database and builds the answer stack."""
+        database = database or Database(settings.resolved_database_url)
+        if migrate:
+            database.migrate()
+        builds = BuildStore(settings.data_dir / "kb-builds")
+        answers = Answers(stack_loader(settings, builds, kb))
+        journal = TurnJournal(settings.data_dir / "turn-journal.jsonl")
+        writer = TurnWriter(database, journal)
+        media_token = (settings.media_stream_token.get_secret_value() if settings.media_stream_token is not None
+                       else secrets.token_urlsafe(24))
+        twilio = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token is not None else None
+        return cls(settings, database, builds, answers, journal, writer, TextConversations(answers, database, writer),
+                   MediaStreamAuth(media_token, twilio))
+
+    async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:
+        engines = await start_voice_engines(self.settings, asr, tts)
+        runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
+                            CallbackTickets(self.database))
+        self.voice = Voice(self.settings, engines, runner, self.line)
+        return self.voice
+
+    def close(self) -> None:
+        self.database.close()

@@ -1,0 +1,322 @@
+"""The phone dialogue: greeting, listen, answer or clarify, "还有其他问题吗", goodbye, as an explicit state machine.
+
+It speaks through a `SpeechPort` (the voice session), asks `Answers`, hands off through a `HandoffTarget` and
+reports each turn's events to its observers; it stores nothing itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from rag.base import Action, Answer, ConversationContext
+from rag.engine import conversation_context
+from rag.errors import InvalidQuestionError
+from telephony.calls import prompts
+from telephony.calls.turn_log import (
+    AnswerReady,
+    CallerTurnEnded,
+    QuestionAsked,
+    ReplyAudioStarted,
+    ReplyEnded,
+    TurnEvent,
+    TurnObserver,
+    TurnSettled,
+)
+from telephony.errors import TelephonyError
+from telephony.handoff.base import HandoffRequest, HandoffTarget
+from voice.base import TtsEngine, VoiceError
+from voice.session import (
+    CallerSpeechStarted,
+    DtmfPressed,
+    PartialTranscript,
+    PlaybackResult,
+    ReplyKind,
+    SpeechEvent,
+    UtteranceEnded,
+)
+
+log = logging.getLogger(__name__)
+
+GOODBYE_INTENT = re.compile(r"^(没有了?|没了|没得了?|不用了?|没事了?|就这些|就这样|再见|拜拜|好的?谢谢|谢谢你?|可以了|行了|好了)")
+# Text an ASR gives for noise: nothing, or one syllable that is not an answer word.
+SHORT_ANSWER_WORDS = re.compile(r"^(是|对|嗯|好|不|没|要|行)$")
+
+
+class DialogueState(StrEnum):
+    GREETING = "greeting"
+    LISTENING = "listening"
+    RESPONDING = "responding"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+TRANSITIONS: dict[DialogueState, frozenset[DialogueState]] = {
+    DialogueState.GREETING: frozenset({DialogueState.LISTENING, DialogueState.ENDING, DialogueState.ENDED}),
+    DialogueState.LISTENING: frozenset({DialogueState.RESPONDING, DialogueState.ENDING, DialogueState.ENDED}),
+    DialogueState.RESPONDING: frozenset({DialogueState.LISTENING, DialogueState.ENDING, DialogueState.ENDED}),
+    DialogueState.ENDING: frozenset({DialogueState.ENDED}),
+    DialogueState.ENDED: frozenset(),
+}
+
+
+class IllegalTransition(TelephonyError):
+    pass
+
+
+def next_state(current: DialogueState, target: DialogueState) -> DialogueState:
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(f"dialogue cannot go from {current.value} to {target.value}")
+    return target
+
+
+@dataclass(frozen=True)
+class DialogueConfig:
+    no_speech_timeout_ms: int
+    no_speech_reprompts: int  # reprompts before a polite hang-up
+    max_call_s: int
+    centre_name: str
+
+
+class SpeechPort(Protocol):
+    """What the dialogue needs of the voice session (`voice.session.SpeechSession`)."""
+
+    events: asyncio.Queue[SpeechEvent]
+
+    @property
+    def playing(self) -> bool: ...
+
+    @property
+    def expects_short_reply(self) -> bool: ...
+
+    def expect_reply(self, kind: ReplyKind) -> None: ...
+
+    async def play(self, chunks: AsyncIterator[bytes],
+                   on_first_audio: Callable[[float], None] | None = None) -> PlaybackResult: ...
+
+
+class AnswerSource(Protocol):
+    async def ask_versioned(self, question: str,
+                            context: ConversationContext | None = None) -> tuple[Answer, str]: ...
+
+
+# What is said after an answer. The SMS issue replaces the default with the SMS offer.
+AfterAnswer = Callable[[Answer], Awaitable[str]]
+
+
+async def ask_anything_else(_answer: Answer) -> str:
+    return prompts.ANYTHING_ELSE
+
+
+@dataclass(frozen=True)
+class CallParty:
+    """The call as the dialogue knows it."""
+
+    call_id: str | None
+    caller_number: str | None
+
+
+class CallSession:
+    """Runs one call over a speech session until goodbye, hang-up or the maximum length; returns why it ended."""
+
+    def __init__(self, party: CallParty, speech: SpeechPort, tts: TtsEngine, answers: AnswerSource,
+                 config: DialogueConfig, handoff: HandoffTarget, *, observers: Sequence[TurnObserver] = (),
+                 after_answer: AfterAnswer = ask_anything_else, hangup: Callable[[], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.party = party
+        self.speech = speech
+        self.tts = tts
+        self.answers = answers
+        self.config = config
+        self.handoff = handoff
+        self.observers = tuple(observers)
+        self.after_answer = after_answer
+        self.hangup = hangup
+        self.clock = clock
+        self.sleep = sleep
+        self.state = DialogueState.GREETING
+        self.end_reason: str | None = None
+        self.last_spoken = ""
+        self.turns = 0
+        self._asked_anything_else = False
+        self._started = clock()
+        self._caller_mid_utterance = False
+        self._conversation: list[tuple[str, str, tuple[str, ...], str]] = []
+        self._heard: list[str] = []
+
+    def _move(self, target: DialogueState) -> None:
+        self.state = next_state(self.state, target)
+
+    def _emit(self, event: TurnEvent) -> None:
+        for observer in self.observers:
+            observer.on_turn_event(event)
+
+    # -- speaking --------------------------------------------------------------------------------
+
+    async def _audio(self, texts: tuple[str, ...]) -> AsyncIterator[bytes]:
+        for text in texts:
+            if not text:
+                continue
+            try:
+                async for chunk in self.tts.synthesize(text):
+                    yield chunk
+            except VoiceError as exc:
+                log.error("call %s: no audio for %r: %s", self.party.call_id, text, exc)
+
+    async def say(self, *texts: str) -> PlaybackResult:
+        """Speak sentences one after another; each is synthesized (and cached) on its own. The turn's observers hear
+        when its first audio went out and when it ended."""
+        self.last_spoken = "".join(texts)
+
+        def first_audio(at: float) -> None:
+            self._emit(ReplyAudioStarted(at))
+
+        result = await self.speech.play(self._audio(texts), first_audio)
+        self._emit(ReplyEnded())
+        return result
+
+    # -- the dialogue ----------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Returns why the call ended."""
+        try:
+            await self.say(prompts.GREETING.format(centre=self.config.centre_name))
+            self._move(DialogueState.LISTENING)
+            silent_prompts = 0
+            while self.state is DialogueState.LISTENING:
+                remaining_s = self.config.max_call_s - (self.clock() - self._started)
+                if remaining_s <= 0:
+                    await self._finish(prompts.MAX_LENGTH_GOODBYE, "max_call_length")
+                    break
+                event = await self._next_event(min(self.config.no_speech_timeout_ms / 1000, remaining_s))
+                if event is None:
+                    if self.speech.playing or self._caller_mid_utterance:
+                        continue
+                    if self.clock() - self._started >= self.config.max_call_s:
+                        continue  # handled at the top of the loop
+                    silent_prompts += 1
+                    if silent_prompts > self.config.no_speech_reprompts:
+                        await self._finish(prompts.SILENCE_GOODBYE, "no_speech")
+                        break
+                    await self._respond_with(prompts.SILENCE_REPROMPT)
+                    continue
+                if isinstance(event, CallerSpeechStarted):
+                    self._caller_mid_utterance = True
+                elif isinstance(event, PartialTranscript):
+                    continue
+                elif isinstance(event, DtmfPressed):
+                    silent_prompts = 0
+                    await self._on_key(event.digit)
+                elif isinstance(event, UtteranceEnded):
+                    self._caller_mid_utterance = False
+                    silent_prompts = 0
+                    await self._on_utterance(event)
+        except asyncio.CancelledError:
+            self.end_reason = self.end_reason or "caller_hangup"
+            raise
+        finally:
+            if self.state is not DialogueState.ENDED:
+                self.state = DialogueState.ENDED
+        return self.end_reason or "caller_hangup"
+
+    async def _next_event(self, timeout_s: float) -> SpeechEvent | None:
+        """The next speech event, or None after `timeout_s` of the dialogue's own `sleep` (virtual time in tests)."""
+        getter = asyncio.ensure_future(self.speech.events.get())
+        timer = asyncio.ensure_future(self.sleep(timeout_s))
+        try:
+            await asyncio.wait({getter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not getter.done():
+                getter.cancel()
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
+    async def _respond_with(self, text: str) -> None:
+        self._move(DialogueState.RESPONDING)
+        await self.say(text)
+        if self.state is DialogueState.RESPONDING:
+            self._move(DialogueState.LISTENING)
+
+    async def _finish(self, text: str, reason: str) -> None:
+        self.end_reason = reason
+        self._move(DialogueState.ENDING)
+        await self.say(text)
+        self._move(DialogueState.ENDED)
+        if self.hangup is not None:
+            await self.hangup()
+
+    async def _on_key(self, digit: str) -> None:
+        if digit == "*":
+            await self._respond_with(self.last_spoken or prompts.NOTHING_TO_REPEAT)
+        elif digit == "0":
+            await self._hand_off(None, "caller pressed 0")
+
+    async def _on_utterance(self, event: UtteranceEnded) -> None:
+        text = event.text.strip()
+        self._emit(CallerTurnEnded(event))
+        if not usable(text, self.speech.expects_short_reply):
+            self._emit(TurnSettled("repeat", "no usable speech recognised"))
+            await self._respond_with(prompts.REPEAT_PLEASE)
+            return
+        self._heard.append(text)
+        if self._asked_anything_else and GOODBYE_INTENT.search(text):
+            self._emit(TurnSettled("goodbye", "caller has no more questions"))
+            await self._finish(prompts.GOODBYE, "caller_done")
+            return
+        self._move(DialogueState.RESPONDING)
+        self._emit(QuestionAsked(self.clock()))
+        try:
+            answer, version = await self.answers.ask_versioned(text, self.context())
+        except InvalidQuestionError:
+            await self.say(prompts.REPEAT_PLEASE)
+            self._move(DialogueState.LISTENING)
+            return
+        self._emit(AnswerReady(answer, version, self.clock()))
+        self.turns += 1
+        self._conversation.append((answer.question, answer.action.value, answer.items, answer.reason))
+        self.speech.expect_reply(ReplyKind.SHORT if answer.action is Action.CLARIFY else ReplyKind.QUESTION)
+        self._asked_anything_else = False
+        if answer.action is Action.HANDOFF:
+            await self._hand_off(answer, answer.reason, spoken_first=answer.spoken)
+            return
+        follow = ""
+        if answer.action is Action.ANSWER:
+            follow = await self.after_answer(answer)
+            self._asked_anything_else = True
+        await self.say(answer.spoken, follow)
+        if self.state is DialogueState.RESPONDING:
+            self._move(DialogueState.LISTENING)
+
+    def context(self) -> ConversationContext:
+        return conversation_context(self._conversation)
+
+    async def _hand_off(self, answer: Answer | None, trigger: str, spoken_first: str = "") -> None:
+        """Say the handoff sentence at once; the handoff is arranged meanwhile, then its closing is said."""
+        self.end_reason = "handoff"
+        if self.state is not DialogueState.ENDING:
+            self._move(DialogueState.ENDING)
+        request = HandoffRequest(self.party.call_id, self.party.caller_number, trigger, answer, tuple(self._heard))
+        arranging = asyncio.create_task(self.handoff.offer(request))
+        if spoken_first:
+            await self.say(spoken_first)
+        outcome = await arranging
+        await self.say(outcome.spoken)
+        self._move(DialogueState.ENDED)
+        if self.hangup is not None:
+            await self.hangup()
+
+
+def usable(text: str, expect_short_reply: bool) -> bool:
+    """Whether an ASR result is worth answering (not empty noise); short words count only as replies."""
+    letters = re.sub(r"[\W_]+", "", text)
+    if not letters:
+        return False
+    if len(letters) == 1:
+        return expect_short_reply and bool(SHORT_ANSWER_WORDS.match(letters))
+    return True

@@ -1,0 +1,36 @@
+"""Every sentence the dialogue may say that is known before a call: what the TTS cache is filled with at start."""
+
+from __future__ import annotations
+
+from kb.loader import KnowledgeBase
+from rag import phrases
+from telephony.calls import prompts
+from voice.tts import clauses
+
+
+def fixed_prompts(centre_name: str) -> list[str]:
+    return [
+        prompts.GREETING.format(centre=centre_name), prompts.ANYTHING_ELSE, prompts.REPEAT_PLEASE,
+        prompts.SILENCE_REPROMPT, prompts.SILENCE_GOODBYE, prompts.GOODBYE, prompts.MAX_LENGTH_GOODBYE,
+        prompts.NOTHING_TO_REPEAT, prompts.HANDOFF_REGISTERED, prompts.VOICE_UNAVAILABLE,
+        phrases.HANDOFF_REQUESTED, phrases.NOT_SURE, phrases.OUT_OF_SCOPE, phrases.EMPTY_QUESTION, phrases.REPHRASE,
+    ]
+
+
+def prerender_texts(centre_name: str, kb: KnowledgeBase) -> list[str]:
+    """The fixed prompts, every item's spoken summary, and every clarifying question the engine can ask.
+
+    「请问您问的是A，还是B？」 can pair any two services that rank close, so each item's two clauses (「请问您问的是A，」
+    and 「还是A？」) are cached and any pair is stitched from them (`ResilientTts`); so are the clauses of 「那您问的是C，
+    还是D？…」, offered after the caller turns the first two down. Pairs of related items, the
+    common case, are also rendered whole, in both orders, for the more natural reading."""
+    texts = fixed_prompts(centre_name) + [item.spoken for item in kb.items]
+    texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
+    for item in kb.items:
+        texts += clauses(phrases.CHOOSE_ITEMS.format(first=item.title, second=item.title))
+        texts += clauses(phrases.CHOOSE_NEXT.format(first=item.title, second=item.title))  # after "都不是"
+    for item in kb.items:
+        for other in filter(None, (kb.get(related) for related in item.related)):
+            texts.append(phrases.CHOOSE_ITEMS.format(first=item.title, second=other.title))
+            texts.append(phrases.CHOOSE_ITEMS.format(first=other.title, second=item.title))
+    return list(dict.fromkeys(texts))

@@ -1,0 +1,170 @@
+"""One call on any line: composes a `CallTransport` with the speech session, the dialogue, the recorder, the turn log
+and the call record, once for every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from telephony.calls import prompts
+from telephony.calls.base import CallerAudio, CallTransport, KeyPressed
+from telephony.calls.dialogue import AfterAnswer, CallParty, CallSession, DialogueConfig, ask_anything_else
+from telephony.calls.recording import CallRecorder, RecordingTransport
+from telephony.calls.turn_log import TurnLog
+from telephony.errors import StorageError
+from telephony.answers import Answers
+from telephony.handoff.base import HandoffRequest, HandoffTarget
+from telephony.store import CallStatus, Database
+from telephony.store.turns import TurnWriter
+from voice.base import AsrEngine, TtsEngine, Vad, VoiceError
+from voice.session import EndpointConfig, SpeechSession
+from voice.vad import DetectorConfig, SpeechDetector
+
+log = logging.getLogger(__name__)
+
+# At hang-up, turn writes still in flight get this long before the call record is closed without them (they are
+# journaled if the database is down, so this only bounds a database that hangs).
+TURN_FLUSH_LIMIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    dialogue: DialogueConfig
+    detector: DetectorConfig
+    endpoint: EndpointConfig
+    recordings_dir: Path | None  # None: no recordings
+
+
+@dataclass
+class VoiceEngines:
+    """The engines every call shares, warmed once at start. `asr` is None when no ASR could be loaded: calls then get
+    an apology and a callback ticket instead of a dialogue."""
+
+    new_vad: Callable[[], Vad]  # VAD state is per call; the model behind it is shared
+    tts: TtsEngine
+    asr: AsrEngine | None
+    asr_error: str | None = None
+
+
+class CallRunner:
+    """Runs calls to the end; `active_calls` is how many are on the line now."""
+
+    def __init__(self, engines: VoiceEngines, config: CallConfig, answers: Answers, database: Database,
+                 writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else) -> None:
+        self.engines = engines
+        self.config = config
+        self.answers = answers
+        self.database = database
+        self.writer = writer
+        self.handoff = handoff
+        self.after_answer = after_answer
+        self.active_calls = 0
+
+    async def run(self, line: CallTransport) -> str:
+        """Serve the call until the line drops or the dialogue hangs up; returns why it ended."""
+        self.active_calls += 1
+        try:
+            return await _Call(self, line).run()
+        finally:
+            self.active_calls -= 1
+
+
+class _Call:
+    def __init__(self, runner: CallRunner, line: CallTransport) -> None:
+        self.runner = runner
+        self.line = line
+        self.call_id: str | None = None
+        self.recorder: CallRecorder | None = None
+        self.speech: SpeechSession | None = None
+        self.session: CallSession | None = None
+        self.turn_log: TurnLog | None = None
+        self.dialogue: asyncio.Task | None = None
+        self.end_reason = "caller_hangup"
+
+    async def run(self) -> str:
+        try:
+            await self._start()
+            async for event in self.line.events():
+                if self.speech is not None:
+                    if isinstance(event, CallerAudio):
+                        await self.speech.push_audio(event.pcm16)
+                    elif isinstance(event, KeyPressed):
+                        await self.speech.push_dtmf(event.digit)
+                if self.dialogue is not None and self.dialogue.done():
+                    break
+        finally:
+            await self._close()
+        return self.end_reason
+
+    async def _start(self) -> None:
+        runner, info = self.runner, self.line.info
+        try:
+            call = await asyncio.to_thread(runner.database.start_call, info.channel, info.caller_number,
+                                           runner.answers.kb_version)
+            self.call_id = call.id
+        except StorageError as exc:
+            log.error("call record not created, the call goes on unrecorded: %s", exc)
+        recordings = runner.config.recordings_dir
+        if recordings is not None and self.call_id is not None:
+            self.recorder = CallRecorder(recordings, self.call_id)
+            self.line = RecordingTransport(self.line, self.recorder)
+            with contextlib.suppress(StorageError):
+                await asyncio.to_thread(runner.database.set_recordings, self.call_id,
+                                        str(self.recorder.caller_path), str(self.recorder.assistant_path))
+        engines = runner.engines
+        if engines.asr is None:
+            self.dialogue = asyncio.create_task(self._apologise(engines.asr_error or "no ASR engine"))
+            return
+        detector = SpeechDetector(engines.new_vad(), runner.config.detector)
+        self.speech = SpeechSession(detector, engines.asr.open_stream(runner.answers.hotwords), self.line,
+                                    runner.config.endpoint)
+        self.speech.start()
+        self.turn_log = TurnLog(runner.writer, info.channel, self.call_id)
+        self.session = CallSession(
+            CallParty(self.call_id, info.caller_number), self.speech, engines.tts, runner.answers,
+            runner.config.dialogue, runner.handoff, observers=(self.turn_log,), after_answer=runner.after_answer,
+            hangup=self.line.hang_up)
+        self.dialogue = asyncio.create_task(self.session.run(), name=f"call-{self.call_id}")
+
+    async def _apologise(self, asr_error: str) -> None:
+        """No ASR: say so, leave a callback ticket, hang up. Never dead air."""
+        self.end_reason = "asr_unavailable"
+        try:
+            async for chunk in self.runner.engines.tts.synthesize(prompts.VOICE_UNAVAILABLE):
+                await self.line.send_audio(chunk)
+        except VoiceError as exc:
+            log.error("call %s: the apology could not be spoken: %s", self.call_id, exc)
+        info = self.line.info
+        await self.runner.handoff.offer(HandoffRequest(self.call_id, info.caller_number,
+                                                       f"ASR unavailable: {asr_error}"))
+        await self.line.hang_up()
+
+    async def _close(self) -> None:
+        dialogue = self.dialogue
+        if dialogue is not None and not dialogue.done():
+            dialogue.cancel()
+            with contextlib.suppress(asyncio.CancelledError, VoiceError):
+                await dialogue
+        if self.turn_log is not None:
+            self.turn_log.close()  # a turn answered but cut off before its reply was heard is still stored
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.turn_log.flush(), TURN_FLUSH_LIMIT_S)
+        if self.session is not None and self.session.end_reason:
+            self.end_reason = self.session.end_reason
+        elif dialogue is not None and dialogue.done() and not dialogue.cancelled() and dialogue.exception():
+            log.error("call %s: dialogue failed: %r", self.call_id, dialogue.exception())
+            self.end_reason = "error"
+        if self.speech is not None:
+            await self.speech.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.call_id is not None:
+            status = CallStatus.FAILED if self.end_reason == "error" else CallStatus.ENDED
+            try:
+                await asyncio.to_thread(self.runner.database.end_call, self.call_id, self.end_reason, status)
+            except StorageError as exc:
+                log.error("call %s: end not stored: %s", self.call_id, exc)

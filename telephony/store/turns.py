@@ -1,0 +1,96 @@
+"""A turn as one typed record, written once: to the database, or to a local journal when the database is down."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rag.base import Answer
+from telephony.errors import StorageError
+from telephony.store.database import Database
+from telephony.store.models import CallChannel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """The columns of one stored turn (`telephony.store.models.Turn`)."""
+
+    caller_text: str
+    action: str  # answer | clarify | handoff, or the dialogue's own: repeat | goodbye
+    reason: str = ""
+    spoken_text: str = ""
+    sms_text: str = ""
+    item_ids: tuple[str, ...] = ()
+    citations: tuple[str, ...] = ()
+    confidence: float = 0.0
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of_answer(cls, answer: Answer, timings_ms: Mapping[str, float]) -> TurnRecord:
+        return cls(caller_text=answer.question, action=answer.action.value, reason=answer.reason,
+                   spoken_text=answer.spoken, sms_text=answer.sms, item_ids=answer.items,
+                   citations=tuple(citation.text for citation in answer.citations), confidence=answer.confidence,
+                   timings_ms=dict(timings_ms))
+
+    def columns(self) -> dict[str, object]:
+        values = asdict(self)
+        values["item_ids"] = list(self.item_ids)
+        values["citations"] = list(self.citations)
+        values["timings_ms"] = dict(self.timings_ms)
+        return values
+
+
+class TurnJournal:
+    """Turns that could not be stored are appended here and replayed when the database is back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, channel: CallChannel, kb_version: str | None, record: TurnRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"channel": channel.value, "kb_version": kb_version, **record.columns()}
+        with self.path.open("a", encoding="utf-8") as journal:
+            journal.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def replay(self, database: Database) -> int:
+        """Store every journaled turn; returns how many were flushed. Lines that fail stay."""
+        if not self.path.exists():
+            return 0
+        kept, flushed = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                call = database.start_call(CallChannel(record.pop("channel")), kb_version=record.pop("kb_version", None))
+                database.add_turn(call.id, **record)
+                flushed += 1
+            except (StorageError, ValueError, TypeError, KeyError) as exc:
+                log.warning("journaled turn not flushed: %s", exc)
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return flushed
+
+
+class TurnWriter:
+    """Writes turns (blocking: run it in a thread); a database failure journals the turn instead of losing it."""
+
+    def __init__(self, database: Database, journal: TurnJournal) -> None:
+        self.database = database
+        self.journal = journal
+
+    def write(self, channel: CallChannel, call_id: str | None, record: TurnRecord,
+              kb_version: str | None) -> tuple[str | None, int | None]:
+        """Returns (call id, turn number); a new call is started when `call_id` is None. The turn number is None when
+        the turn went to the journal."""
+        try:
+            if call_id is None:
+                call_id = self.database.start_call(channel, kb_version=kb_version).id
+            return call_id, self.database.add_turn(call_id, **record.columns()).seq
+        except StorageError as exc:
+            log.error("turn not stored, journaled for later: %s", exc)
+            self.journal.append(channel, kb_version, record)
+            return call_id, None

@@ -1,0 +1,127 @@
+"""The media-stream websocket as a `CallTransport`: JSON messages in and out through `protocol`, μ-law at the edge."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent, TransferUnavailable
+from telephony.store.models import CallChannel
+from telephony.transports.base import LineState, LineStatus
+from telephony.transports.twilio.protocol import (
+    Dtmf,
+    Media,
+    MediaStreamProtocolError,
+    Start,
+    Stop,
+    clear_message,
+    media_message,
+    parse_message,
+)
+from voice.audio import ulaw_decode, ulaw_encode
+
+log = logging.getLogger(__name__)
+
+# Custom parameters a TwiML <Stream> (or the softphone) passes the caller's number in.
+CALLER_PARAMETERS = ("from", "caller")
+CALLED_PARAMETERS = ("to", "called")
+
+
+class MediaStreamLine:
+    """The media-stream line of this worker: its counters for /readyz, shared by its connections."""
+
+    name = "media-stream"
+
+    def __init__(self) -> None:
+        self.active_calls = 0
+        self.bad_messages = 0
+
+    def status(self) -> LineStatus:
+        detail = f"{self.bad_messages} malformed messages ignored" if self.bad_messages else ""
+        return LineStatus(LineState.LISTENING, detail, self.active_calls)
+
+
+class MediaStreamTransport:
+    """One accepted websocket. `answer()` reads up to the start message (which names the call); then `events()`
+    yields caller audio and keys until stop or disconnect. Malformed messages are counted and skipped."""
+
+    def __init__(self, websocket: WebSocket, channel: CallChannel, line: MediaStreamLine) -> None:
+        self.websocket = websocket
+        self.channel = channel
+        self.line = line
+        self.info = CallInfo(channel)
+        self.stream_sid = ""
+        self.closed = False
+
+    async def _messages(self) -> AsyncIterator[Media | Dtmf | Start | Stop]:
+        while True:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+            try:
+                event = parse_message(raw)
+            except MediaStreamProtocolError as exc:
+                self.line.bad_messages += 1
+                log.warning("stream %s: bad media-stream message ignored: %s", self.stream_sid or "-", exc)
+                continue
+            if isinstance(event, Media | Dtmf | Start | Stop):
+                yield event
+
+    async def answer(self) -> bool:
+        """Wait for the start message; False when the stream ended (or stopped) before it."""
+        async for event in self._messages():
+            if isinstance(event, Start):
+                self.stream_sid = event.stream_sid
+                parameters = event.custom_parameters
+                self.info = CallInfo(
+                    self.channel,
+                    caller_number=next((parameters[key] for key in CALLER_PARAMETERS if parameters.get(key)), None),
+                    called_number=next((parameters[key] for key in CALLED_PARAMETERS if parameters.get(key)), None),
+                    line_call_id=event.call_sid or None)
+                return True
+            if isinstance(event, Stop):
+                return False
+            log.warning("media before start ignored")
+        return False
+
+    async def events(self) -> AsyncIterator[LineEvent]:
+        async for event in self._messages():
+            if isinstance(event, Media):
+                yield CallerAudio(ulaw_decode(event.payload))
+            elif isinstance(event, Dtmf):
+                yield KeyPressed(event.digit)
+            elif isinstance(event, Stop):
+                return
+            else:
+                log.warning("stream %s: second start event ignored", self.stream_sid)
+
+    async def _send(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            await self.websocket.send_text(text)
+        except (WebSocketDisconnect, RuntimeError):
+            self.closed = True
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        await self._send(media_message(self.stream_sid, ulaw_encode(pcm16)))
+
+    async def clear(self) -> None:
+        await self._send(clear_message(self.stream_sid))
+
+    async def transfer(self, target: str) -> None:
+        # Twilio transfers through its REST API (a TwiML <Dial>); the handoff issue adds a configurable webhook.
+        raise TransferUnavailable(f"the media-stream line cannot transfer to {target}: no transfer webhook is set")
+
+    async def hang_up(self) -> None:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await self.websocket.close()
