@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from kb.ingest import Passage
 from kb.loader import KnowledgeBase
-from rag.base import Answer, Answerer, ConversationContext
+from rag.base import Answer, Answerer, ConversationContext, Retriever
 from rag.engine import conversation_context
-from rag.hybrid import HybridRetriever
 from telephony.errors import StorageError, UnknownConversationError
 from telephony.store import CallChannel, Database
 from telephony.store.turns import TurnRecord, TurnWriter
@@ -29,8 +28,9 @@ class AnswerStack:
     source: str
     kb: KnowledgeBase
     passages: tuple[Passage, ...]
-    retriever: HybridRetriever
+    retriever: Retriever
     answerer: Answerer
+    hotwords: tuple[str, ...]  # domain words that bias the ASR towards this KB's vocabulary
 
 
 class Answers:
@@ -61,8 +61,7 @@ class Answers:
 
     @property
     def hotwords(self) -> tuple[str, ...]:
-        """Domain words that bias the ASR towards this KB's vocabulary."""
-        return tuple(self.stack.retriever.text.lexicon.hotwords)
+        return self.stack.hotwords
 
     async def ask(self, question: str, context: ConversationContext | None = None) -> Answer:
         return await self.stack.answerer.answer(question, context)

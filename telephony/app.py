@@ -109,7 +109,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
         )
     answerer = AnswerEngine(kb, retriever, policy, llm=llm, lexicon=lexicon)
     retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
-    return AnswerStack(version, source, kb, passages, retriever, answerer)
+    return AnswerStack(version, source, kb, passages, retriever, answerer, tuple(lexicon.hotwords))
 
 
 def stack_loader(settings: Settings, builds: BuildStore, kb: KnowledgeBase | None = None):
