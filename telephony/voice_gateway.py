@@ -34,10 +34,9 @@ from telephony.recording import CallRecorder
 from telephony.service import HotlineService
 from telephony.settings import AsrChoice, Settings, TtsChoice
 from telephony.store import CallChannel, CallStatus
-from voice.asr import FunAsrEngine
-from voice.asr_client import FunAsrServerEngine
 from voice.audio import ulaw_decode, ulaw_encode
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
+from voice.funasr import FunAsrEngine, FunAsrServerEngine
 from voice.session import EndpointConfig, SpeechSession
 from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache, clauses
 from voice.vad import DetectorConfig, SileroModel, SileroVad, SpeechDetector
