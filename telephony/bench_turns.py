@@ -133,9 +133,14 @@ class _KnownQuestionStream:
         await self.inner.push(pcm16)
         return Transcript(self.engine.partial(self.voiced), False) if self.voiced else None
 
+    @property
+    def capabilities(self):
+        from voice.base import AsrCapabilities
+
+        return AsrCapabilities(speculative_final=False, expedite=self.inner.capabilities.expedite)
+
     def expedite(self) -> None:
-        if hasattr(self.inner, "expedite"):
-            self.inner.expedite()
+        self.inner.expedite()
 
     async def finish(self):
         from voice.base import Transcript

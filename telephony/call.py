@@ -24,6 +24,7 @@ from voice.session import (
     DtmfPressed,
     PartialTranscript,
     PlaybackResult,
+    ReplyKind,
     SpeechSession,
     UtteranceEnded,
 )
@@ -205,7 +206,7 @@ class CallSession:
             "endpoint_wait_ms": event.timings.endpoint_wait_ms,
             "asr_final_ms": event.timings.asr_final_ms,
         }
-        if not usable(text, self.speech.expect_short_reply):
+        if not usable(text, self.speech.expects_short_reply):
             self._store_system_turn(text, "repeat", "no usable speech recognised", timings)
             await self._respond_with(prompts.REPEAT_PLEASE)
             return
@@ -229,7 +230,7 @@ class CallSession:
         if result.stored is not None:
             self._pending_writes.add(result.stored)
             result.stored.add_done_callback(self._pending_writes.discard)
-        self.speech.expect_short_reply = answer.action is Action.CLARIFY
+        self.speech.expect_reply(ReplyKind.SHORT if answer.action is Action.CLARIFY else ReplyKind.QUESTION)
         self._asked_anything_else = False
         if answer.action is Action.HANDOFF:
             await self._hand_off(answer, answer.reason, spoken_first=answer.spoken, stored=result.stored,

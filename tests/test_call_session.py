@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from telephony import prompts
-from telephony.call import CallSession, DialogueConfig, DialogueState
+from telephony.call import CallSession, DialogueConfig, DialogueState, IllegalTransition, next_state, usable
 from telephony.service import HotlineService
 from telephony.settings import Settings
 from telephony.store import CallChannel, Database
-from voice.session import PlaybackResult, TurnTimings, UtteranceEnded
+from voice.session import PlaybackResult, ReplyKind, TurnTimings, UtteranceEnded
 
 
 class ScriptedSpeech:
@@ -21,7 +21,14 @@ class ScriptedSpeech:
     def __init__(self) -> None:
         self.events: asyncio.Queue = asyncio.Queue()
         self.playing = False
-        self.expect_short_reply = False
+        self.expected_replies: list[ReplyKind] = []  # what the dialogue said it expects, turn by turn
+
+    def expect_reply(self, kind: ReplyKind) -> None:
+        self.expected_replies.append(kind)
+
+    @property
+    def expects_short_reply(self) -> bool:
+        return bool(self.expected_replies) and self.expected_replies[-1] is ReplyKind.SHORT
 
     async def play(self, chunks: AsyncIterator[bytes], on_first_audio=None) -> PlaybackResult:
         result = PlaybackResult(True)
@@ -104,6 +111,7 @@ async def test_a_clarifying_choice_carries_into_the_next_turn(service: HotlineSe
     await session.run()
     await session.flush()
     assert tts.said[1].startswith("请问您问的是")
+    assert speech.expected_replies[:2] == [ReplyKind.SHORT, ReplyKind.QUESTION]  # "第二个" was taken as a reply
     stored = service.database.get_call(session.call_id)
     assert stored.turns[0].action == "clarify" and stored.turns[1].action == "answer"
     assert stored.turns[1].item_ids == [stored.turns[0].item_ids[1]]
@@ -113,3 +121,16 @@ async def test_the_call_ends_at_its_maximum_length(service: HotlineService) -> N
     session, _speech, tts, hangups = make_call(service, no_speech_timeout_ms=5000, max_call_s=0)
     assert await session.run() == "max_call_length"
     assert tts.said[-1] == prompts.MAX_LENGTH_GOODBYE and hangups == ["hung up"]
+
+
+def test_dialogue_state_table_rejects_illegal_moves() -> None:
+    assert next_state(DialogueState.GREETING, DialogueState.LISTENING) is DialogueState.LISTENING
+    assert next_state(DialogueState.RESPONDING, DialogueState.ENDING) is DialogueState.ENDING
+    with pytest.raises(IllegalTransition, match="from ended to listening"):
+        next_state(DialogueState.ENDED, DialogueState.LISTENING)
+    with pytest.raises(IllegalTransition, match="from ending to responding"):
+        next_state(DialogueState.ENDING, DialogueState.RESPONDING)
+    # What the ASR returns for noise is not a question; one syllable is a reply only when one is expected.
+    assert not usable("", False) and not usable("。，", False)
+    assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
+    assert usable("社保卡丢了", False)
