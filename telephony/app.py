@@ -32,8 +32,7 @@ from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.auth import MediaStreamAuth
 from telephony.transports.twilio.gateway import MediaStreamLine
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
-from voice.asr import FunAsrEngine  # moves to voice.funasr with the voice split
-from voice.asr_client import FunAsrServerEngine
+from voice.funasr import FunAsrEngine, FunAsrServerEngine
 from voice.session import EndpointConfig
 from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache
 from voice.vad import DetectorConfig, SileroModel, SileroVad

@@ -415,8 +415,8 @@ def bench_asr_capacity(
     work_dir: Annotated[Path, typer.Option(help="Where random models are built")] = Path("var/models"),
 ) -> None:
     """Real-time streams per FunASR engine: chunk and final latency, share of chunks behind real time."""
-    from voice.capacity import measure_capacity
-    from voice.tiny_models import build_random_paraformer_large, build_tiny_paraformer
+    from voice.testing.capacity import measure_capacity
+    from voice.testing.tiny_models import build_random_paraformer_large, build_tiny_paraformer
 
     configure_logging("WARNING")
     if model is None:
@@ -453,7 +453,7 @@ def asr_server(
                                                             "(size with `hotline bench asr-capacity`)")] = 1,
 ) -> None:
     """Serve the FunASR runtime 2pass websocket protocol from the in-process engine (e.g. on a GPU machine)."""
-    from voice.asr_server import run_asr_server
+    from voice.funasr import run_asr_server
 
     settings = load_settings()
     configure_logging(settings.log_level)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +15,16 @@ import soxr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from voice.asr import FunAsrEngine, create_asr_engine, is_hub_name
-from voice.asr_client import FunAsrServerEngine
-from voice.asr_server import (
-    AsrProtocolError, EndOfSpeech, FunAsrWebsocketServer, RecognitionResult, ServerError, SessionState, StreamConfig,
-    next_state, parse_client_message, parse_server_message,
-)
 from voice.audio import float_to_pcm16, pcm16_to_float
 from voice.base import FRAME_BYTES, AsrUnavailable, AudioFormatError
-from voice.tiny_models import DEFAULT_TOKENS, PUNCTUATION_MARKS, build_tiny_paraformer, build_tiny_punctuation
+from voice.funasr import (
+    DecodeQueue, FunAsrEngine, FunAsrEnginePool, FunAsrServerEngine, FunAsrWebsocketServer, is_hub_name,
+)
+from voice.funasr.protocol import (
+    AsrProtocolError, EndOfSpeech, RecognitionResult, ServerError, SessionState, StreamConfig, next_state,
+    parse_chunk_size, parse_client_message, parse_server_message,
+)
+from voice.testing.tiny_models import DEFAULT_TOKENS, PUNCTUATION_MARKS, build_tiny_paraformer, build_tiny_punctuation
 
 FRAMES_PER_STRIDE = 30  # 600 ms stride (chunk_size[1] = 10) / 20 ms frames
 # soxr's HQ resampler hands out 16 kHz audio in blocks of about 100 ms, so a stride completes a few frames late.
@@ -71,6 +72,15 @@ async def transcribe(engine: FunAsrEngine | FunAsrServerEngine, pcm: bytes, **op
     final = await stream.finish()
     await stream.close()
     return final.text
+
+
+async def until(condition: Callable[[], bool], passes: int = 100) -> None:
+    """Let the other tasks run, one event-loop pass at a time (no wall-clock wait), until `condition` holds."""
+    for _ in range(passes):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not reached after {passes} event-loop passes")
 
 
 def free_port() -> int:
@@ -247,12 +257,26 @@ async def test_hub_download_failure_says_the_name_is_not_a_local_directory(tmp_p
     await hub_engine.close()
 
 
-def test_factory_builds_engines_by_kind(tiny_model_dir: Path) -> None:
-    assert isinstance(create_asr_engine("funasr", model=tiny_model_dir), FunAsrEngine)
-    client = create_asr_engine("funasr-server", url="ws://127.0.0.1:10095", audio_fs=16000)
-    assert isinstance(client, FunAsrServerEngine) and client.piece_bytes == 1920  # 60 ms at 16 kHz
-    with pytest.raises(ValueError, match="unknown ASR engine 'whisper'; choose one of funasr, funasr-server"):
-        create_asr_engine("whisper")
+def test_engines_check_their_options_when_built(tiny_model_dir: Path) -> None:
+    url = "ws://127.0.0.1:10095"
+    assert FunAsrServerEngine(url, audio_fs=16000).piece_bytes == 1920  # 60 ms at 16 kHz
+    assert FunAsrServerEngine(url).piece_bytes == 960  # 60 ms at 8 kHz
+    with pytest.raises(ValueError, match="mode must be one of 2pass, online, offline, got 'batch'"):
+        FunAsrServerEngine(url, mode="batch")
+    with pytest.raises(ValueError, match="audio_fs must be 8000 or 16000, got 44100"):
+        FunAsrServerEngine(url, audio_fs=44100)
+    for build in (lambda: FunAsrServerEngine(url, chunk_size=(5, 0, 5)),
+                  lambda: FunAsrEngine(tiny_model_dir, chunk_size=(0, 10))):
+        with pytest.raises(ValueError, match="chunk_size must be three non-negative integers with a positive middle"):
+            build()
+
+
+@pytest.mark.parametrize(("value", "sizes"), [
+    ([5, 10, 5], (5, 10, 5)), ("0,8,4", (0, 8, 4)), ((0, 10, 0), (0, 10, 0)),
+    ((5, 0, 5), None), ((0, 10), None), ((-1, 10, 5), None), ("5,x,5", None), (None, None),
+])
+def test_one_chunk_size_rule(value: object, sizes: tuple[int, int, int] | None) -> None:
+    assert parse_chunk_size(value) == sizes
 
 
 # --- 2pass protocol messages -----------------------------------------------------------------------------------
@@ -445,7 +469,7 @@ async def test_hotline_asr_server_command_serves_the_in_process_text(engine: Fun
 
 
 async def test_capacity_benchmark_reports_real_time_streams(tiny_model_dir: Path) -> None:
-    from voice.capacity import measure_capacity
+    from voice.testing.capacity import measure_capacity
 
     report = await measure_capacity(tiny_model_dir, device="cpu", streams=[1, 3], engines=[1], seconds=1.3,
                                     utterance_chunks=2)
@@ -462,8 +486,6 @@ async def test_capacity_benchmark_reports_real_time_streams(tiny_model_dir: Path
 
 
 async def test_engine_pool_spreads_streams_and_gives_each_engines_text(tiny_model_dir: Path, engine: FunAsrEngine) -> None:
-    from voice.asr import FunAsrEnginePool
-
     pool = FunAsrEnginePool.of(2, tiny_model_dir)
     try:
         await pool.warm_up()
@@ -483,8 +505,6 @@ async def test_engine_pool_spreads_streams_and_gives_each_engines_text(tiny_mode
 
 
 def test_engine_pool_needs_an_engine() -> None:
-    from voice.asr import FunAsrEnginePool
-
     with pytest.raises(ValueError, match="at least one engine"):
         FunAsrEnginePool([])
 
@@ -493,8 +513,6 @@ def test_engine_pool_needs_an_engine() -> None:
 
 def test_decode_queue_runs_urgent_work_first_and_expedites_one_owner() -> None:
     import threading
-
-    from voice.asr import DecodeQueue
 
     queue = DecodeQueue()
     started, release = threading.Event(), threading.Event()
@@ -540,10 +558,9 @@ async def test_a_final_overtakes_chunks_of_other_streams(engine: FunAsrEngine) -
         return result
 
     chunk = asyncio.create_task(run("other stream's chunk", talking.push(AUDIO_8K)))
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.queue.depth() == (0, 1))
     final = asyncio.create_task(run("final", ending.finish()))
-    await asyncio.sleep(0.05)
-    assert engine.queue.depth() == (1, 1)
+    await until(lambda: engine.queue.depth() == (1, 1))
     release.set()
     await busy
     assert (await final).text == expected

@@ -20,7 +20,8 @@ from telephony.settings import Settings
 from telephony.store import CallChannel, CallStatus
 from tests.voicefixtures import padded, synthesize_mandarin
 from voice.audio import silence
-from voice.base import FRAME_BYTES, Transcript
+from voice.base import FRAME_BYTES
+from voice.testing.fakes import ScriptedAsr
 from voice.vad import SileroModel, SileroVad
 
 QUESTION = "社保卡丢了怎么办"
@@ -64,7 +65,7 @@ class QueueLine:
         self.inbound.put_nowait(None)
 
 
-class ScriptedAsr:
+class ScriptedAsrEngine:
     """An ASR engine whose every utterance is recognised as one fixed text."""
 
     name = "scripted"
@@ -75,22 +76,8 @@ class ScriptedAsr:
     async def warm_up(self) -> None:
         return None
 
-    def open_stream(self, hotwords=()):
-        return _ScriptedStream(self.text)
-
-    async def close(self) -> None:
-        return None
-
-
-class _ScriptedStream:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    async def push(self, pcm16: bytes) -> Transcript | None:
-        return None
-
-    async def finish(self) -> Transcript:
-        return Transcript(self.text, True)
+    def open_stream(self, hotwords=()) -> ScriptedAsr:
+        return ScriptedAsr(partial="", final=self.text)
 
     async def close(self) -> None:
         return None
@@ -119,7 +106,7 @@ def vad_model() -> SileroModel:
     return SileroModel()
 
 
-def runner_for(hotline: Hotline, vad_model: SileroModel, tts: ToneTts, asr: ScriptedAsr | None) -> CallRunner:
+def runner_for(hotline: Hotline, vad_model: SileroModel, tts: ToneTts, asr: ScriptedAsrEngine | None) -> CallRunner:
     engines = VoiceEngines(new_vad=lambda: SileroVad(vad_model), tts=tts, asr=asr,
                            asr_error=None if asr else "no model")
     return CallRunner(engines, call_config(hotline.settings), hotline.answers, hotline.database, hotline.writer,
@@ -135,7 +122,7 @@ async def test_a_question_on_another_line_is_answered_recorded_and_stored(settin
                                                                           vad_model: SileroModel) -> None:
     hotline = Hotline.open(settings)
     tts = ToneTts(wait_for=prompts.ANYTHING_ELSE)
-    runner = runner_for(hotline, vad_model, tts, ScriptedAsr(QUESTION))
+    runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
     line = QueueLine("13800000000")
     speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
     line.caller_says(speech)

@@ -10,7 +10,7 @@ import pytest
 
 from telephony.app import Hotline, call_config
 from telephony.calls import prompts
-from telephony.calls.dialogue import CallParty, CallSession, DialogueState
+from telephony.calls.dialogue import CallParty, CallSession, DialogueState, IllegalTransition, next_state, usable
 from telephony.calls.turn_log import TurnLog
 from telephony.handoff.base import HandoffOutcome, HandoffRequest
 from telephony.handoff.callback import CallbackTickets
@@ -25,10 +25,14 @@ class ScriptedSpeech:
     def __init__(self) -> None:
         self.events: asyncio.Queue = asyncio.Queue()
         self.playing = False
-        self.expects_short_reply = False
+        self.expected_replies: list[ReplyKind] = []  # what the dialogue said it expects, turn by turn
 
     def expect_reply(self, kind: ReplyKind) -> None:
-        self.expects_short_reply = kind is ReplyKind.SHORT
+        self.expected_replies.append(kind)
+
+    @property
+    def expects_short_reply(self) -> bool:
+        return bool(self.expected_replies) and self.expected_replies[-1] is ReplyKind.SHORT
 
     async def play(self, chunks: AsyncIterator[bytes], on_first_audio=None) -> PlaybackResult:
         result = PlaybackResult(True)
@@ -135,6 +139,7 @@ async def test_a_clarifying_choice_carries_into_the_next_turn(hotline: Hotline) 
     await call.session.run()
     await call.turn_log.flush()
     assert call.tts.said[1].startswith("请问您问的是")
+    assert call.speech.expected_replies[:2] == [ReplyKind.SHORT, ReplyKind.QUESTION]  # "第二个" was taken as a reply
     stored = hotline.database.get_call(call.session.party.call_id)
     assert stored.turns[0].action == "clarify" and stored.turns[1].action == "answer"
     assert stored.turns[1].item_ids == [stored.turns[0].item_ids[1]]
@@ -194,3 +199,16 @@ async def test_key_zero_opens_a_callback_ticket_on_the_callers_number(hotline: H
     assert [(ticket.reason, ticket.callback_number) for ticket in stored.handoff_tickets] == [
         ("caller pressed 0", "caller-1")]
     assert call.tts.said[-1] == prompts.HANDOFF_REGISTERED and stored.turns == []
+
+
+def test_dialogue_state_table_rejects_illegal_moves() -> None:
+    assert next_state(DialogueState.GREETING, DialogueState.LISTENING) is DialogueState.LISTENING
+    assert next_state(DialogueState.RESPONDING, DialogueState.ENDING) is DialogueState.ENDING
+    with pytest.raises(IllegalTransition, match="from ended to listening"):
+        next_state(DialogueState.ENDED, DialogueState.LISTENING)
+    with pytest.raises(IllegalTransition, match="from ending to responding"):
+        next_state(DialogueState.ENDING, DialogueState.RESPONDING)
+    # What the ASR returns for noise is not a question; one syllable is a reply only when one is expected.
+    assert not usable("", False) and not usable("。，", False)
+    assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
+    assert usable("社保卡丢了", False)

@@ -62,6 +62,7 @@ def test_production_refuses_default_secret_and_phone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("asr_engine", "funasr-server", "needs HOTLINE_ASR_SERVER_URL"),
+    ("asr_engine", "whisper", "Input should be 'funasr' or 'funasr-server'"),
     ("tts_engine", "azure", "Input should be 'edge' or 'espeak'"),
     ("end_of_turn_silence_ms", 50, "greater than or equal to 200"),
 ])

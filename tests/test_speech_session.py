@@ -12,59 +12,19 @@ import pytest
 
 from tests.voicefixtures import cough, padded, synthesize_mandarin
 from voice.audio import silence
-from voice.base import FRAME_BYTES, Transcript
+from voice.base import FRAME_BYTES, AsrCapabilities, Transcript
 from voice.session import (
     CallerSpeechStarted,
     DtmfPressed,
     EndpointConfig,
     PartialTranscript,
+    ReplyKind,
     SpeechSession,
     UtteranceEnded,
     looks_complete,
 )
+from voice.testing.fakes import AudioClock, RecordingSink, ScriptedAsr
 from voice.vad import DetectorConfig, SileroModel, SileroVad, SpeechDetector
-
-
-class ScriptedAsr:
-    """Returns a fixed partial once audio arrives and a fixed final text."""
-
-    def __init__(self, partial: str, final: str) -> None:
-        self.partial, self.final = partial, final
-        self.received = 0
-
-    async def push(self, pcm16: bytes) -> Transcript | None:
-        self.received += len(pcm16)
-        return Transcript(self.partial, False) if self.partial and self.received >= 8000 else None
-
-    async def finish(self) -> Transcript:
-        self.received = 0
-        return Transcript(self.final, True)
-
-    async def close(self) -> None:
-        return None
-
-
-class RecordingSink:
-    def __init__(self, clock) -> None:
-        self.clock = clock
-        self.sent = 0
-        self.clears: list[float] = []
-
-    async def send_audio(self, pcm16: bytes) -> None:
-        self.sent += len(pcm16)
-
-    async def clear(self) -> None:
-        self.clears.append(self.clock())
-
-
-class AudioClock:
-    """Session time advances with the audio pushed: 20 ms per frame."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-
-    def __call__(self) -> float:
-        return self.frames * 0.02
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +81,9 @@ async def test_end_of_turn_is_shorter_when_the_question_is_complete(model, parti
 
 async def test_a_short_reply_is_taken_quickly_after_a_clarifying_question(model) -> None:
     session, clock, _ = make_session(model, ScriptedAsr("", "是的"))
-    session.expect_short_reply = True
+    assert not session.expects_short_reply
+    session.expect_reply(ReplyKind.SHORT)
+    assert session.expects_short_reply
     events = await utterance_after(session, clock, padded(synthesize_mandarin("是的"), 300, 0))
     ended = next(event for event in events if isinstance(event, UtteranceEnded))
     assert ended.text == "是的" and 300 - 32 <= ended.timings.endpoint_wait_ms <= 360
@@ -193,23 +155,10 @@ def _drain(session: SpeechSession) -> list:
     return events
 
 
-def test_dialogue_state_table_rejects_illegal_moves() -> None:
-    from telephony.calls.dialogue import DialogueState, IllegalTransition, next_state, usable
-
-    assert next_state(DialogueState.GREETING, DialogueState.LISTENING) is DialogueState.LISTENING
-    assert next_state(DialogueState.RESPONDING, DialogueState.ENDING) is DialogueState.ENDING
-    with pytest.raises(IllegalTransition, match="from ended to listening"):
-        next_state(DialogueState.ENDED, DialogueState.LISTENING)
-    with pytest.raises(IllegalTransition, match="from ending to responding"):
-        next_state(DialogueState.ENDING, DialogueState.RESPONDING)
-    # What the ASR returns for noise is not a question; one syllable is a reply only when one is expected.
-    assert not usable("", False) and not usable("。，", False)
-    assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
-    assert usable("社保卡丢了", False)
-
-
 class PeekingAsr(ScriptedAsr):
     """Its streaming partial lags (an unfinished sentence) but a final decode at a pause has the whole question."""
+
+    capabilities = AsrCapabilities(speculative_final=True)
 
     def __init__(self) -> None:
         super().__init__("我想问一下社保卡", "")
@@ -235,4 +184,15 @@ async def test_a_speculative_final_decode_at_the_pause_ends_the_turn_early(model
     assert ended.text == "我想问一下社保卡丢了怎么办"  # the peeked text, without a second decode
     assert asr.peeks >= 1 and asr.discards == 1 and asr.finishes == 0
     assert ended.timings.endpoint_wait_ms <= 300 + 60  # not the 700 ms an unfinished partial would need
+    await session.close()
+
+
+async def test_a_stream_without_the_capability_is_never_asked_for_a_speculative_final(model) -> None:
+    asr = PeekingAsr()
+    asr.capabilities = AsrCapabilities()  # it could peek, but does not say so
+    session, clock, _ = make_session(model, asr)
+    events = await utterance_after(session, clock, padded(synthesize_mandarin("我想问一下社保卡丢了怎么办"), 500, 0))
+    ended = next(event for event in events if isinstance(event, UtteranceEnded))
+    assert (asr.peeks, asr.discards, asr.finishes) == (0, 0, 1)
+    assert ended.timings.endpoint_wait_ms >= 700 - 32  # the unfinished partial needs the full silence
     await session.close()

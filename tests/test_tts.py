@@ -21,8 +21,8 @@ from voice.tts import (
     ResilientTts,
     SynthesisOutcome,
     TtsCache,
+    TtsStatus,
     clauses,
-    create_tts_engine,
     normalize_text_for_speech,
 )
 
@@ -51,6 +51,12 @@ def resilient(server: FakeEdgeTtsServer, cache: TtsCache | None, **options) -> R
 
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
     return [chunk async for chunk in stream]
+
+
+async def spoken(tts: ResilientTts, text: str) -> tuple[bytes, SynthesisOutcome | None]:
+    """One utterance's audio and the outcome that synthesis reported."""
+    synthesis = tts.synthesize(text)
+    return b"".join(await collect(synthesis)), synthesis.outcome
 
 
 def rms(pcm: bytes) -> float:
@@ -182,12 +188,14 @@ def test_cache_size_cap_evicts_oldest(tmp_path: Path) -> None:
 async def test_resilient_uses_primary_and_serves_the_second_request_from_cache(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
     tts = resilient(edge_server, cache)
 
-    first = await collect(tts.synthesize(GREETING))
-    assert (tts.last_engine, tts.last_outcome.from_cache) == ("edge", False)
-    second = await collect(tts.synthesize(GREETING))
+    first_synthesis = tts.synthesize(GREETING)
+    first = await collect(first_synthesis)
+    assert first_synthesis.outcome == SynthesisOutcome("edge", from_cache=False, complete=True)
+    second_synthesis = tts.synthesize(GREETING)
+    second = await collect(second_synthesis)
 
     assert len(edge_server.requests) == 1
-    assert (tts.last_engine, tts.last_outcome.from_cache) == ("edge", True)
+    assert second_synthesis.outcome == SynthesisOutcome("edge", from_cache=True, complete=True)
     assert b"".join(second) == b"".join(first)
     assert {len(chunk) for chunk in second[:-1]} == {640}  # 40 ms chunks
 
@@ -202,10 +210,10 @@ async def test_resilient_falls_back_to_espeak_for_the_whole_utterance(
     edge_server.behaviour, edge_server.first_audio_delay_s = behaviour, 2.0
     tts = resilient(edge_server, cache)
 
-    pcm = b"".join(await collect(tts.synthesize(GREETING)))
+    pcm, outcome = await spoken(tts, GREETING)
 
-    assert tts.last_engine == "espeak"
-    assert reason in tts.last_outcome.fallback_reason
+    assert outcome.engine == "espeak"
+    assert reason in outcome.fallback_reason
     assert len(pcm) / BYTES_PER_SECOND > 1.0 and rms(pcm) > 300
     assert cache.get(TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+0%", GREETING)) is None
     assert list(cache.directory.iterdir()) == []  # fallback audio is never cached
@@ -216,10 +224,10 @@ async def test_resilient_ends_early_and_caches_nothing_when_primary_fails_mid_st
     edge_server.behaviour = "error_mid_stream"
     tts = resilient(edge_server, cache)
 
-    pcm = b"".join(await collect(tts.synthesize(GREETING)))
+    pcm, outcome = await spoken(tts, GREETING)
 
     assert pcm
-    assert (tts.last_engine, tts.last_outcome.complete) == ("edge", False)
+    assert outcome == SynthesisOutcome("edge", from_cache=False, complete=False)
     assert list(cache.directory.iterdir()) == []
 
 
@@ -231,21 +239,21 @@ async def test_closing_the_stream_early_stops_the_primary_and_caches_nothing(edg
     first = await anext(stream)
     await stream.aclose()
 
-    assert first and tts.last_engine == "edge"
+    assert first and stream.outcome.engine == "edge"
     assert list(cache.directory.iterdir()) == []
 
 
 async def test_resilient_rerenders_a_corrupted_cache_file(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
     tts = resilient(edge_server, cache)
-    first = b"".join(await collect(tts.synthesize(GREETING)))
+    first, _ = await spoken(tts, GREETING)
     for path in cache.directory.iterdir():
         path.write_bytes(b"garbage")
 
-    second = b"".join(await collect(tts.synthesize(GREETING)))
+    second, outcome = await spoken(tts, GREETING)
 
     assert len(edge_server.requests) == 2
     assert second == first
-    assert tts.last_outcome.from_cache is False
+    assert outcome.from_cache is False
     assert cache.get(TtsCache.key_for("edge", "zh-CN-XiaoxiaoNeural", "+0%", GREETING)) == first
 
 
@@ -255,14 +263,47 @@ async def test_resilient_skips_a_failing_primary_during_its_cooldown(edge_server
     tts = resilient(edge_server, None, failures_before_cooldown=2, primary_cooldown_s=30.0, clock=lambda: now[0])
 
     for _ in range(3):
-        await collect(tts.synthesize("请稍等"))
+        _, outcome = await spoken(tts, "请稍等")
     assert len(edge_server.requests) == 2
-    assert "cooling down" in tts.last_outcome.fallback_reason
+    assert "cooling down" in outcome.fallback_reason
 
     now[0] = 31.0
     edge_server.behaviour = "normal"
-    await collect(tts.synthesize("请稍等"))
-    assert (len(edge_server.requests), tts.last_engine) == (3, "edge")
+    _, outcome = await spoken(tts, "请稍等")
+    assert (len(edge_server.requests), outcome.engine) == (3, "edge")
+
+
+async def test_status_says_since_and_until_when_the_primary_is_skipped(edge_server: FakeEdgeTtsServer) -> None:
+    now = [100.0]
+    edge_server.behaviour = "error_before_audio"
+    tts = resilient(edge_server, None, failures_before_cooldown=2, primary_cooldown_s=30.0, clock=lambda: now[0])
+    assert tts.status() == TtsStatus("edge", "espeak") and tts.status().primary_available
+
+    await spoken(tts, "请稍等")
+    assert tts.status().primary_available  # one failure is not a cooldown yet
+    now[0] = 101.0
+    await spoken(tts, "请稍等")
+    status = tts.status()
+    assert status == TtsStatus("edge", "espeak", primary_cooling_down_since=101.0, primary_cooling_down_until=131.0)
+    assert not status.primary_available
+
+    now[0] = 131.0
+    assert tts.status() == TtsStatus("edge", "espeak")  # the cooldown is over: the primary is tried again
+
+
+async def test_concurrent_syntheses_each_report_their_own_outcome(edge_server: FakeEdgeTtsServer,
+                                                                  cache: TtsCache) -> None:
+    tts = resilient(edge_server, cache)
+    await tts.prerender(["您好"])
+    edge_server.behaviour = "error_before_audio"
+
+    cached, falling_back = tts.synthesize("您好"), tts.synthesize(GREETING)
+    assert (cached.outcome, falling_back.outcome) == (None, None)  # nothing known before the first chunk
+    assert await anext(cached) and await anext(falling_back)  # both under way: the second must not overwrite the first
+    await asyncio.gather(collect(cached), collect(falling_back))
+
+    assert cached.outcome == SynthesisOutcome("edge", from_cache=True, complete=True)
+    assert falling_back.outcome.engine == "espeak" and "NoAudioReceived" in falling_back.outcome.fallback_reason
 
 
 async def test_prerender_reports_rendered_cached_and_failed(edge_server: FakeEdgeTtsServer, cache: TtsCache) -> None:
@@ -276,8 +317,8 @@ async def test_prerender_reports_rendered_cached_and_failed(edge_server: FakeEdg
     edge_server.behaviour = "error_before_audio"
     report = await tts.prerender(["再见", "转人工"])
     assert report == PrerenderReport(rendered=0, cached=1, failed=1, failed_texts=("转人工",))
-    await collect(tts.synthesize("请稍等"))
-    assert tts.last_outcome.from_cache is True
+    _, outcome = await spoken(tts, "请稍等")
+    assert outcome.from_cache is True
 
 
 async def test_a_reply_whose_clauses_are_cached_is_stitched_without_the_engine(edge_server: FakeEdgeTtsServer,
@@ -288,13 +329,13 @@ async def test_a_reply_whose_clauses_are_cached_is_stitched_without_the_engine(e
     second = b"".join(await collect(tts.synthesize("还是“社会保障卡挂失与解挂”？")))
     rendered = len(edge_server.requests)
 
-    stitched = b"".join(await collect(tts.synthesize("请问您问的是“失业保险金申领”，还是“社会保障卡挂失与解挂”？")))
+    stitched, outcome = await spoken(tts, "请问您问的是“失业保险金申领”，还是“社会保障卡挂失与解挂”？")
 
     assert first and second and stitched == first + second and len(edge_server.requests) == rendered  # no new render
-    assert tts.last_outcome == SynthesisOutcome("edge", from_cache=True, complete=True)
+    assert outcome == SynthesisOutcome("edge", from_cache=True, complete=True)
     # One clause missing: the whole text is rendered by the engine, not a partial stitch.
-    await collect(tts.synthesize("请问您问的是“失业保险金申领”，还是“养老金资格认证”？"))
-    assert len(edge_server.requests) == rendered + 1 and tts.last_outcome.from_cache is False
+    _, outcome = await spoken(tts, "请问您问的是“失业保险金申领”，还是“养老金资格认证”？")
+    assert len(edge_server.requests) == rendered + 1 and outcome.from_cache is False
 
 
 def test_clauses_keep_their_marks_and_drop_empty_parts() -> None:
@@ -303,11 +344,9 @@ def test_clauses_keep_their_marks_and_drop_empty_parts() -> None:
     assert clauses("没有标点") == ["没有标点"]
 
 
-def test_create_tts_engine() -> None:
-    edge = create_tts_engine("edge", voice="zh-CN-YunxiNeural", rate="+5%")
-    espeak = create_tts_engine("espeak", speed_wpm=180)
+def test_engines_carry_the_identity_their_renders_are_cached_under() -> None:
+    edge = EdgeTtsEngine(voice="zh-CN-YunxiNeural", rate="+5%")
+    espeak = EspeakTtsEngine(speed_wpm=180)
 
-    assert (type(edge), edge.name, edge.voice, edge.rate) == (EdgeTtsEngine, "edge", "zh-CN-YunxiNeural", "+5%")
-    assert (type(espeak), espeak.name, espeak.voice, espeak.speed_wpm) == (EspeakTtsEngine, "espeak", "cmn-latn-pinyin", 180)
-    with pytest.raises(ValueError, match="unknown TTS engine 'azure'"):
-        create_tts_engine("azure")
+    assert (edge.name, edge.voice, edge.rate) == ("edge", "zh-CN-YunxiNeural", "+5%")
+    assert (espeak.name, espeak.voice, espeak.rate, espeak.speed_wpm) == ("espeak", "cmn-latn-pinyin", "180wpm", 180)

@@ -15,6 +15,8 @@ from tests.voicefixtures import concatenate, cough, noise, padded, synthesize_ma
 from voice.audio import duration_ms, silence
 from voice.base import AudioFormatError, VoiceError
 from voice.vad import (
+    SILERO_CONTEXT_SAMPLES,
+    SILERO_WINDOW_SAMPLES,
     DetectorConfig,
     SileroModel,
     SileroVad,
@@ -199,14 +201,17 @@ def test_calls_on_one_event_loop_share_batched_inference_with_the_same_results()
 
 
 def test_a_failing_batch_fails_every_waiting_call_with_a_voice_error(model: SileroModel) -> None:
-    vads = [SileroVad(model) for _ in range(3)]
-    vads[1]._state = np.zeros((2, 1, 64), dtype=np.float32)  # a corrupt state breaks the whole batch
+    vads = [SileroVad(model) for _ in range(2)]
+    window_input = np.zeros((1, SILERO_CONTEXT_SAMPLES + SILERO_WINDOW_SAMPLES), dtype=np.float32)
+    corrupt_state = np.zeros((2, 1, 64), dtype=np.float32)  # half the state size: it breaks the whole batch
 
     async def all_windows() -> list[object]:
-        return await asyncio.gather(*(vad.probability_async(bytes(WINDOW_BYTES)) for vad in vads),
-                                    return_exceptions=True)
+        return await asyncio.gather(vads[0].probability_async(bytes(WINDOW_BYTES)),
+                                    model.run_async(window_input, corrupt_state),
+                                    vads[1].probability_async(bytes(WINDOW_BYTES)), return_exceptions=True)
 
     results = asyncio.run(all_windows())
+    assert len(results) == 3
     assert all(isinstance(result, VoiceError) and "Silero VAD inference failed" in str(result) for result in results)
     assert 0.0 <= asyncio.run(SileroVad(model).probability_async(bytes(WINDOW_BYTES))) <= 1.0  # the model still works
 

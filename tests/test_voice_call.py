@@ -25,7 +25,7 @@ from telephony.web.app import create_app
 from tests.conftest import _free_port
 from tests.voicefixtures import require_espeak, synthesize_mandarin
 from voice.audio import ulaw_encode
-from voice.tiny_models import build_tiny_paraformer
+from voice.testing.tiny_models import build_tiny_paraformer
 
 TOKEN = "test-media-token-0123456789"
 

@@ -132,6 +132,17 @@ def rms_dbfs(pcm16: bytes) -> float:
 # --- streaming resampling and MP3 decoding ---------------------------------------------------------------------------
 
 
+def float_resampler(from_hz: int, to_hz: int, quality: str = "HQ") -> soxr.ResampleStream | None:
+    """A soxr stream of float32 mono samples (deterministic and independent of chunking), None when the rates match.
+
+    float32, not int16: soxr's int16 path rounds differently depending on how the input is chunked, so the same audio
+    would not give the same bytes twice (cache checks, tests and the ASR client compare renders).
+    """
+    if from_hz == to_hz:
+        return None
+    return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality=quality)
+
+
 class Resampler:
     """Streaming int16 mono resampler (soxr keeps filter state between chunks); `flush` drains its delay line.
 
@@ -142,10 +153,7 @@ class Resampler:
     def __init__(self, from_hz: int, to_hz: int, quality: str = "HQ") -> None:
         self.from_hz, self.to_hz = from_hz, to_hz
         self._carry = b""
-        # float32 inside: soxr's int16 path rounds differently depending on how the input is chunked, so the
-        # same audio would not give the same bytes twice (cache checks and tests compare renders).
-        self._stream = None if from_hz == to_hz else soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32",
-                                                                          quality=quality)
+        self._stream = float_resampler(from_hz, to_hz, quality)
 
     def process(self, pcm16: bytes) -> bytes:
         # A chunk may split a sample between two calls (sockets do not respect sample boundaries).

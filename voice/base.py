@@ -41,8 +41,23 @@ class Transcript:
     is_final: bool
 
 
+@dataclass(frozen=True)
+class AsrCapabilities:
+    """What an ASR stream offers beyond push, finish and close; callers read this instead of probing for methods."""
+
+    speculative_final: bool = False  # `peek` and `discard`: a final decode at a pause without ending the utterance
+    expedite: bool = False  # `expedite`: the ended utterance's queued decodes go before other streams' chunks
+
+
 class AsrStream(Protocol):
-    """One caller utterance at a time; reusable for the next utterance after `finish()`."""
+    """One caller utterance at a time; reusable for the next utterance after `finish()`.
+
+    `peek`, `discard` and `expedite` are optional: a stream defines them only when its `capabilities` say so, and
+    callers check `capabilities` before calling them.
+    """
+
+    @property
+    def capabilities(self) -> AsrCapabilities: ...
 
     async def push(self, pcm16: bytes) -> Transcript | None:
         """Feed 8 kHz PCM; returns the cumulative partial when new text was decoded, else None."""
@@ -51,6 +66,15 @@ class AsrStream(Protocol):
         """Decode what is buffered and return the final text of the utterance; resets for the next one."""
 
     async def close(self) -> None: ...
+
+    async def peek(self) -> Transcript:
+        """With `capabilities.speculative_final`: the text if the utterance ended now, without ending it."""
+
+    async def discard(self) -> None:
+        """With `capabilities.speculative_final`: end the utterance without decoding (its text came from `peek`)."""
+
+    def expedite(self) -> None:
+        """With `capabilities.expedite`: the turn has ended and `finish` follows; decode this stream's audio first."""
 
 
 class AsrEngine(Protocol):
@@ -67,6 +91,7 @@ class AsrEngine(Protocol):
 class TtsEngine(Protocol):
     name: str
     voice: str
+    rate: str  # the speaking rate as the engine spells it ("+0%", "200wpm"); part of a cached render's identity
 
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """8 kHz PCM chunks of the spoken text, the first as early as the engine can produce it."""

@@ -1,4 +1,4 @@
-"""One caller's speech turn-taking: VAD, streaming ASR, endpointing, barge-in, DTMF and paced playback."""
+"""One caller's speech turn-taking: VAD, streaming ASR, endpointing, barge-in and DTMF; playback is delegated."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 from voice.base import FRAME_BYTES, FRAME_MS, AsrStream, AudioBacklog, VoiceError
+from voice.playback import AudioSink, PacedPlayback, PlaybackResult
 from voice.vad import SpeechDetector, SpeechStarted
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # A partial transcript that reads as a whole question lets the turn end on a shorter silence: it asks something
 # (an interrogative or a request for a human) and does not stop on a word that announces more to come.
 MAX_MERGED_FRAMES = 300  # 6 s of 20 ms frames: the most caller audio that goes to the ASR in one push
+# How long `close` lets the ASR task work through what is queued (a final decode under way on a busy model) before
+# cancelling it: about twice a final's worst latency under load, so a hung engine or server cannot hold up the
+# hang-up's clean-up, while a final that is merely slow still finishes and leaves the stream in a clean state.
+ASR_CLOSE_WAIT_S = 2.0
 
 QUESTION_WORDS = re.compile(r"怎么|咋|怎样|如何|什么|啥|哪|多少|几|吗|呢|能不能|可不可以|是不是|有没有|要不要|行不行|"
                             r"可以不|能否|转人工|人工")
@@ -31,11 +35,6 @@ HANGING_ENDINGS = re.compile(r"(的|地|得|和|跟|与|还有|就是|那个|这
 def looks_complete(text: str) -> bool:
     body = text.strip().rstrip("？?。！!")
     return len(body) >= 3 and bool(QUESTION_WORDS.search(body)) and not HANGING_ENDINGS.search(body)
-
-
-class ReplyKind(StrEnum):
-    QUESTION = "question"
-    SHORT = "short"
 
 
 @dataclass(frozen=True)
@@ -101,20 +100,11 @@ class DtmfPressed:
 SpeechEvent = CallerSpeechStarted | PartialTranscript | UtteranceEnded | DtmfPressed
 
 
-class AudioSink(Protocol):
-    """Where the assistant's audio goes (a transport); `clear` drops what the far end has buffered."""
+class ReplyKind(StrEnum):
+    """What the dialogue expects the caller to say next; a short reply ends the turn on a shorter silence."""
 
-    async def send_audio(self, pcm16: bytes) -> None: ...
-
-    async def clear(self) -> None: ...
-
-
-@dataclass
-class PlaybackResult:
-    completed: bool  # False when barge-in or stop() cut it short
-    sent_ms: int = 0
-    first_audio_at: float | None = None
-    stopped_at: float | None = None
+    QUESTION = "question"
+    SHORT = "short"  # after "是不是…？" or "A还是B？": "是", "对", "第二个"
 
 
 @dataclass
@@ -127,11 +117,40 @@ class _Utterance:
     early_final: str | None = None  # that decode's text, when it read as a whole question
 
 
-@dataclass
-class _Playback:
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    result: PlaybackResult = field(default_factory=lambda: PlaybackResult(False))
-    on_first_audio: Callable[[float], None] | None = None
+# The ASR task's work, in the order the audio path queued it.
+@dataclass(frozen=True)
+class AsrAudio:
+    """Caller audio for the stream (the pre-roll, then the utterance's frames)."""
+
+    pcm16: bytes
+
+
+@dataclass(frozen=True)
+class AsrPeek:
+    """A speculative final decode at a pause (only for streams with `capabilities.speculative_final`)."""
+
+    utterance: _Utterance
+
+
+@dataclass(frozen=True)
+class AsrFinish:
+    """The turn is over: take the final text and report the utterance."""
+
+    utterance: _Utterance
+    endpoint_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class AsrClose:
+    """The call is over: the ASR task stops after the work queued before it."""
+
+
+AsrWork = AsrAudio | AsrPeek | AsrFinish | AsrClose
+
+
+def _audio_of(work: AsrWork) -> bytes | None:
+    return work.pcm16 if isinstance(work, AsrAudio) else None
 
 
 class SpeechSession:
@@ -147,21 +166,23 @@ class SpeechSession:
         self.clock = clock
         self.sleep = sleep
         self.events: asyncio.Queue[SpeechEvent] = asyncio.Queue()
-        self.expect_short_reply = False
+        self._expected_reply = ReplyKind.QUESTION
         self._pre_roll: deque[bytes] = deque(maxlen=max(1, config.pre_roll_ms // FRAME_MS))
         self._utterance: _Utterance | None = None
-        self._asr_queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        self._asr_queue: asyncio.Queue[AsrWork] = asyncio.Queue()
         self._asr_task: asyncio.Task | None = None
-        self._playback: _Playback | None = None
+        self._partial = ""  # the ASR's latest partial of the current utterance (read by the ASR task only)
+        self._playback = PacedPlayback(sink, config.playback_lead_ms, clock)
         self._carry = b""
         self.asr_errors = 0
 
     def expect_reply(self, kind: ReplyKind) -> None:
-        self.expect_short_reply = kind is ReplyKind.SHORT
+        """The dialogue says what it expects next: after a clarifying question, a short reply."""
+        self._expected_reply = kind
 
     @property
     def expects_short_reply(self) -> bool:
-        return self.expect_short_reply
+        return self._expected_reply is ReplyKind.SHORT
 
     # -- caller side ----------------------------------------------------------------------------
 
@@ -188,7 +209,7 @@ class SpeechSession:
                 # The VAD fires after min_speech_ms of voice: start the utterance where the voice began.
                 self._utterance = _Utterance(started_at=now, voiced_until=now)
                 for buffered in self._pre_roll:
-                    self._asr_queue.put_nowait(("audio", buffered))
+                    self._asr_queue.put_nowait(AsrAudio(buffered))
                 self._pre_roll.clear()
                 self.events.put_nowait(CallerSpeechStarted(now, barged_in))
         utterance = self._utterance
@@ -196,7 +217,7 @@ class SpeechSession:
             self._pre_roll.append(frame)
             return
         utterance.frames += 1
-        self._asr_queue.put_nowait(("audio", frame))
+        self._asr_queue.put_nowait(AsrAudio(frame))
         if self.detector.in_speech and self.detector.silence_ms == 0:
             utterance.voiced_until = now
             utterance.early_final = None  # the caller went on: the speculative text is out of date
@@ -207,17 +228,18 @@ class SpeechSession:
                 self._end_utterance(now, "silence")
             elif self._should_peek(utterance):
                 utterance.peeked_at_voice = utterance.voiced_until
-                self._asr_queue.put_nowait(("peek", utterance))
+                self._asr_queue.put_nowait(AsrPeek(utterance))
 
     def _should_peek(self, utterance: _Utterance) -> bool:
         """At the first short pause, ask the ASR what the whole utterance says so far (its partials lag a
         stride behind): if that reads as a question, the turn can end on the short silence."""
-        return (self.config.speculative_final and hasattr(self.asr, "peek") and not self.expect_short_reply
+        return (self.config.speculative_final and self.asr.capabilities.speculative_final
+                and not self.expects_short_reply
                 and self.detector.silence_ms >= self.config.complete_question_silence_ms
                 and utterance.peeked_at_voice != utterance.voiced_until and not looks_complete(utterance.partial))
 
     def _silence_needed(self, utterance: _Utterance) -> int:
-        if self.expect_short_reply:
+        if self.expects_short_reply:
             return self.config.short_reply_silence_ms
         if looks_complete(utterance.early_final or utterance.partial):
             return self.config.complete_question_silence_ms
@@ -227,10 +249,9 @@ class SpeechSession:
         utterance = self._utterance
         assert utterance is not None
         self._utterance = None
-        expedite = getattr(self.asr, "expedite", None)
-        if expedite is not None:
-            expedite()  # the final is awaited now: its remaining decodes go before other calls' partials
-        self._asr_queue.put_nowait(("finish", (utterance, now, reason)))
+        if self.asr.capabilities.expedite:
+            self.asr.expedite()  # the final is awaited now: its remaining decodes go before other calls' partials
+        self._asr_queue.put_nowait(AsrFinish(utterance, now, reason))
 
     async def push_dtmf(self, digit: str) -> None:
         """A keypad press interrupts the assistant like speech does (callers press keys to skip prompts)."""
@@ -240,134 +261,80 @@ class SpeechSession:
 
     async def _run_asr(self) -> None:
         """Feeds the ASR off the audio path, so VAD and barge-in never wait for decoding."""
-        partial = ""
         # When the ASR falls behind (a busy model), the audio that piled up goes in one push.
         backlog = AudioBacklog(self._asr_queue, _audio_of, MAX_MERGED_FRAMES)
         while True:
-            (kind, payload), audio = await backlog.next()
-            if audio is not None:
-                payload = audio
-            if kind == "audio":
-                try:
-                    transcript = await self.asr.push(payload)  # type: ignore[arg-type]
-                except VoiceError as exc:
-                    self.asr_errors += 1
-                    log.warning("ASR push failed: %s", exc)
-                    continue
-                if transcript is not None and transcript.text != partial:
-                    partial = transcript.text
-                    if self._utterance is not None and self._utterance.early_final is None:
-                        self._utterance.partial = partial
-                    self.events.put_nowait(PartialTranscript(partial, self.clock()))
-            elif kind == "peek":
-                utterance = payload  # type: ignore[assignment]
-                try:
-                    peeked = (await self.asr.peek()).text  # type: ignore[attr-defined]
-                except VoiceError as exc:
-                    log.warning("ASR peek failed: %s", exc)
-                    continue
-                if looks_complete(peeked) and utterance.voiced_until == utterance.peeked_at_voice:
-                    utterance.early_final = utterance.partial = peeked
-            elif kind == "finish":
-                utterance, endpoint_at, reason = payload  # type: ignore[misc]
-                try:
-                    if utterance.early_final is not None and utterance.voiced_until == utterance.peeked_at_voice:
-                        text = utterance.early_final  # only silence came after it: no second decode
-                        await self.asr.discard()  # type: ignore[attr-defined]
-                    else:
-                        text = (await self.asr.finish()).text
-                except VoiceError as exc:
-                    self.asr_errors += 1
-                    log.warning("ASR final failed: %s", exc)
-                    text = ""
-                partial = ""
-                timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
-                self.events.put_nowait(UtteranceEnded(text.strip(), reason, timings))
-            elif kind == "close":
-                return
+            work, audio = await backlog.next()
+            match work:
+                case AsrAudio():
+                    assert audio is not None  # an audio item comes with its audio, merged with any piled up behind
+                    await self._transcribe(audio)
+                case AsrPeek(utterance):
+                    await self._peek(utterance)
+                case AsrFinish(utterance, endpoint_at, reason):
+                    await self._finish(utterance, endpoint_at, reason)
+                case AsrClose():
+                    return
+
+    async def _transcribe(self, pcm16: bytes) -> None:
+        try:
+            transcript = await self.asr.push(pcm16)
+        except VoiceError as exc:
+            self.asr_errors += 1
+            log.warning("ASR push failed: %s", exc)
+            return
+        if transcript is not None and transcript.text != self._partial:
+            self._partial = transcript.text
+            if self._utterance is not None and self._utterance.early_final is None:
+                self._utterance.partial = self._partial
+            self.events.put_nowait(PartialTranscript(self._partial, self.clock()))
+
+    async def _peek(self, utterance: _Utterance) -> None:
+        try:
+            peeked = (await self.asr.peek()).text
+        except VoiceError as exc:
+            log.warning("ASR peek failed: %s", exc)
+            return
+        if looks_complete(peeked) and utterance.voiced_until == utterance.peeked_at_voice:
+            utterance.early_final = utterance.partial = peeked
+
+    async def _finish(self, utterance: _Utterance, endpoint_at: float, reason: str) -> None:
+        try:
+            if utterance.early_final is not None and utterance.voiced_until == utterance.peeked_at_voice:
+                text = utterance.early_final  # only silence came after it: no second decode
+                await self.asr.discard()
+            else:
+                text = (await self.asr.finish()).text
+        except VoiceError as exc:
+            self.asr_errors += 1
+            log.warning("ASR final failed: %s", exc)
+            text = ""
+        self._partial = ""
+        timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
+        self.events.put_nowait(UtteranceEnded(text.strip(), reason, timings))
 
     # -- assistant side -------------------------------------------------------------------------
 
     @property
     def playing(self) -> bool:
-        return self._playback is not None
+        return self._playback.playing
 
     async def play(self, chunks: AsyncIterator[bytes],
                    on_first_audio: Callable[[float], None] | None = None) -> PlaybackResult:
         """Send the audio to the transport in real time (a small lead ahead), until done or interrupted."""
-        playback = _Playback(on_first_audio=on_first_audio)
-        self._playback = playback
-        result = playback.result
-        started = self.clock()
-        lead_s = self.config.playback_lead_ms / 1000
-        pending = b""
-        try:
-            async for chunk in chunks:
-                if playback.stop.is_set():
-                    break
-                pending += chunk
-                usable = len(pending) - len(pending) % FRAME_BYTES
-                if usable == 0:
-                    continue
-                block, pending = pending[:usable], pending[usable:]
-                if not await self._send_paced(playback, block, started, lead_s):
-                    break
-            if pending and not playback.stop.is_set():
-                await self._send_paced(playback, pending + bytes(FRAME_BYTES - len(pending)), started, lead_s)
-            result.completed = not playback.stop.is_set()
-            if result.completed:
-                # Wait until the far end has played what was sent ahead, so "listening" starts on time.
-                remaining = started + result.sent_ms / 1000 - self.clock()
-                if remaining > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(playback.stop.wait(), remaining)
-                    result.completed = not playback.stop.is_set()
-        finally:
-            if self._playback is playback:
-                self._playback = None
-        return result
-
-    async def _send_paced(self, playback: _Playback, block: bytes, started: float, lead_s: float) -> bool:
-        frame_block = FRAME_BYTES * 5  # 100 ms per transport message keeps 100 calls cheap
-        for offset in range(0, len(block), frame_block):
-            if playback.stop.is_set():
-                return False
-            piece = block[offset:offset + frame_block]
-            ahead = started + playback.result.sent_ms / 1000 - self.clock()
-            if ahead > lead_s:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(playback.stop.wait(), ahead - lead_s)
-                if playback.stop.is_set():
-                    return False
-            await self.sink.send_audio(piece)
-            if playback.result.first_audio_at is None:
-                playback.result.first_audio_at = self.clock()
-                if playback.on_first_audio is not None:
-                    playback.on_first_audio(playback.result.first_audio_at)
-            playback.result.sent_ms += len(piece) // FRAME_BYTES * FRAME_MS
-        return True
+        return await self._playback.play(chunks, on_first_audio)
 
     async def stop_playback(self) -> None:
         """Barge-in or hang-up: stop sending and make the far end drop its buffered audio."""
-        playback = self._playback
-        if playback is None or playback.stop.is_set():
-            return
-        playback.stop.set()
-        playback.result.stopped_at = self.clock()
-        await self.sink.clear()
+        await self._playback.stop()
 
     async def close(self) -> None:
         await self.stop_playback()
         if self._asr_task is not None:
-            self._asr_queue.put_nowait(("close", None))
+            self._asr_queue.put_nowait(AsrClose())
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._asr_task, 2.0)
+                await asyncio.wait_for(self._asr_task, ASR_CLOSE_WAIT_S)
             if not self._asr_task.done():
                 self._asr_task.cancel()
         with contextlib.suppress(VoiceError):
             await self.asr.close()
-
-
-def _audio_of(item: tuple[str, object]) -> bytes | None:
-    kind, payload = item
-    return payload if kind == "audio" and isinstance(payload, bytes) else None

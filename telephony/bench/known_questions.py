@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from telephony.bench.simulated_caller import voiced_frames
-from voice.base import Transcript
+from voice.base import AsrCapabilities, Transcript
 from voice.tts import EspeakTtsEngine
 
 BENCH_QUESTIONS = ("社保卡丢了怎么办", "失业金怎么领", "退休了养老金怎么办", "灵活就业怎么交社保", "工伤认定要什么材料")
@@ -61,9 +61,13 @@ class _KnownQuestionStream:
         await self.inner.push(pcm16)
         return Transcript(self.engine.partial(self.voiced), False) if self.voiced else None
 
+    @property
+    def capabilities(self) -> AsrCapabilities:
+        # No speculative final: the known text is only right once the whole question was heard.
+        return AsrCapabilities(speculative_final=False, expedite=self.inner.capabilities.expedite)
+
     def expedite(self) -> None:
-        if hasattr(self.inner, "expedite"):
-            self.inner.expedite()
+        self.inner.expedite()
 
     async def finish(self):
         await self.inner.finish()

@@ -160,7 +160,7 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
 
 def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: int, asr_model: Path | None,
             ramp_s: float | None, asr_server: bool, known_transcripts: bool, asr_engines: int) -> dict:
-    from voice.tiny_models import build_tiny_paraformer
+    from voice.testing.tiny_models import build_tiny_paraformer
 
     calls = calls or max(10, concurrency)
     ramp = ramp_s if ramp_s is not None else (0.0 if concurrency == 1 else 5.0)

@@ -1,147 +1,31 @@
-"""Streaming speech recognition with FunASR: the in-process Paraformer engine and the 2pass websocket client."""
+"""The in-process FunASR engine: a streaming Paraformer shared by every call's stream, and a pool of copies."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import io
 import logging
-import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import soxr
 
-from voice.audio import pcm16_to_float
-from voice.base import TELEPHONY_RATE_HZ, AsrUnavailable, Transcript
+from voice.audio import float_resampler, pcm16_to_float
+from voice.base import TELEPHONY_RATE_HZ, AsrCapabilities, AsrUnavailable, Transcript
+from voice.funasr.decode_queue import DecodeQueue
+from voice.funasr.loading import load_auto_model, release_freed_memory
+from voice.funasr.protocol import CHUNK_UNIT_MS, checked_chunk_size
 
 logger = logging.getLogger(__name__)
 
 MODEL_RATE_HZ = 16000  # Paraformer's frontend (WavFrontendOnline) expects 16 kHz
-SAMPLES_PER_CHUNK_UNIT = 960  # chunk_size[1] counts 60 ms units at 16 kHz: 10 → 600 ms = 9600 samples
-HUB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+SAMPLES_PER_CHUNK_UNIT = MODEL_RATE_HZ * CHUNK_UNIT_MS // 1000  # 960: chunk_size[1] = 10 → 600 ms = 9600 samples
 ResultType = TypeVar("ResultType")
-
-
-def is_hub_name(model: str | Path) -> bool:
-    """True when `model` can only mean a ModelScope name ("paraformer-zh-streaming", "iic/name"), not a path.
-
-    Path objects, absolute paths, "~", "./", "../" and anything with more than one "/" are local paths, so a
-    mistyped directory fails at once instead of after funasr's 20 s of download retries.
-    """
-    return isinstance(model, str) and not Path(model).exists() and HUB_NAME_PATTERN.match(model) is not None
-
-
-class _FunAsrInfoFilter(logging.Filter):
-    """Drops funasr's INFO chatter, which it logs on the root logger itself ("Loading ckpt ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "funasr" not in record.pathname
-
-
-_FUNASR_INFO_FILTER = _FunAsrInfoFilter()
-
-
-@contextlib.contextmanager
-def quiet_funasr() -> Iterator[None]:
-    """Swallow funasr's prints and undo the logging.basicConfig() that its import and AutoModel() call."""
-    root = logging.getLogger()
-    if _FUNASR_INFO_FILTER not in root.filters:
-        root.addFilter(_FUNASR_INFO_FILTER)  # root logger filters see only records logged on root itself
-    handlers, level = list(root.handlers), root.level
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-
-
-@dataclass
-class _Job:
-    function: Callable[..., Any]
-    arguments: tuple
-    future: Future
-    owner: object | None
-
-
-class DecodeQueue:
-    """One worker thread that runs an engine's decodes, urgent work first.
-
-    Urgent work is what a caller is waiting for: the final transcript at the end of a turn (and the speculative one at
-    a pause). Streaming chunks only refresh partials, so under load they wait and the finals overtake them; a stream
-    whose turn has ended is `expedite`d, which moves its queued chunk to the urgent lane (its final needs it first).
-    """
-
-    def __init__(self, name: str = "funasr") -> None:
-        self._name = name
-        self._condition = threading.Condition()
-        self._urgent: deque[_Job] = deque()
-        self._streaming: deque[_Job] = deque()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def submit(self, function: Callable[..., Any], *arguments: Any, urgent: bool = False,
-               owner: object | None = None) -> Future:
-        job = _Job(function, arguments, Future(), owner)
-        with self._condition:
-            if self._closed:
-                raise RuntimeError("the decode queue is shut down")
-            (self._urgent if urgent else self._streaming).append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
-            self._condition.notify()
-        return job.future
-
-    def expedite(self, owner: object) -> None:
-        """Move `owner`'s waiting jobs to the urgent lane, in their order."""
-        with self._condition:
-            moving = [job for job in self._streaming if job.owner is owner]
-            if moving:
-                self._streaming = deque(job for job in self._streaming if job.owner is not owner)
-                self._urgent.extend(moving)
-
-    def depth(self) -> tuple[int, int]:
-        """Jobs waiting: (urgent, streaming)."""
-        with self._condition:
-            return tuple(sum(not job.future.cancelled() for job in lane)  # type: ignore[return-value]
-                         for lane in (self._urgent, self._streaming))
-
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the worker."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-    def _work(self) -> None:
-        while True:
-            with self._condition:
-                while not self._urgent and not self._streaming and not self._closed:
-                    self._condition.wait()
-                if not self._urgent and not self._streaming:
-                    return
-                job = (self._urgent or self._streaming).popleft()
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = job.function(*job.arguments)
-            except BaseException as error:  # handed to the awaiting coroutine, which decides
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
 
 
 class FunAsrEngine:
@@ -226,10 +110,10 @@ class FunAsrEngine:
                 # torch's intra-op pool spins on every core; in a server process it takes them from the event loop
                 # that carries every call's audio. One thread per engine leaves the other cores to the calls.
                 torch.set_num_threads(self.torch_threads)
-            model = _load_auto_model(self.model_source, self.device)
+            model = load_auto_model(self.model_source, self.device)
             punctuation = None
             if self.punctuation_source is not None:
-                punctuation = _load_auto_model(self.punctuation_source, self.device)
+                punctuation = load_auto_model(self.punctuation_source, self.device)
             silence = np.zeros(self.decode_options["chunk_size"][1] * SAMPLES_PER_CHUNK_UNIT, dtype=np.float32)
             try:
                 self._generate(model, input=silence, cache={}, is_final=True, **self.decode_options)
@@ -237,81 +121,21 @@ class FunAsrEngine:
                 raise AsrUnavailable(f"ASR model {self.model_source} loaded but a test decode failed: "
                                      f"{error.__cause__}") from error.__cause__
             self._model, self._punctuation = model, punctuation
-            _release_freed_memory()
+            release_freed_memory()
             self.load_seconds = time.perf_counter() - started
             logger.info("ASR model %s ready in %.2f s", self.model_source, self.load_seconds)
 
 
-def _release_freed_memory() -> None:
-    """Hand the checkpoint copy freed after loading back to the OS (glibc keeps it: 3.1 → 1.4 GB for the real model)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _decode_options(chunk_size: Sequence[int], encoder_chunk_look_back: int, decoder_chunk_look_back: int) -> dict:
-    sizes = [int(value) for value in chunk_size]
-    if len(sizes) != 3 or sizes[1] <= 0 or min(sizes) < 0:
-        raise ValueError(f"chunk_size must be three non-negative integers with a positive middle, got {chunk_size}")
-    return {"chunk_size": sizes, "encoder_chunk_look_back": int(encoder_chunk_look_back),
+    return {"chunk_size": list(checked_chunk_size(chunk_size)), "encoder_chunk_look_back": int(encoder_chunk_look_back),
             "decoder_chunk_look_back": int(decoder_chunk_look_back)}
-
-
-def _load_auto_model(source: str | Path, device: str) -> Any:
-    """funasr's AutoModel for a local directory, or a hub name fetched once; every failure is AsrUnavailable."""
-    from_hub = is_hub_name(source)
-    if not from_hub:
-        directory = Path(source).expanduser().absolute()
-        if not directory.is_dir():
-            raise AsrUnavailable(f"ASR model directory {directory} does not exist")
-        if not (directory / "config.yaml").is_file() and not (directory / "configuration.json").is_file():
-            raise AsrUnavailable(f"ASR model directory {directory} has no config.yaml (nor configuration.json)")
-        if (directory / "config.yaml").is_file() and not (directory / "model.pt").is_file():
-            raise AsrUnavailable(f"ASR model directory {directory} has config.yaml but no model.pt")
-        source = str(directory)
-    else:
-        logger.info("%s is not a local directory: fetching it from ModelScope (once; needs internet)", source)
-    try:
-        with quiet_funasr():
-            import funasr
-            from funasr import AutoModel
-    except ImportError as error:
-        raise AsrUnavailable(f"funasr cannot be imported ({error}); install funasr and kaldi-native-fbank") from error
-    try:
-        with quiet_funasr():
-            return AutoModel(model=str(source), device=device, disable_update=True, disable_pbar=True,
-                             log_level="ERROR")
-    except Exception as error:  # funasr raises RuntimeError, AssertionError, yaml and torch errors
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        if from_hub:
-            raise AsrUnavailable(
-                f"ASR model {source!r} is not a local directory, so funasr tried to download it from ModelScope, "
-                f"and that failed (no internet? pass the path of a downloaded model directory instead): {reason}"
-            ) from error
-        hint = ""
-        if "is not registered" in reason:  # a missing dependency silently unregisters the model class
-            failed = sorted(name for name in getattr(funasr, "get_import_errors", dict)() if ".models." in name)
-            hint = f"; funasr model modules that failed to import: {failed[:5]}" if failed else ""
-        raise AsrUnavailable(f"cannot load ASR model from {source}: {reason}{hint}") from error
-
-
-def _float_resampler(from_hz: int, to_hz: int, quality: str) -> Any:
-    """A soxr stream of float32 samples (deterministic and independent of chunking), None when the rates match."""
-    if from_hz == to_hz:
-        return None
-    import soxr
-
-    return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality=quality)
 
 
 @dataclass
 class _Utterance:
     """A stream's state for one utterance; the worker thread writes only into the object it was given."""
 
-    resampler: Any
+    resampler: soxr.ResampleStream | None  # None when the stream already has the model's rate
     pending: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))  # 16 kHz, < one stride
     cache: dict = field(default_factory=dict)
     text: str = ""
@@ -320,6 +144,8 @@ class _Utterance:
 
 class FunAsrStream:
     """One utterance at a time: buffers 16 kHz audio and decodes each whole stride (600 ms by default)."""
+
+    capabilities = AsrCapabilities(speculative_final=True, expedite=True)
 
     def __init__(self, engine: FunAsrEngine, hotwords: tuple[str, ...], sample_rate_hz: int, options: dict) -> None:
         if sample_rate_hz not in (TELEPHONY_RATE_HZ, MODEL_RATE_HZ):
@@ -335,7 +161,7 @@ class FunAsrStream:
         self._utterance = self._new_utterance()
 
     def _new_utterance(self) -> _Utterance:
-        return _Utterance(_float_resampler(self.sample_rate_hz, MODEL_RATE_HZ, self.engine.resample_quality))
+        return _Utterance(float_resampler(self.sample_rate_hz, MODEL_RATE_HZ, self.engine.resample_quality))
 
     async def push(self, pcm16: bytes) -> Transcript | None:
         samples = pcm16_to_float(pcm16)
@@ -429,8 +255,8 @@ class FunAsrEnginePool:
 
     @property
     def load_seconds(self) -> float | None:
-        times = [engine.load_seconds for engine in self.engines]
-        return None if None in times else sum(times)  # type: ignore[arg-type]
+        times = [engine.load_seconds for engine in self.engines if engine.load_seconds is not None]
+        return sum(times) if len(times) == len(self.engines) else None
 
     async def warm_up(self) -> None:
         """Load the engines one after another (loading all at once would multiply the peak memory)."""
@@ -452,18 +278,3 @@ class FunAsrEnginePool:
     async def close(self) -> None:
         for engine in self.engines:
             await engine.close()
-
-
-ASR_ENGINE_KINDS = ("funasr", "funasr-server")
-
-
-def create_asr_engine(kind: str, **options: Any) -> Any:
-    """`create_asr_engine("funasr", model=path)` or `create_asr_engine("funasr-server", url="ws://...")`."""
-    if kind == "funasr":
-        return FunAsrEngine(**options)
-    if kind == "funasr-server":
-        from voice.asr_client import FunAsrServerEngine
-
-        return FunAsrServerEngine(**options)
-    raise ValueError(f"unknown ASR engine {kind!r}; choose one of {', '.join(ASR_ENGINE_KINDS)}")
-

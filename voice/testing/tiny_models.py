@@ -136,6 +136,7 @@ def _check_tokens(tokens: Sequence[str]) -> list[str]:
 def _build(directory: Path, config: str, tokens: list[str], seed: int, *, extra_files: dict[str, str],
            model_class: str, input_size: int | None, adjust: Callable[[Any], None] | None = None) -> Path:
     tokens_text = json.dumps(tokens, ensure_ascii=False, indent=0) + "\n"
+    # The header keeps the module's old name: a changed config.yaml would rebuild every model already on disk.
     config = f"# random weights, seed {seed}; built by voice.tiny_models\n{config}"
     if _is_built(directory, config, tokens_text, extra_files):
         return directory
@@ -188,7 +189,7 @@ def _random_state_dict_bytes(config_text: str, model_class: str, vocabulary_size
     import torch
     import yaml
 
-    from voice.asr import quiet_funasr
+    from voice.funasr.loading import quiet_funasr
 
     with quiet_funasr():  # funasr prints an ffmpeg notice and configures root logging on import
         import funasr  # noqa: F401  (registers the model classes)

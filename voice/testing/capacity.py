@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from voice.asr import FunAsrEngine, FunAsrStream
 from voice.audio import TELEPHONY_RATE_HZ
+from voice.funasr import FunAsrEngine, FunAsrStream
 
 CHUNK_MS = 600
 

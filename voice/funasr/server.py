@@ -1,195 +1,32 @@
-"""The FunASR runtime 2pass websocket protocol: its messages as pure code, and a server for an in-process engine."""
+"""A FunASR 2pass websocket server for an in-process engine (`hotline asr-server`): a thin adapter over protocol.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import json
 import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
 from voice.base import AsrUnavailable, AudioBacklog, AudioFormatError, VoiceError
-
-if TYPE_CHECKING:
-    from voice.asr import FunAsrEngine, FunAsrEnginePool, FunAsrStream
+from voice.funasr.engine import FunAsrEngine, FunAsrEnginePool, FunAsrStream
+from voice.funasr.protocol import (
+    DEFAULT_PORT, WEBSOCKET_SUBPROTOCOL, AsrProtocolError, EndOfSpeech, RecognitionResult, ServerError, SessionState,
+    StreamConfig, is_end_of_speech, next_state, offline_result_mode, online_result_mode, parse_client_message,
+)
 
 logger = logging.getLogger(__name__)
 
-# Wire format of FunASR's runtime/docs/websocket_protocol.md (python server funasr_wss_server.py, C++ 2pass server).
-WEBSOCKET_SUBPROTOCOL = "binary"
-DEFAULT_PORT = 10095
-END_OF_SPEECH_JSON = '{"is_speaking": false}'
-CLIENT_MODES = ("2pass", "online", "offline")
-DEFAULT_HOTWORD_WEIGHT = 20
-SUPPORTED_AUDIO_RATES_HZ = (8000, 16000)
-PROTOCOL_DEFAULT_AUDIO_RATE_HZ = 16000  # what FunASR servers assume when audio_fs is absent
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024  # 8 s of 16 kHz PCM; clients send 60 ms pieces
 MAX_MERGED_FRAMES = 100  # audio frames that piled up are pushed together: up to 6 s of 60 ms pieces
 INBOX_FRAMES = 2000  # frames read ahead of the model per connection (2 minutes of 60 ms pieces), then backpressure
-
-
-class AsrProtocolError(VoiceError):
-    """A message that breaks the 2pass protocol (bad JSON, unknown mode, audio before configuration)."""
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """The client's first JSON text frame; None fields are left to the server's defaults."""
-
-    mode: str = "2pass"
-    chunk_size: tuple[int, int, int] = (5, 10, 5)
-    chunk_interval: int = 10
-    wav_name: str = "hotline"
-    audio_fs: int = PROTOCOL_DEFAULT_AUDIO_RATE_HZ
-    hotwords: tuple[str, ...] = ()
-    encoder_chunk_look_back: int | None = None
-    decoder_chunk_look_back: int | None = None
-    is_speaking: bool = True
-
-    def to_json(self) -> str:
-        message: dict[str, Any] = {
-            "mode": self.mode, "chunk_size": list(self.chunk_size), "chunk_interval": self.chunk_interval,
-            "wav_name": self.wav_name, "wav_format": "pcm", "audio_fs": self.audio_fs, "is_speaking": self.is_speaking,
-            "hotwords": json.dumps({word: DEFAULT_HOTWORD_WEIGHT for word in self.hotwords}, ensure_ascii=False),
-            "itn": True}
-        for key in ("encoder_chunk_look_back", "decoder_chunk_look_back"):
-            if getattr(self, key) is not None:
-                message[key] = getattr(self, key)
-        return json.dumps(message, ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class EndOfSpeech:
-    """`{"is_speaking": false}` (the C++ server also accepts `{"is_finished": true}`)."""
-
-
-@dataclass(frozen=True)
-class RecognitionResult:
-    """A server result: "2pass-online" carries new text only, "2pass-offline" the whole corrected utterance."""
-
-    mode: str
-    text: str
-    wav_name: str
-    is_final: bool  # servers disagree on its meaning (the python one sends is_speaking); rely on `mode`
-
-    def to_json(self) -> str:
-        return json.dumps({"mode": self.mode, "text": self.text, "wav_name": self.wav_name,
-                           "is_final": self.is_final}, ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class ServerError:
-    """This server's error report, `{"mode": "error", "message": ...}` (not part of FunASR's protocol)."""
-
-    message: str
-
-    def to_json(self) -> str:
-        return json.dumps({"mode": "error", "message": self.message}, ensure_ascii=False)
-
-
-def _load_object(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise AsrProtocolError(f"text frame is not JSON: {error.msg} at character {error.pos}") from None
-    if not isinstance(message, dict):
-        raise AsrProtocolError(f"text frame must be a JSON object, got {type(message).__name__}")
-    return message
-
-
-def parse_hotwords(value: Any) -> tuple[str, ...]:
-    """Hotwords as FunASR clients send them: a JSON object string {"word": weight} or words split by spaces."""
-    if value in (None, ""):
-        return ()
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        value = _load_object(value)
-    if isinstance(value, dict):
-        return tuple(str(word) for word in value)
-    if isinstance(value, str):
-        return tuple(value.replace(",", " ").split())
-    raise AsrProtocolError(f"hotwords must be a string, got {type(value).__name__}")
-
-
-def _parse_chunk_size(value: Any) -> tuple[int, int, int]:
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        sizes = tuple(int(part) for part in parts)
-    except (TypeError, ValueError):
-        sizes = ()
-    if len(sizes) != 3 or sizes[1] <= 0 or min(sizes) < 0:
-        raise AsrProtocolError(f"chunk_size must be three non-negative integers like [5, 10, 5], got {value!r}")
-    return sizes  # type: ignore[return-value]
-
-
-def parse_client_message(text: str) -> StreamConfig | EndOfSpeech:
-    """A client text frame: a configuration (it has "mode") or the end of speech."""
-    message = _load_object(text)
-    if "mode" not in message:
-        if message.get("is_speaking") is False or message.get("is_finished") is True:
-            return EndOfSpeech()
-        raise AsrProtocolError('expected a configuration with "mode" or {"is_speaking": false}')
-    mode = message["mode"]
-    if mode not in CLIENT_MODES:
-        raise AsrProtocolError(f"mode must be one of {', '.join(CLIENT_MODES)}, got {mode!r}")
-    audio_fs = message.get("audio_fs", PROTOCOL_DEFAULT_AUDIO_RATE_HZ)
-    if audio_fs not in SUPPORTED_AUDIO_RATES_HZ:
-        raise AsrProtocolError(f"audio_fs must be 8000 or 16000, got {audio_fs!r}")
-    look_backs = {}
-    for key in ("encoder_chunk_look_back", "decoder_chunk_look_back"):
-        if key in message:
-            if not isinstance(message[key], int) or message[key] < 0:
-                raise AsrProtocolError(f"{key} must be a non-negative integer, got {message[key]!r}")
-            look_backs[key] = message[key]
-    return StreamConfig(mode=mode, chunk_size=_parse_chunk_size(message.get("chunk_size", [5, 10, 5])),
-                        chunk_interval=int(message.get("chunk_interval", 10)),
-                        wav_name=str(message.get("wav_name", "")), audio_fs=audio_fs,
-                        hotwords=parse_hotwords(message.get("hotwords")),
-                        is_speaking=message.get("is_speaking", True) is not False, **look_backs)
-
-
-def parse_server_message(text: str) -> RecognitionResult | ServerError:
-    message = _load_object(text)
-    if message.get("mode") == "error":
-        return ServerError(str(message.get("message", "")))
-    if not isinstance(message.get("mode"), str) or not isinstance(message.get("text", ""), str):
-        raise AsrProtocolError(f"server result needs string mode and text: {text[:200]}")
-    return RecognitionResult(mode=message["mode"], text=message.get("text", ""),
-                             wav_name=str(message.get("wav_name", "")), is_final=bool(message.get("is_final")))
-
-
-class SessionState(enum.Enum):
-    AWAITING_CONFIG = "awaiting config"
-    CONFIGURED = "configured"  # between utterances
-    SPEAKING = "speaking"
-
-
-# (state, event) → next state; anything missing is a protocol error with this message.
-_TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
-    (SessionState.AWAITING_CONFIG, "config"): SessionState.CONFIGURED,
-    (SessionState.CONFIGURED, "config"): SessionState.CONFIGURED,
-    (SessionState.CONFIGURED, "audio"): SessionState.SPEAKING,
-    (SessionState.CONFIGURED, "end"): SessionState.CONFIGURED,
-    (SessionState.SPEAKING, "audio"): SessionState.SPEAKING,
-    (SessionState.SPEAKING, "end"): SessionState.CONFIGURED,
-}
-_ILLEGAL = {
-    (SessionState.AWAITING_CONFIG, "audio"): "binary audio before the JSON configuration frame",
-    (SessionState.AWAITING_CONFIG, "end"): "end of speech before the JSON configuration frame",
-    (SessionState.SPEAKING, "config"): 'a new configuration in the middle of an utterance; send {"is_speaking": false} first',
-}
-
-
-def next_state(state: SessionState, event: str) -> SessionState:
-    if (state, event) in _TRANSITIONS:
-        return _TRANSITIONS[(state, event)]
-    raise AsrProtocolError(_ILLEGAL.get((state, event), f"{event} is not allowed while {state.value}"))
+WEBSOCKET_MESSAGE_TOO_BIG = 1009  # close codes of RFC 6455 §7.4.1
+WEBSOCKET_INTERNAL_ERROR = 1011
 
 
 class _Session:
@@ -244,8 +81,7 @@ class _Session:
         if mode == "online":
             replies = [self._online(final.text, is_final=True)]
         else:
-            result_mode = "2pass-offline" if mode == "2pass" else "offline"
-            replies = [RecognitionResult(result_mode, final.text, self.config.wav_name, True).to_json()]
+            replies = [RecognitionResult(offline_result_mode(mode), final.text, self.config.wav_name, True).to_json()]
         self.sent_text = ""
         return replies
 
@@ -253,8 +89,8 @@ class _Session:
         """FunASR's online results carry only the text decoded since the previous one."""
         new_text = cumulative[len(self.sent_text):] if cumulative.startswith(self.sent_text) else cumulative
         self.sent_text = cumulative
-        mode = "2pass-online" if self.config.mode == "2pass" else "online"
-        return RecognitionResult(mode, new_text, self.config.wav_name, is_final).to_json()
+        return RecognitionResult(online_result_mode(self.config.mode), new_text, self.config.wav_name,
+                                 is_final).to_json()
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -327,7 +163,7 @@ class FunAsrWebsocketServer:
                     reason = f"message of {message.size} bytes exceeds the limit of {self.max_message_bytes}"
                     logger.warning("ASR client %s: %s", peer, reason)
                     await websocket.send(ServerError(reason).to_json())
-                    await websocket.close(code=1009, reason="message too big")
+                    await websocket.close(code=WEBSOCKET_MESSAGE_TOO_BIG, reason="message too big")
                     return
                 if audio is not None:
                     message = audio
@@ -339,7 +175,7 @@ class FunAsrWebsocketServer:
                 except VoiceError as error:  # the engine failed: report it and drop this connection
                     logger.error("ASR client %s: %s", peer, error)
                     await websocket.send(ServerError(str(error)).to_json())
-                    await websocket.close(code=1011, reason="ASR engine failure")
+                    await websocket.close(code=WEBSOCKET_INTERNAL_ERROR, reason="ASR engine failure")
                     return
                 for reply in replies:
                     await websocket.send(reply)
@@ -358,7 +194,7 @@ class FunAsrWebsocketServer:
                 if len(message) > max_message_bytes:
                     await inbox.put(_Oversized(len(message)))
                     return
-                if isinstance(message, str) and _is_end_of_speech(message):
+                if isinstance(message, str) and is_end_of_speech(message):
                     session.end_of_speech_read()
                 await inbox.put(message)
         except ConnectionClosed:
@@ -372,12 +208,6 @@ class FunAsrWebsocketServer:
 class _Oversized:
     size: int
 
-
-def _is_end_of_speech(text: str) -> bool:
-    try:
-        return isinstance(parse_client_message(text), EndOfSpeech)
-    except AsrProtocolError:
-        return False
 
 
 async def serve_engine(engine: FunAsrEngine | FunAsrEnginePool, host: str, port: int) -> None:
@@ -401,8 +231,6 @@ def run_asr_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = D
                    chunk_size: Sequence[int] = (0, 10, 5), engines: int = 1) -> None:
     """Blocking entry point for `hotline asr-server`: load the model (`engines` copies, each decoding on its own
     thread), then serve ws://host:port until stopped."""
-    from voice.asr import FunAsrEngine, FunAsrEnginePool
-
     options = {"device": device, "chunk_size": chunk_size, "punctuation_model": punctuation_model}
     engine = FunAsrEngine(model_dir, **options) if engines == 1 else FunAsrEnginePool.of(engines, model_dir, **options)
     try:

@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voice.asr import MODEL_RATE_HZ, _decode_options, _float_resampler
-from voice.asr_server import (
-    END_OF_SPEECH_JSON, WEBSOCKET_SUBPROTOCOL, AsrProtocolError, RecognitionResult, ServerError, StreamConfig,
+from voice.audio import float_resampler, float_to_pcm16, pcm16_to_float
+from voice.base import (
+    SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AsrCapabilities, AsrUnavailable, AudioFormatError, Transcript,
+)
+from voice.funasr.protocol import (
+    CHUNK_UNIT_MS, CLIENT_MODES, DEFAULT_CHUNK_SIZE, END_OF_SPEECH_JSON, SUPPORTED_AUDIO_RATES_HZ,
+    WEBSOCKET_SUBPROTOCOL, AsrProtocolError, RecognitionResult, ServerError, StreamConfig, checked_chunk_size,
     parse_server_message,
 )
-from voice.audio import float_to_pcm16, pcm16_to_float
-from voice.base import SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, AsrUnavailable, AudioFormatError, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -25,23 +27,24 @@ class FunAsrServerEngine:
 
     name = "funasr-server"
 
-    def __init__(self, url: str, *, mode: str = "2pass", chunk_size: Sequence[int] = (5, 10, 5),
+    def __init__(self, url: str, *, mode: str = "2pass", chunk_size: Sequence[int] = DEFAULT_CHUNK_SIZE,
                  chunk_interval: int = 10, audio_fs: int = TELEPHONY_RATE_HZ, connect_timeout_s: float = 3.0,
                  final_timeout_s: float = 5.0, hotwords: Sequence[str] = ()) -> None:
-        if mode not in ("2pass", "online", "offline"):
-            raise ValueError(f"mode must be 2pass, online or offline, got {mode!r}")
-        if audio_fs not in (TELEPHONY_RATE_HZ, MODEL_RATE_HZ):
-            raise ValueError(f"audio_fs must be {TELEPHONY_RATE_HZ} or {MODEL_RATE_HZ}, got {audio_fs}")
+        if mode not in CLIENT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(CLIENT_MODES)}, got {mode!r}")
+        if audio_fs not in SUPPORTED_AUDIO_RATES_HZ:
+            raise ValueError(f"audio_fs must be 8000 or 16000, got {audio_fs}")
         self.url = url
         self.mode = mode
-        self.chunk_size = tuple(_decode_options(chunk_size, 0, 0)["chunk_size"])
+        self.chunk_size = checked_chunk_size(chunk_size)
         self.chunk_interval = chunk_interval
         self.audio_fs = audio_fs  # 8000: the C++ server resamples; 16000: this client upsamples (python server)
         self.connect_timeout_s = connect_timeout_s
         self.final_timeout_s = final_timeout_s
         self.hotwords = tuple(hotwords)
         # FunASR clients send chunk_size[1] × 60 ms / chunk_interval per binary frame (60 ms by default).
-        self.piece_bytes = 2 * (self.chunk_size[1] * 60 * audio_fs // 1000 // max(chunk_interval, 1))
+        stride_ms = self.chunk_size[1] * CHUNK_UNIT_MS
+        self.piece_bytes = SAMPLE_WIDTH_BYTES * (stride_ms * audio_fs // 1000 // max(chunk_interval, 1))
         self._utterances = 0
         self._closing: set[asyncio.Task] = set()  # connections of finished utterances, closing in the background
 
@@ -94,6 +97,8 @@ class FunAsrServerStream:
     after {"is_speaking": false}), and costs about a millisecond on a LAN.
     """
 
+    capabilities = AsrCapabilities()  # the protocol has no speculative final, and the server expedites by itself
+
     def __init__(self, engine: FunAsrServerEngine, hotwords: tuple[str, ...]) -> None:
         self.engine = engine
         self.hotwords = hotwords
@@ -103,7 +108,7 @@ class FunAsrServerStream:
     def _reset_audio(self) -> None:
         self._unsent = bytearray()
         # float32, not int16: soxr's chunked int16 output differs by up to 2 LSB from run to run (measured).
-        self._resampler = _float_resampler(TELEPHONY_RATE_HZ, self.engine.audio_fs, "HQ")
+        self._resampler = float_resampler(TELEPHONY_RATE_HZ, self.engine.audio_fs, "HQ")
 
     def _resample(self, pcm16: bytes, *, last: bool = False) -> bytes:
         if self._resampler is None:
@@ -181,7 +186,7 @@ class FunAsrServerStream:
                                  f"{type(error).__name__}: {error}") from error
         utterance = self._utterance = _ServerUtterance(connection)
         utterance.receiver = asyncio.create_task(self._receive(utterance))
-        config = StreamConfig(mode=self.engine.mode, chunk_size=self.engine.chunk_size,  # type: ignore[arg-type]
+        config = StreamConfig(mode=self.engine.mode, chunk_size=self.engine.chunk_size,
                               chunk_interval=self.engine.chunk_interval, wav_name=self.engine.next_wav_name(),
                               audio_fs=self.engine.audio_fs, hotwords=self.hotwords)
         await self._send(utterance, config.to_json())
@@ -222,7 +227,7 @@ class FunAsrServerStream:
             utterance.final_received.set()
 
     def _apply(self, utterance: _ServerUtterance, result: RecognitionResult) -> None:
-        offline = result.mode in ("2pass-offline", "offline")
+        offline = result.is_offline
         if offline:
             utterance.committed_text += result.text
             utterance.online_text = ""
