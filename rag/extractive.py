@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kb.check import compose_sms
+from kb.sms_text import compose_sms
 from kb.schema import SPOKEN_MAX_CHARS, ServiceItem
 from rag import phrases
 from rag.base import Action, Answer, Citation
