@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,14 @@ FEATURES = ("fused", "lead", "gap", "alias_match", "alias_pinyin", "vector", "ve
             "lexical_classifier_second")
 
 
+def score_lead(ranked: Sequence[ScoredItem]) -> float:
+    """How far the top item leads the runner-up, as a share of the top score: 1.0 when there is no runner-up (or
+    the top score is not positive), 0.0 for a tie."""
+    if len(ranked) < 2 or ranked[0].score <= 0:
+        return 1.0
+    return (ranked[0].score - ranked[1].score) / ranked[0].score
+
+
 def features(ranked: list[ScoredItem]) -> list[float]:
     """What the model sees: the top candidate's channel scores and its lead over the runner-up."""
     if not ranked:
@@ -27,10 +36,9 @@ def features(ranked: list[ScoredItem]) -> list[float]:
     def channel(scored: ScoredItem | None, name: str) -> float:
         return scored.channel_scores.get(name, 0.0) if scored is not None else 0.0
 
-    lead = (top.score - second.score) / top.score if second is not None and top.score > 0 else 1.0
     return [
         top.score,
-        lead,
+        score_lead(ranked),
         top.score - (second.score if second is not None else 0.0),
         channel(top, "alias_match"),
         channel(top, "alias_pinyin"),

@@ -12,7 +12,7 @@ from kb.schema import ServiceItem
 from rag import phrases
 from rag.base import Action, Answer, ConversationContext, Retriever, ScoredItem
 from rag.calculators import calculate
-from rag.confidence import ConfidenceModel
+from rag.confidence import ConfidenceModel, score_lead
 from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,17 @@ ABUSE = re.compile(r"傻(?!眼)|笨|蠢|他妈的|去死|滚蛋|滚远|混蛋|�
                    r"懒得跟你|没得用|没有用(?!过)|一点用都")
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
+# Score leads (`score_lead`) below 1.0, the lead when there is no runner-up.
 VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
 CHOICE_LEAD = 0.35  # in the middle band, a runner-up this close is offered as the second choice
+# Fixed confidences of replies the confidence model does not score (it scores a retrieval). They are reported with
+# the answer and stored with the turn, and say how sure the rule that settled the reply is; no gate reads them.
+RULE_CONFIDENCE = 1.0  # a request for a person or an insult: the rule itself is certain
+CALCULATED_CONFIDENCE = 0.95  # computed from the caller's own numbers; only the caller's figures can be wrong
+DETAILS_CONFIDENCE = 0.9  # the calculator knows the service and asks for the numbers it needs
+CHOSEN_CONFIDENCE = 0.9  # the caller picked one of the services offered
+FOLLOWUP_MIN_CONFIDENCE = 0.6  # a follow-up on the service answered before is at least this sure
+NO_SERVICE_CONFIDENCE = 0.0  # nothing to search for, or the caller turned the offered services down: none is known
 MIDDLE = "middle"  # reason prefix of a clarifying question whose items the caller is asked to choose from
 # Replies to "您问的是A，还是B？" / "您问的是不是A？".
 CHOOSE_FIRST = re.compile(r"第一|前面|前一个|头一个|上一个|第1|前头|前者")
@@ -91,9 +100,9 @@ class AnswerEngine:
         question = validate_question(question, self.policy.max_question_chars)
         context = context or ConversationContext()
         if HUMAN_REQUEST.search(question):
-            return self._handoff(question, phrases.HANDOFF_REQUESTED, 1.0, "caller asked for a human")
+            return self._handoff(question, phrases.HANDOFF_REQUESTED, RULE_CONFIDENCE, "caller asked for a human")
         if ABUSE.search(question):
-            return self._handoff(question, phrases.ABUSE, 1.0, "abusive language")
+            return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language")
 
         if context.offered_item_ids:
             asked = context.previous_questions[-1] if context.previous_questions else ""
@@ -105,13 +114,15 @@ class AnswerEngine:
         if calculated is not None:
             item = self.kb.get(calculated.item_id)
             if calculated.complete and item is not None:
-                return self.curated.answer(question, item, 0.95, calculated.reason, spoken=calculated.spoken)
-            return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,), 0.9,
-                          calculated.reason)
+                return self.curated.answer(question, item, CALCULATED_CONFIDENCE, calculated.reason,
+                                           spoken=calculated.spoken)
+            return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,),
+                          DETAILS_CONFIDENCE, calculated.reason)
 
         ranked = self.retriever.retrieve(question, limit=5)
         if not ranked:
-            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), 0.0, "nothing to search for")
+            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), NO_SERVICE_CONFIDENCE,
+                          "nothing to search for")
         confidence = self.confidence(ranked)
 
         previous = self.kb.get(context.previous_item_ids[-1]) if context.previous_item_ids else None
@@ -119,7 +130,8 @@ class AnswerEngine:
             followed = self.curated.followup(question, previous)
             if followed is not None:
                 return followed
-            return self.curated.answer(question, previous, max(confidence, 0.6), f"follow-up on {previous.id}")
+            return self.curated.answer(question, previous, max(confidence, FOLLOWUP_MIN_CONFIDENCE),
+                                       f"follow-up on {previous.id}")
         off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
         if self.lexicon is not None and not self.lexicon.in_domain(question):
             if off_topic is not None:  # named another office's business: repeating it would not help
@@ -161,10 +173,7 @@ class AnswerEngine:
         return Answer(question, Action.CLARIFY, spoken, "", (), (first.id, second.id), confidence, reason)
 
     def _close_runner_up(self, ranked: list[ScoredItem]) -> ServiceItem | None:
-        if len(ranked) < 2 or ranked[0].score <= 0:
-            return None
-        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
-        return self.kb.get(ranked[1].item_id) if lead <= CHOICE_LEAD else None
+        return self.kb.get(ranked[1].item_id) if score_lead(ranked) <= CHOICE_LEAD else None
 
     def _resolve_choice(self, reply: str, offered: tuple[str, ...], asked: str = "") -> Answer | None:
         """The caller's reply to a clarifying question (asked after the question `asked`): pick the offered item,
@@ -182,7 +191,8 @@ class AnswerEngine:
             picked = items[0]
         elif _turns_down(reply):
             return self._next_candidates(reply, offered, asked) or Answer(
-                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0, "caller rejected the offered services")
+                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
+                "caller rejected the offered services")
         elif CONFIRM.search(reply) and len(items) == 1:
             picked = items[0]
         else:
@@ -193,7 +203,8 @@ class AnswerEngine:
                 picked = self.kb.get(ranked[0].item_id)
         if picked is None:
             return None
-        return self.curated.answer(reply, picked, 0.9, f"caller chose {picked.id} from {', '.join(offered)}")
+        return self.curated.answer(reply, picked, CHOSEN_CONFIDENCE,
+                                   f"caller chose {picked.id} from {', '.join(offered)}")
 
     def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
         """After "都不是": the next two services the first question ranked, once. None when the offered services were
@@ -207,10 +218,11 @@ class AnswerEngine:
         reason = f"{MIDDLE}, caller rejected {', '.join(offered)}: offer the next candidates"
         if len(rest) >= 2:
             spoken = phrases.CHOOSE_NEXT.format(first=rest[0].title, second=rest[1].title)
-            return Answer(reply, Action.CLARIFY, spoken, "", (), (rest[0].id, rest[1].id), 0.0, reason)
+            return Answer(reply, Action.CLARIFY, spoken, "", (), (rest[0].id, rest[1].id), NO_SERVICE_CONFIDENCE,
+                          reason)
         if rest:
             return Answer(reply, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=rest[0].title), "", (),
-                          (rest[0].id,), 0.0, reason)
+                          (rest[0].id,), NO_SERVICE_CONFIDENCE, reason)
         return None
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
@@ -222,11 +234,10 @@ class AnswerEngine:
         return bool(FOLLOWUP_CUE.search(question)) or len(question) <= FOLLOWUP_MAX_CHARS
 
     def _variant_of(self, top: ServiceItem, ranked: list[ScoredItem]) -> ServiceItem | None:
-        if len(ranked) < 2 or ranked[0].score <= 0:
+        if score_lead(ranked) > VARIANT_LEAD:
             return None
-        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
         second = self.kb.get(ranked[1].item_id)
-        if second is None or lead > VARIANT_LEAD:
+        if second is None:
             return None
         related = second.id in top.related or top.id in second.related
         return second if related and second.category == top.category else None
