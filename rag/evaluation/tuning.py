@@ -1,11 +1,11 @@
 """Tuning on development data only (`hotline tune`): fusion weights and the confidence model.
 
-The labelled set in `rag/evalset/` is the test set and is never used here. Development data:
+The labelled set in `rag/evaluation/evalset/` is the test set and is never used here. Development data:
 
 - the callers' questions in the KB items (`questions:`), held out by folds: for each fold the retriever is built
   without that fold's questions and ranks them, so every question is scored by a retriever that never saw it;
-- the same questions with homophone noise (`rag/asr_noise.py`, its own seed);
-- `rag/devset/*.yaml`: questions no item answers (expected `handoff`), for the confidence gate's negatives.
+- the same questions with homophone noise (`rag/evaluation/asr_noise.py`, its own seed);
+- `rag/evaluation/devset/*.yaml`: questions no item answers (expected `handoff`), for the confidence gate's negatives.
 
 The result is written to `rag/calibration.json`: the fusion weights (`fusion_weights`) and the logistic confidence
 model fitted on the out-of-fold rankings with those weights.
@@ -25,7 +25,7 @@ from kb.loader import KnowledgeBase
 from rag.confidence import DEFAULT_CALIBRATION_FILE, features, fit
 from rag.embeddings import MultilingualUseEmbedding
 from rag.engine import reaches_the_gates
-from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
+from rag.evaluation.evaluation import EvalCase, load_eval_set, with_asr_noise
 from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
 from rag.text import TextProcessor
 from rag.vector import VectorIndex, chroma_client
