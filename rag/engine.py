@@ -86,13 +86,13 @@ def conversation_context(turns: Iterable[tuple[str, str, Sequence[str], str]]) -
 class AnswerEngine:
     """Implements `Answerer`: decides the action in code and composes the answer."""
 
-    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy,
-                 confidence: ConfidenceModel | None = None, llm=None, lexicon: Lexicon | None = None) -> None:
+    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy, confidence: ConfidenceModel,
+                 llm=None, lexicon: Lexicon | None = None) -> None:
         self.kb = kb
         self.lexicon = lexicon
         self.retriever = retriever
         self.policy = policy
-        self.confidence = confidence or ConfidenceModel.load()
+        self.confidence = confidence
         self.curated = CuratedComposer(policy)
         self.llm = llm
 

@@ -4,14 +4,12 @@ matching (characters and pinyin), and an optional vector channel in chromadb, fu
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -43,8 +41,8 @@ class FusionWeights:
     """How much each channel counts in the fused score; a zero weight switches a channel off.
 
     The class defaults are hand-set starting points; the weights served are the ones `hotline tune` fits on
-    development data (hit@1 over held-out caller questions and their homophone-noise variants). alias_match still
-    names the matched key and feeds confidence.
+    development data (hit@1 over held-out caller questions and their homophone-noise variants), stored in the
+    calibration file (`rag.calibration`). alias_match still names the matched key and feeds confidence.
     """
 
     words_bm25: float = 0.15
@@ -77,19 +75,6 @@ class FusionWeights:
 
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
-
-    @classmethod
-    def tuned(cls, path: Path | None = None) -> FusionWeights:
-        """The weights `hotline tune` wrote to rag/calibration.json, or the class defaults when there are none."""
-        from rag.confidence import DEFAULT_CALIBRATION_FILE
-
-        file = path or DEFAULT_CALIBRATION_FILE
-        try:
-            stored = json.loads(file.read_text(encoding="utf-8")).get("fusion_weights") or {}
-        except (OSError, ValueError):
-            return cls()
-        known = {field.name for field in fields(cls)}
-        return cls(**{name: float(value) for name, value in stored.items() if name in known})
 
     def with_overrides(self, overrides: dict[str, float]) -> FusionWeights:
         """These weights with some channels set by name (settings); unknown names and negatives are errors."""
@@ -239,11 +224,10 @@ class ChannelScores:
 
 
 class HybridRetriever:
-    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights | None = None,
+    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights,
                  vector: VectorIndex | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.kb = kb
         self.text = text
-        weights = weights or FusionWeights.tuned()
         self.weights = weights
         self.clock = clock  # seconds, for the vector channel's back-off
         self.vector = vector if weights.uses_vectors else None

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kb.errors import KbError
 from rag.base import ConversationContext
-from rag.errors import InvalidQuestionError
+from rag.errors import CalibrationError, InvalidQuestionError
 from telephony.errors import UnknownConversationError
 from telephony.service import HotlineService
 from telephony.settings import Settings
@@ -72,7 +72,7 @@ async def watch_builds(service: HotlineService, stop: asyncio.Event) -> None:
         if current and current != service.stack.version:
             try:
                 await asyncio.to_thread(service.reload)
-            except (KbError, OSError, ValueError) as exc:
+            except (KbError, CalibrationError, OSError, ValueError) as exc:
                 log.error("new knowledge-base build %s not loaded, still serving %s: %s", current,
                           service.stack.version, exc)
 
@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, **voice_opt
         service: HotlineService = request.app.state.service
         try:
             old, new = await asyncio.to_thread(service.reload)
-        except (KbError, OSError, ValueError) as exc:
+        except (KbError, CalibrationError, OSError, ValueError) as exc:
             return error_response(409, f"build not loaded, still serving {service.stack.version}: {exc}")
         return JSONResponse({"previous": old, "current": new, "items": len(service.kb)})
 

@@ -137,11 +137,13 @@ def tune_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
     folds: Annotated[int, typer.Option(min=2, max=12, help="Folds the KB's caller questions are held out in")] = 4,
     vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
-    output: Annotated[Optional[Path], typer.Option(help="Where to write (default rag/calibration.json)")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write (default <data_dir>/calibration.json, which "
+                                                        "the next `hotline kb build` takes)")] = None,
 ) -> None:
     """Fit the fusion weights and the confidence model on development data (never on the evaluation set)."""
+    from kb.builds import CALIBRATION, calibration_file
     from kb.lexicon import load_lexicon
-    from rag.confidence import DEFAULT_CALIBRATION_FILE
+    from rag.calibration import load_calibration
     from rag.errors import RetrievalError
     from rag.evaluation.tuning import tune
     from telephony.service import embedding_function
@@ -152,14 +154,23 @@ def tune_command(
     kb = load_knowledge_base(settings.kb_dir)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
     vectors = vectors and settings.embedding_backend is not EmbeddingBackend.NONE
+    if output is None:
+        output = settings.data_dir / CALIBRATION
+        output.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if not output.parent.is_dir():  # before the minutes of tuning, not after
+            raise OSError(f"no directory {output.parent} to write {output.name} in")
+        start = load_calibration(calibration_file(settings.data_dir)).weights  # the calibration in force now
         embedding = embedding_function(settings) if vectors else None
-        report = tune(kb, load_lexicon(), folds=folds, with_vectors=vectors, output=output or DEFAULT_CALIBRATION_FILE,
+        report = tune(kb, load_lexicon(), start=start, output=output, folds=folds, with_vectors=vectors,
                       progress=progress, embedding=embedding)
     except (ValueError, OSError, RetrievalError) as exc:
         typer.echo(f"cannot tune: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(report, ensure_ascii=False, indent=None if as_json else 2))
+    if not as_json:
+        typer.echo(f"calibration written to {output}; `hotline kb build` puts it into the next build "
+                   "(to update the shipped one: --output kb/calibration.json)", err=True)
 
 
 @app.command("eval")
@@ -231,8 +242,10 @@ def kb_build(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
     """Check the KB, write a content-hashed build and publish it (a running server switches to it)."""
-    from kb.builds import BuildStore
+    from kb.builds import BuildStore, calibration_file
     from kb.lexicon import DEFAULT_LEXICON_FILE
+    from rag.calibration import load_calibration
+    from rag.errors import CalibrationError
 
     settings = load_settings()
     kb = load_knowledge_base(settings.kb_dir)
@@ -242,12 +255,19 @@ def kb_build(
             typer.echo(f"error: {error}", err=True)
         typer.echo(f"not built: {len(report.errors)} error(s); fix them (hotline kb check) and build again", err=True)
         raise typer.Exit(1)
+    calibration = calibration_file(settings.data_dir)
+    try:
+        load_calibration(calibration)  # a build whose calibration does not load would never be served
+    except CalibrationError as exc:
+        typer.echo(f"not built: {exc}", err=True)
+        raise typer.Exit(1) from None
     store = BuildStore(settings.data_dir / "kb-builds")
     previous = store.current()
-    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, progress=progress)
+    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, calibration,
+                                    progress=progress)
     state = "built" if written else "unchanged, already built"
     typer.echo(f"version {manifest.version} ({state}): {len(manifest.item_hashes)} items, "
-               f"{manifest.passages} passages; published (previous: {previous or 'none'})")
+               f"{manifest.passages} passages, calibration {calibration}; published (previous: {previous or 'none'})")
 
 
 @kb_app.command("diff")
@@ -290,6 +310,8 @@ def kb_diff(
         typer.echo(f"passages: {diff.passages_delta:+d}")
     if diff.lexicon_changed:
         typer.echo("lexicon changed")
+    if diff.calibration_changed:
+        typer.echo("calibration changed")
     if diff.empty:
         typer.echo("no differences")
 
@@ -314,17 +336,20 @@ def bench_retrieval(
     vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
 ) -> None:
     """Retrieval p50/p95 on the shipped KB and on a synthetic 2.2M-character KB, plus index build time."""
+    from kb.builds import calibration_file
     from kb.lexicon import load_lexicon
-    from rag.evaluation.bench import measure, synthetic_kb
+    from rag.calibration import load_calibration
     from rag.evaluation import DEFAULT_EVAL_SET, load_eval_set
+    from rag.evaluation.bench import measure, synthetic_kb
 
     settings = load_settings()
     configure_logging("WARNING")
     kb = load_knowledge_base(settings.kb_dir)
     lexicon = load_lexicon()
+    weights = load_calibration(calibration_file(settings.data_dir)).weights
     questions = [case.question for case in load_eval_set(DEFAULT_EVAL_SET)]
-    shipped = measure(kb, lexicon, questions, with_vectors=vectors, rounds=rounds)
-    large = measure(synthetic_kb(kb), lexicon, questions, with_vectors=vectors, rounds=1)
+    shipped = measure(kb, lexicon, weights, questions, with_vectors=vectors, rounds=rounds)
+    large = measure(synthetic_kb(kb), lexicon, weights, questions, with_vectors=vectors, rounds=1)
     result = {"shipped": shipped.to_dict(), "synthetic_2_2m": large.to_dict(), "vectors": vectors}
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 

