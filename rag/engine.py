@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
-
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from rag import phrases
-from rag.base import Action, Answer, ConversationContext, Retriever, ScoredItem
+from rag.base import Action, Answer, ClarifyKind, ConversationContext, Retriever, ScoredItem
 from rag.calculators import calculate
 from rag.confidence import ConfidenceModel, score_lead
 from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
@@ -44,7 +42,6 @@ DETAILS_CONFIDENCE = 0.9  # the calculator knows the service and asks for the nu
 CHOSEN_CONFIDENCE = 0.9  # the caller picked one of the services offered
 FOLLOWUP_MIN_CONFIDENCE = 0.6  # a follow-up on the service answered before is at least this sure
 NO_SERVICE_CONFIDENCE = 0.0  # nothing to search for, or the caller turned the offered services down: none is known
-MIDDLE = "middle"  # reason prefix of a clarifying question whose items the caller is asked to choose from
 # Replies to "您问的是A，还是B？" / "您问的是不是A？".
 CHOOSE_FIRST = re.compile(r"第一|前面|前一个|头一个|上一个|第1|前头|前者")
 CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一个")
@@ -65,22 +62,6 @@ def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
     if HUMAN_REQUEST.search(question) or ABUSE.search(question):
         return False
     return lexicon is None or lexicon.in_domain(question)
-
-
-def conversation_context(turns: Iterable[tuple[str, str, Sequence[str], str]]) -> ConversationContext:
-    """The context after these turns, oldest first: (caller text, action, item ids, reason) each.
-
-    Follow-ups resolve against the last answered items; the last reply's offered choices are pending only when it
-    was a middle-band clarifying question (calculator questions also clarify, but ask for numbers, not a choice).
-    """
-    turns = list(turns)
-    answered = [items[0] for _question, action, items, _reason in turns if action == Action.ANSWER.value and items]
-    offered: tuple[str, ...] = ()
-    if turns:
-        _question, action, items, reason = turns[-1]
-        if action == Action.CLARIFY.value and reason.startswith(MIDDLE):
-            offered = tuple(items)
-    return ConversationContext(tuple(answered[-3:]), tuple(turn[0] for turn in turns[-3:]), offered)
 
 
 class AnswerEngine:
@@ -117,7 +98,7 @@ class AnswerEngine:
                 return self.curated.answer(question, item, CALCULATED_CONFIDENCE, calculated.reason,
                                            spoken=calculated.spoken)
             return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,),
-                          DETAILS_CONFIDENCE, calculated.reason)
+                          DETAILS_CONFIDENCE, calculated.reason, ClarifyKind.DETAILS)
 
         ranked = self.retriever.retrieve(question, limit=5)
         if not ranked:
@@ -155,22 +136,29 @@ class AnswerEngine:
         variant = self._variant_of(top, ranked)
         if variant is not None:
             return self._choose(question, top, variant, confidence,
-                                self._reason(f"{MIDDLE}, variants of one service", ranked, confidence))
+                                self._reason("middle, variants of one service", ranked, confidence))
         if self.llm is not None:
             return await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
-                                         self._reason(f"{MIDDLE}, LLM", ranked, confidence))
+                                         self._reason("middle, LLM", ranked, confidence))
         runner_up = self._close_runner_up(ranked)
         if runner_up is not None:
             return self._choose(question, top, runner_up, confidence,
-                                self._reason(f"{MIDDLE}, choose between the two closest", ranked, confidence))
-        spoken = phrases.CONFIRM_ITEM.format(title=top.title)
-        return Answer(question, Action.CLARIFY, spoken, "", (), (top.id,), confidence,
-                      self._reason(f"{MIDDLE}, confirm the service", ranked, confidence))
+                                self._reason("middle, choose between the two closest", ranked, confidence))
+        return self._confirm(question, top, confidence, self._reason("middle, confirm the service", ranked, confidence))
 
     @staticmethod
-    def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str) -> Answer:
-        spoken = phrases.CHOOSE_ITEMS.format(first=first.title, second=second.title)
-        return Answer(question, Action.CLARIFY, spoken, "", (), (first.id, second.id), confidence, reason)
+    def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str,
+                phrase: str = phrases.CHOOSE_ITEMS) -> Answer:
+        """「您问的是A，还是B？」: the caller's next reply may pick one (`_resolve_choice`)."""
+        offered = (first.id, second.id)
+        return Answer(question, Action.CLARIFY, phrase.format(first=first.title, second=second.title), "", (), offered,
+                      confidence, reason, ClarifyKind.CHOICE, offered)
+
+    @staticmethod
+    def _confirm(question: str, item: ServiceItem, confidence: float, reason: str) -> Answer:
+        """「您问的是不是A？」: the caller's next reply may confirm it (`_resolve_choice`)."""
+        return Answer(question, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=item.title), "", (), (item.id,),
+                      confidence, reason, ClarifyKind.CONFIRM, (item.id,))
 
     def _close_runner_up(self, ranked: list[ScoredItem]) -> ServiceItem | None:
         return self.kb.get(ranked[1].item_id) if score_lead(ranked) <= CHOICE_LEAD else None
@@ -215,14 +203,11 @@ class AnswerEngine:
         if tuple(scored.item_id for scored in ranked[:len(offered)]) != offered:
             return None
         rest = [item for item in (self.kb.get(scored.item_id) for scored in ranked[len(offered):]) if item is not None]
-        reason = f"{MIDDLE}, caller rejected {', '.join(offered)}: offer the next candidates"
+        reason = f"middle, caller rejected {', '.join(offered)}: offer the next candidates"
         if len(rest) >= 2:
-            spoken = phrases.CHOOSE_NEXT.format(first=rest[0].title, second=rest[1].title)
-            return Answer(reply, Action.CLARIFY, spoken, "", (), (rest[0].id, rest[1].id), NO_SERVICE_CONFIDENCE,
-                          reason)
+            return self._choose(reply, rest[0], rest[1], NO_SERVICE_CONFIDENCE, reason, phrases.CHOOSE_NEXT)
         if rest:
-            return Answer(reply, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=rest[0].title), "", (),
-                          (rest[0].id,), NO_SERVICE_CONFIDENCE, reason)
+            return self._confirm(reply, rest[0], NO_SERVICE_CONFIDENCE, reason)
         return None
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:

@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rag.base import Action, Answer, ConversationContext
-from rag.engine import conversation_context
+from rag.base import Action, Answer, ConversationContext, ConversationTurn
 from rag.errors import InvalidQuestionError
 from telephony import prompts
 from telephony.errors import StorageError, TelephonyError
@@ -108,7 +107,7 @@ class CallSession:
         self._caller_mid_utterance = False
         self._pending_writes: set[asyncio.Future] = set()
         self._write_lock = asyncio.Lock()  # this call's turn writes, in order
-        self._conversation: list[tuple[str, str, tuple[str, ...], str]] = []
+        self._conversation: list[ConversationTurn] = []
 
     def _move(self, target: DialogueState) -> None:
         self.state = next_state(self.state, target)
@@ -273,11 +272,11 @@ class CallSession:
             log.warning("call %s: timings of turn %s not stored: %s", self.call_id, seq, exc)
 
     def context(self) -> ConversationContext:
-        return conversation_context(self._conversation)
+        return ConversationContext.from_turns(self._conversation)
 
     def _remember(self, answer: Answer) -> None:
         """The conversation so far, kept in memory (the database is written in the background)."""
-        self._conversation.append((answer.question, answer.action.value, answer.items, answer.reason))
+        self._conversation.append(answer.as_turn())
 
     async def flush(self) -> None:
         """Wait for turn writes still in flight (at hang-up)."""

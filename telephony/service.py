@@ -14,9 +14,9 @@ from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
-from rag.base import Answer, ConversationContext
+from rag.base import Action, Answer, ConversationContext, ConversationTurn
 from rag.calibration import Calibration, load_calibration
-from rag.engine import AnswerEngine, conversation_context
+from rag.engine import AnswerEngine
 from rag.extractive import AnswerPolicy, CuratedComposer
 from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
                             OpenAICompatibleEmbedding)
@@ -27,7 +27,7 @@ from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from telephony.errors import StorageError, UnknownConversationError
 from telephony.settings import EmbeddingBackend, Settings
-from telephony.store import CallChannel, Database
+from telephony.store import CallChannel, Database, Turn
 
 log = logging.getLogger(__name__)
 STORE_AFTER_LIMIT_S = 2.0  # a turn is written at the latest this long after its answer
@@ -143,6 +143,13 @@ def open_vector_index(settings: Settings, retriever: HybridRetriever, version: s
     return index
 
 
+def conversation_turn(turn: Turn) -> ConversationTurn:
+    """A stored turn as conversation context. A turn the dialogue answered by itself (请再说一遍, goodbye) counts as a
+    question that answered and offered nothing."""
+    action = Action(turn.action) if turn.action in tuple(Action) else Action.CLARIFY
+    return ConversationTurn(turn.caller_text, action, tuple(turn.item_ids or ()), tuple(turn.offered_item_ids or ()))
+
+
 class HotlineService:
     """Serves questions from the current answer stack and records every question as a turn."""
 
@@ -213,6 +220,7 @@ class HotlineService:
             "spoken_text": answer.spoken,
             "sms_text": answer.sms,
             "item_ids": list(answer.items),
+            "offered_item_ids": list(answer.offered_items),
             "citations": [citation.text for citation in answer.citations],
             "confidence": answer.confidence,
             "action": answer.action.value,
@@ -251,8 +259,7 @@ class HotlineService:
             return None
         if call is None:
             return None
-        return conversation_context((turn.caller_text, turn.action, turn.item_ids or [], turn.reason or "")
-                                    for turn in call.turns)
+        return ConversationContext.from_turns(conversation_turn(turn) for turn in call.turns)
 
     def _store(self, channel: CallChannel, conversation_id: str | None, record: dict, version: str) -> tuple[str, int]:
         if conversation_id is None:
