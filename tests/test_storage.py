@@ -25,15 +25,21 @@ from telephony.store import (
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path):
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty SQLite file or PostgreSQL database, nothing migrated yet."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     else:
         url = request.getfixturevalue("fresh_postgres_url")
     db = Database(url)
-    db.migrate()
     yield db
     db.close()
+
+
+@pytest.fixture
+def database(empty_database: Database):
+    empty_database.migrate()
+    return empty_database
 
 
 def test_migration_creates_every_table_and_is_idempotent(database: Database) -> None:
@@ -75,21 +81,15 @@ def test_a_turn_stores_the_services_it_offered(database: Database) -> None:
     assert [turn.offered_item_ids for turn in stored.turns] == [["card-apply", "card-reissue"], []]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_at_0001(request: pytest.FixtureRequest, tmp_path: Path):
+@pytest.fixture
+def database_at_0001(empty_database: Database):
     """A database migrated only to the first revision, as deployments were before 0002."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    db = Database(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as connection:
+    with empty_database.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
-    yield db
-    db.close()
+    return empty_database
 
 
 def test_migration_0002_adds_offered_items_and_carries_pending_choices_over(database_at_0001: Database) -> None:
