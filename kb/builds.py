@@ -1,4 +1,8 @@
-"""Content-hashed, immutable KB builds; a CURRENT pointer switched atomically; diffs between builds."""
+"""Content-hashed, immutable KB builds; a CURRENT pointer switched atomically; diffs between builds.
+
+A build holds the items, the passages, the lexicon and the retrieval calibration (fusion weights and confidence model
+that `hotline tune` fitted on this content). The calibration is an opaque file here: the answer stack reads it.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,17 @@ MANIFEST = "manifest.json"
 ITEMS = "items.json"
 PASSAGES = "passages.jsonl"
 LEXICON = "lexicon.yaml"
+CALIBRATION = "calibration.json"
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
+# Fitted on the shipped KB; `hotline tune` writes a new one to <data_dir>/calibration.json (see `calibration_file`).
+DEFAULT_CALIBRATION_FILE = Path(__file__).resolve().parent / CALIBRATION
+
+
+def calibration_file(data_dir: Path) -> Path:
+    """The calibration a new build takes: the one `hotline tune` wrote to `data_dir`, else the shipped one."""
+    tuned = data_dir / CALIBRATION
+    return tuned if tuned.exists() else DEFAULT_CALIBRATION_FILE
 
 
 def item_hash(item: ServiceItem) -> str:
@@ -37,10 +50,12 @@ class BuildManifest:
     item_hashes: dict[str, str]
     passages: int
     lexicon_hash: str
+    calibration_hash: str | None = None  # None: built before builds carried their calibration
 
     def to_json(self) -> dict:
         return {"version": self.version, "created_at": self.created_at, "item_hashes": self.item_hashes,
-                "passages": self.passages, "lexicon_hash": self.lexicon_hash}
+                "passages": self.passages, "lexicon_hash": self.lexicon_hash,
+                "calibration_hash": self.calibration_hash}
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class LoadedBuild:
     kb: KnowledgeBase
     passages: tuple[Passage, ...]
     lexicon_path: Path
+    calibration_path: Path | None  # None for a build made before builds carried their calibration
 
 
 @dataclass
@@ -60,10 +76,12 @@ class KbDiff:
     changed: dict[str, list[str]] = field(default_factory=dict)
     passages_delta: int = 0
     lexicon_changed: bool = False
+    calibration_changed: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.passages_delta or self.lexicon_changed)
+        return not (self.added or self.removed or self.changed or self.passages_delta or self.lexicon_changed
+                    or self.calibration_changed)
 
 
 class BuildStore:
@@ -91,8 +109,10 @@ class BuildStore:
                 seen.append(version)
         return seen
 
-    def build(self, kb: KnowledgeBase, passages: list[Passage], lexicon_path: Path, progress: bool = False) -> tuple[BuildManifest, bool]:
-        """Write a build of `kb` (skipped if that content is already built) and make it current.
+    def build(self, kb: KnowledgeBase, passages: list[Passage], lexicon_path: Path, calibration_path: Path,
+              progress: bool = False) -> tuple[BuildManifest, bool]:
+        """Write a build of `kb` with its lexicon and calibration file (skipped if that content is already built) and
+        make it current.
 
         Returns the manifest and whether a new build directory was written.
         """
@@ -105,15 +125,18 @@ class BuildStore:
             serialized.append(item.model_dump(mode="json"))
         lexicon_bytes = lexicon_path.read_bytes()
         lexicon_hash = hashlib.sha256(lexicon_bytes).hexdigest()[:16]
+        calibration_bytes = calibration_path.read_bytes()
+        calibration_hash = hashlib.sha256(calibration_bytes).hexdigest()[:16]
         digest = hashlib.sha256()
         for item_id in sorted(hashes):
             digest.update(f"{item_id}={hashes[item_id]}\n".encode())
         for passage in sorted(passages, key=lambda p: p.id):
             digest.update(f"p:{passage.id}:{','.join(passage.items)}\n".encode())
         digest.update(f"lexicon={lexicon_hash}".encode())
+        digest.update(f"calibration={calibration_hash}".encode())  # a re-tune is a new version
         version = digest.hexdigest()[:12]
         manifest = BuildManifest(version, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), hashes,
-                                 len(passages), lexicon_hash)
+                                 len(passages), lexicon_hash, calibration_hash)
         target = self.root / version
         written = False
         if not (target / MANIFEST).exists():
@@ -125,6 +148,7 @@ class BuildStore:
             (staging / PASSAGES).write_text(
                 "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages), encoding="utf-8")
             (staging / LEXICON).write_bytes(lexicon_bytes)
+            (staging / CALIBRATION).write_bytes(calibration_bytes)
             # The manifest is written last: a directory without one is never treated as a build.
             (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
             shutil.rmtree(target, ignore_errors=True)
@@ -150,7 +174,8 @@ class BuildStore:
         if not path.exists():
             raise KbError(f"no build {version} in {self.root}")
         data = json.loads(path.read_text(encoding="utf-8"))
-        return BuildManifest(data["version"], data["created_at"], data["item_hashes"], data["passages"], data["lexicon_hash"])
+        return BuildManifest(data["version"], data["created_at"], data["item_hashes"], data["passages"],
+                             data["lexicon_hash"], data.get("calibration_hash"))
 
     def load(self, version: str | None = None) -> LoadedBuild:
         version = version or self.current()
@@ -164,7 +189,8 @@ class BuildStore:
             for line in (directory / PASSAGES).read_text(encoding="utf-8").splitlines() if line
         )
         kb = KnowledgeBase(root=directory, items=items, content_hash=version)
-        return LoadedBuild(manifest, kb, passages, directory / LEXICON)
+        calibration = directory / CALIBRATION
+        return LoadedBuild(manifest, kb, passages, directory / LEXICON, calibration if calibration.exists() else None)
 
     def diff(self, old: str, new: str) -> KbDiff:
         before, after = self.load(old), self.load(new)
@@ -184,4 +210,5 @@ class BuildStore:
             result.changed[item_id] = fields
         result.passages_delta = len(after.passages) - len(before.passages)
         result.lexicon_changed = before.manifest.lexicon_hash != after.manifest.lexicon_hash
+        result.calibration_changed = before.manifest.calibration_hash != after.manifest.calibration_hash
         return result

@@ -18,6 +18,7 @@ from kb.schema import (
     ItemKind,
     ServiceItem,
 )
+from kb.sms_text import compose_sms
 
 CHANNELS_FILE = Path(__file__).resolve().parent / "channels.yaml"
 # Longest phone number an operator is expected to configure (e.g. "0773-12345678-123").
@@ -41,16 +42,6 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sms_footer(item: ServiceItem, phone: str, signature: str) -> str:
-    """What code appends to every SMS guide: the policy basis, the centre's phone and the signature."""
-    documents = "；".join(basis.citation() for basis in item.policy_basis[:3])
-    return f"\n依据：{documents}\n咨询电话：{phone}【{signature}】"
-
-
-def compose_sms(item: ServiceItem, phone: str, signature: str) -> str:
-    return item.sms.strip() + sms_footer(item, phone, signature)
 
 
 def load_channels(path: Path = CHANNELS_FILE) -> dict[str, set[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -11,6 +12,14 @@ class Action(StrEnum):
     ANSWER = "answer"
     CLARIFY = "clarify"
     HANDOFF = "handoff"
+
+
+class ClarifyKind(StrEnum):
+    """What a clarifying reply asks the caller for."""
+
+    CHOICE = "choice"  # choose among the offered services: 「您问的是A，还是B？」, also the next two after 「都不是」
+    CONFIRM = "confirm"  # confirm the one service offered: 「您问的是不是A？」
+    DETAILS = "details"  # a calculator asks for the numbers it needs
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,17 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class ConversationTurn:
+    """One exchange as later questions need it: the caller's text, what the reply did and about which items, and the
+    items it asked the caller to choose between or confirm (empty when no choice is pending after it)."""
+
+    question: str
+    action: Action
+    item_ids: tuple[str, ...]
+    offered_item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ConversationContext:
     """What the caller asked before in this conversation (most recent last)."""
 
@@ -40,6 +60,15 @@ class ConversationContext:
     previous_questions: tuple[str, ...] = ()
     # Items the last reply asked the caller to choose between or confirm ("您问的是A，还是B？").
     offered_item_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_turns(cls, turns: Iterable[ConversationTurn]) -> ConversationContext:
+        """The context after these turns, oldest first: follow-ups resolve against the last three answered items;
+        the last reply's offered items are pending (a calculator's question for numbers offers none)."""
+        turns = list(turns)
+        answered = [turn.item_ids[0] for turn in turns if turn.action is Action.ANSWER and turn.item_ids]
+        offered = turns[-1].offered_item_ids if turns else ()
+        return cls(tuple(answered[-3:]), tuple(turn.question for turn in turns[-3:]), tuple(offered))
 
 
 @dataclass(frozen=True)
@@ -51,7 +80,12 @@ class Answer:
     citations: tuple[Citation, ...]
     items: tuple[str, ...]
     confidence: float
-    reason: str
+    reason: str  # for people reading the turn log; no code parses it
+    clarify: ClarifyKind | None = None  # with Action.CLARIFY: what the caller is asked for (None: to say it again)
+    offered_items: tuple[str, ...] = ()  # the services a CHOICE or CONFIRM offers; the next reply may pick one
+
+    def as_turn(self) -> ConversationTurn:
+        return ConversationTurn(self.question, self.action, self.items, self.offered_items)
 
     def to_json(self) -> dict:
         """The answer JSON of `POST /api/ask` and `hotline ask --json`."""
@@ -64,6 +98,8 @@ class Answer:
             "items": list(self.items),
             "confidence": round(self.confidence, 4),
             "reason": self.reason,
+            "clarify": self.clarify.value if self.clarify is not None else None,
+            "offered_items": list(self.offered_items),
         }
 
 

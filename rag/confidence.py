@@ -1,20 +1,26 @@
-"""Calibrated confidence: a logistic model over retrieval features, fitted on the labelled set."""
+"""Calibrated confidence: a logistic model over retrieval features, fitted on development data (`hotline tune`)."""
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from rag.base import ScoredItem
 
-DEFAULT_CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration.json"
 FEATURES = ("fused", "lead", "gap", "alias_match", "alias_pinyin", "vector", "vector_gap", "cosine", "cosine_gap",
             "words_bm25_second", "vector_centroid", "vector_centroid_gap", "lexical_classifier",
             "lexical_classifier_second")
+
+
+def score_lead(ranked: Sequence[ScoredItem]) -> float:
+    """How far the top item leads the runner-up, as a share of the top score: 1.0 when there is no runner-up (or
+    the top score is not positive), 0.0 for a tie."""
+    if len(ranked) < 2 or ranked[0].score <= 0:
+        return 1.0
+    return (ranked[0].score - ranked[1].score) / ranked[0].score
 
 
 def features(ranked: list[ScoredItem]) -> list[float]:
@@ -27,10 +33,9 @@ def features(ranked: list[ScoredItem]) -> list[float]:
     def channel(scored: ScoredItem | None, name: str) -> float:
         return scored.channel_scores.get(name, 0.0) if scored is not None else 0.0
 
-    lead = (top.score - second.score) / top.score if second is not None and top.score > 0 else 1.0
     return [
         top.score,
-        lead,
+        score_lead(ranked),
         top.score - (second.score if second is not None else 0.0),
         channel(top, "alias_match"),
         channel(top, "alias_pinyin"),
@@ -57,28 +62,6 @@ class ConfidenceModel:
     def probability(self, row: list[float]) -> float:
         z = self.bias + sum(w * x for w, x in zip(self.weights, row, strict=True))
         return 1.0 / (1.0 + math.exp(-z))
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_CALIBRATION_FILE) -> ConfidenceModel:
-        if not path.exists():
-            return cls.default()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if tuple(data.get("features", ())) != FEATURES:
-            return cls.default()
-        return cls(tuple(float(w) for w in data["weights"]), float(data["bias"]))
-
-    @classmethod
-    def default(cls) -> ConfidenceModel:
-        # Hand-set before any calibration: alias agreement and a clear lead drive confidence.
-        return cls((1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 4.0, -0.5, 0.0, 2.0, 1.0, -1.0), -4.0)
-
-    def save(self, path: Path = DEFAULT_CALIBRATION_FILE, samples: int = 0,
-             fusion_weights: dict[str, float] | None = None) -> None:
-        """Write the model (and the fusion weights it was fitted with: the features depend on them)."""
-        data = {"features": FEATURES, "weights": self.weights, "bias": self.bias, "samples": samples}
-        if fusion_weights is not None:
-            data["fusion_weights"] = fusion_weights
-        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def fit(samples: list[list[float]], labels: list[int], regularization: float = 1.0) -> ConfidenceModel:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
-
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from rag import phrases
-from rag.base import Action, Answer, ConversationContext, Retriever, ScoredItem
+from rag.base import Action, Answer, ClarifyKind, ConversationContext, Retriever, ScoredItem
 from rag.calculators import calculate
-from rag.confidence import ConfidenceModel
+from rag.confidence import ConfidenceModel, score_lead
 from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
 
 log = logging.getLogger(__name__)
@@ -33,9 +31,17 @@ ABUSE = re.compile(r"傻(?!眼)|笨|蠢|他妈的|去死|滚蛋|滚远|混蛋|�
                    r"懒得跟你|没得用|没有用(?!过)|一点用都")
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
+# Score leads (`score_lead`) below 1.0, the lead when there is no runner-up.
 VARIANT_LEAD = 0.12  # top two this close and related: ask which one the caller means
 CHOICE_LEAD = 0.35  # in the middle band, a runner-up this close is offered as the second choice
-MIDDLE = "middle"  # reason prefix of a clarifying question whose items the caller is asked to choose from
+# Fixed confidences of replies the confidence model does not score (it scores a retrieval). They are reported with
+# the answer and stored with the turn, and say how sure the rule that settled the reply is; no gate reads them.
+RULE_CONFIDENCE = 1.0  # a request for a person or an insult: the rule itself is certain
+CALCULATED_CONFIDENCE = 0.95  # computed from the caller's own numbers; only the caller's figures can be wrong
+DETAILS_CONFIDENCE = 0.9  # the calculator knows the service and asks for the numbers it needs
+CHOSEN_CONFIDENCE = 0.9  # the caller picked one of the services offered
+FOLLOWUP_MIN_CONFIDENCE = 0.6  # a follow-up on the service answered before is at least this sure
+NO_SERVICE_CONFIDENCE = 0.0  # nothing to search for, or the caller turned the offered services down: none is known
 # Replies to "您问的是A，还是B？" / "您问的是不是A？".
 CHOOSE_FIRST = re.compile(r"第一|前面|前一个|头一个|上一个|第1|前头|前者")
 CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一个")
@@ -58,32 +64,16 @@ def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
     return lexicon is None or lexicon.in_domain(question)
 
 
-def conversation_context(turns: Iterable[tuple[str, str, Sequence[str], str]]) -> ConversationContext:
-    """The context after these turns, oldest first: (caller text, action, item ids, reason) each.
-
-    Follow-ups resolve against the last answered items; the last reply's offered choices are pending only when it
-    was a middle-band clarifying question (calculator questions also clarify, but ask for numbers, not a choice).
-    """
-    turns = list(turns)
-    answered = [items[0] for _question, action, items, _reason in turns if action == Action.ANSWER.value and items]
-    offered: tuple[str, ...] = ()
-    if turns:
-        _question, action, items, reason = turns[-1]
-        if action == Action.CLARIFY.value and reason.startswith(MIDDLE):
-            offered = tuple(items)
-    return ConversationContext(tuple(answered[-3:]), tuple(turn[0] for turn in turns[-3:]), offered)
-
-
 class AnswerEngine:
     """Implements `Answerer`: decides the action in code and composes the answer."""
 
-    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy,
-                 confidence: ConfidenceModel | None = None, llm=None, lexicon: Lexicon | None = None) -> None:
+    def __init__(self, kb: KnowledgeBase, retriever: Retriever, policy: AnswerPolicy, confidence: ConfidenceModel,
+                 llm=None, lexicon: Lexicon | None = None) -> None:
         self.kb = kb
         self.lexicon = lexicon
         self.retriever = retriever
         self.policy = policy
-        self.confidence = confidence or ConfidenceModel.load()
+        self.confidence = confidence
         self.curated = CuratedComposer(policy)
         self.llm = llm
 
@@ -91,9 +81,9 @@ class AnswerEngine:
         question = validate_question(question, self.policy.max_question_chars)
         context = context or ConversationContext()
         if HUMAN_REQUEST.search(question):
-            return self._handoff(question, phrases.HANDOFF_REQUESTED, 1.0, "caller asked for a human")
+            return self._handoff(question, phrases.HANDOFF_REQUESTED, RULE_CONFIDENCE, "caller asked for a human")
         if ABUSE.search(question):
-            return self._handoff(question, phrases.ABUSE, 1.0, "abusive language")
+            return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language")
 
         if context.offered_item_ids:
             asked = context.previous_questions[-1] if context.previous_questions else ""
@@ -105,13 +95,15 @@ class AnswerEngine:
         if calculated is not None:
             item = self.kb.get(calculated.item_id)
             if calculated.complete and item is not None:
-                return self.curated.answer(question, item, 0.95, calculated.reason, spoken=calculated.spoken)
-            return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,), 0.9,
-                          calculated.reason)
+                return self.curated.answer(question, item, CALCULATED_CONFIDENCE, calculated.reason,
+                                           spoken=calculated.spoken)
+            return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,),
+                          DETAILS_CONFIDENCE, calculated.reason, ClarifyKind.DETAILS)
 
         ranked = self.retriever.retrieve(question, limit=5)
         if not ranked:
-            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), 0.0, "nothing to search for")
+            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), NO_SERVICE_CONFIDENCE,
+                          "nothing to search for")
         confidence = self.confidence(ranked)
 
         previous = self.kb.get(context.previous_item_ids[-1]) if context.previous_item_ids else None
@@ -119,7 +111,8 @@ class AnswerEngine:
             followed = self.curated.followup(question, previous)
             if followed is not None:
                 return followed
-            return self.curated.answer(question, previous, max(confidence, 0.6), f"follow-up on {previous.id}")
+            return self.curated.answer(question, previous, max(confidence, FOLLOWUP_MIN_CONFIDENCE),
+                                       f"follow-up on {previous.id}")
         off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
         if self.lexicon is not None and not self.lexicon.in_domain(question):
             if off_topic is not None:  # named another office's business: repeating it would not help
@@ -143,28 +136,32 @@ class AnswerEngine:
         variant = self._variant_of(top, ranked)
         if variant is not None:
             return self._choose(question, top, variant, confidence,
-                                self._reason(f"{MIDDLE}, variants of one service", ranked, confidence))
+                                self._reason("middle, variants of one service", ranked, confidence))
         if self.llm is not None:
             return await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
-                                         self._reason(f"{MIDDLE}, LLM", ranked, confidence))
+                                         self._reason("middle, LLM", ranked, confidence))
         runner_up = self._close_runner_up(ranked)
         if runner_up is not None:
             return self._choose(question, top, runner_up, confidence,
-                                self._reason(f"{MIDDLE}, choose between the two closest", ranked, confidence))
-        spoken = phrases.CONFIRM_ITEM.format(title=top.title)
-        return Answer(question, Action.CLARIFY, spoken, "", (), (top.id,), confidence,
-                      self._reason(f"{MIDDLE}, confirm the service", ranked, confidence))
+                                self._reason("middle, choose between the two closest", ranked, confidence))
+        return self._confirm(question, top, confidence, self._reason("middle, confirm the service", ranked, confidence))
 
     @staticmethod
-    def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str) -> Answer:
-        spoken = phrases.CHOOSE_ITEMS.format(first=first.title, second=second.title)
-        return Answer(question, Action.CLARIFY, spoken, "", (), (first.id, second.id), confidence, reason)
+    def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str,
+                phrase: str = phrases.CHOOSE_ITEMS) -> Answer:
+        """「您问的是A，还是B？」: the caller's next reply may pick one (`_resolve_choice`)."""
+        offered = (first.id, second.id)
+        return Answer(question, Action.CLARIFY, phrase.format(first=first.title, second=second.title), "", (), offered,
+                      confidence, reason, ClarifyKind.CHOICE, offered)
+
+    @staticmethod
+    def _confirm(question: str, item: ServiceItem, confidence: float, reason: str) -> Answer:
+        """「您问的是不是A？」: the caller's next reply may confirm it (`_resolve_choice`)."""
+        return Answer(question, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=item.title), "", (), (item.id,),
+                      confidence, reason, ClarifyKind.CONFIRM, (item.id,))
 
     def _close_runner_up(self, ranked: list[ScoredItem]) -> ServiceItem | None:
-        if len(ranked) < 2 or ranked[0].score <= 0:
-            return None
-        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
-        return self.kb.get(ranked[1].item_id) if lead <= CHOICE_LEAD else None
+        return self.kb.get(ranked[1].item_id) if score_lead(ranked) <= CHOICE_LEAD else None
 
     def _resolve_choice(self, reply: str, offered: tuple[str, ...], asked: str = "") -> Answer | None:
         """The caller's reply to a clarifying question (asked after the question `asked`): pick the offered item,
@@ -182,7 +179,8 @@ class AnswerEngine:
             picked = items[0]
         elif _turns_down(reply):
             return self._next_candidates(reply, offered, asked) or Answer(
-                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), 0.0, "caller rejected the offered services")
+                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
+                "caller rejected the offered services")
         elif CONFIRM.search(reply) and len(items) == 1:
             picked = items[0]
         else:
@@ -193,7 +191,8 @@ class AnswerEngine:
                 picked = self.kb.get(ranked[0].item_id)
         if picked is None:
             return None
-        return self.curated.answer(reply, picked, 0.9, f"caller chose {picked.id} from {', '.join(offered)}")
+        return self.curated.answer(reply, picked, CHOSEN_CONFIDENCE,
+                                   f"caller chose {picked.id} from {', '.join(offered)}")
 
     def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
         """After "都不是": the next two services the first question ranked, once. None when the offered services were
@@ -204,13 +203,11 @@ class AnswerEngine:
         if tuple(scored.item_id for scored in ranked[:len(offered)]) != offered:
             return None
         rest = [item for item in (self.kb.get(scored.item_id) for scored in ranked[len(offered):]) if item is not None]
-        reason = f"{MIDDLE}, caller rejected {', '.join(offered)}: offer the next candidates"
+        reason = f"middle, caller rejected {', '.join(offered)}: offer the next candidates"
         if len(rest) >= 2:
-            spoken = phrases.CHOOSE_NEXT.format(first=rest[0].title, second=rest[1].title)
-            return Answer(reply, Action.CLARIFY, spoken, "", (), (rest[0].id, rest[1].id), 0.0, reason)
+            return self._choose(reply, rest[0], rest[1], NO_SERVICE_CONFIDENCE, reason, phrases.CHOOSE_NEXT)
         if rest:
-            return Answer(reply, Action.CLARIFY, phrases.CONFIRM_ITEM.format(title=rest[0].title), "", (),
-                          (rest[0].id,), 0.0, reason)
+            return self._confirm(reply, rest[0], NO_SERVICE_CONFIDENCE, reason)
         return None
 
     def _is_followup(self, question: str, ranked: list[ScoredItem], confidence: float, previous: ServiceItem) -> bool:
@@ -222,11 +219,10 @@ class AnswerEngine:
         return bool(FOLLOWUP_CUE.search(question)) or len(question) <= FOLLOWUP_MAX_CHARS
 
     def _variant_of(self, top: ServiceItem, ranked: list[ScoredItem]) -> ServiceItem | None:
-        if len(ranked) < 2 or ranked[0].score <= 0:
+        if score_lead(ranked) > VARIANT_LEAD:
             return None
-        lead = (ranked[0].score - ranked[1].score) / ranked[0].score
         second = self.kb.get(ranked[1].item_id)
-        if second is None or lead > VARIANT_LEAD:
+        if second is None:
             return None
         related = second.id in top.related or top.id in second.related
         return second if related and second.category == top.category else None

@@ -7,3 +7,7 @@ class RetrievalError(Exception):
 
 class InvalidQuestionError(RetrievalError):
     """The question cannot be answered as given (empty, too long, not text)."""
+
+
+class CalibrationError(RetrievalError):
+    """The calibration file (fusion weights and confidence model) cannot be read or does not fit this code."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kb.check import compose_sms
+from kb.sms_text import compose_sms
 from kb.schema import SPOKEN_MAX_CHARS, ServiceItem
 from rag import phrases
 from rag.base import Action, Answer, Citation
@@ -21,6 +21,10 @@ FOLLOWUP_SECTIONS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"流程|步骤|怎么办理|咋办理|手续"), "steps", "办理流程"),
     (re.compile(r"进度|查询|办好了没|办到哪"), "progress", "进度查询"),
 )
+# Confidence of a follow-up answered from a section of the item asked about before: the service is already settled,
+# so only the section match can be wrong; without that section the caller hears that the KB does not say.
+SECTION_CONFIDENCE = 0.9
+SECTION_MISSING_CONFIDENCE = 0.5
 _MARKUP = re.compile(r"\*\*|#+ |〔待核实〕|^\s*[-*]\s*|^\s*\d+[.、]\s*", re.MULTILINE)
 
 
@@ -84,5 +88,6 @@ class CuratedComposer:
                 section = item.section(field)
                 spoken = for_the_ear(section) if section else phrases.FOLLOWUP_MISSING
                 reason = f"follow-up on {item.id}: section {heading}"
-                return self.answer(question, item, 0.9 if section else 0.5, reason, spoken=spoken)
+                confidence = SECTION_CONFIDENCE if section else SECTION_MISSING_CONFIDENCE
+                return self.answer(question, item, confidence, reason, spoken=spoken)
         return None

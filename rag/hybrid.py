@@ -4,13 +4,12 @@ matching (characters and pinyin), and an optional vector channel in chromadb, fu
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -32,7 +31,6 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 # Sections that describe what a service *is*; the rest adds noise to the index.
 INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
-_clock = time.monotonic  # module-level so tests can move time
 VECTOR_RETRY_S = 30.0  # after the vector index fails, the other channels answer alone this long before a retry
 SIBLINGS = 30  # the lexical classifier trains each item against this many nearest items (chosen on dev data)
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
@@ -42,8 +40,9 @@ KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so the
 class FusionWeights:
     """How much each channel counts in the fused score; a zero weight switches a channel off.
 
-    Defaults from `scripts/tune_retrieval.py` on the labelled set (hit@1 over answerable questions and
-    their homophone-noise variants). alias_match still names the matched key and feeds confidence.
+    The class defaults are hand-set starting points; the weights served are the ones `hotline tune` fits on
+    development data (hit@1 over held-out caller questions and their homophone-noise variants), stored in the
+    calibration file (`rag.calibration`). alias_match still names the matched key and feeds confidence.
     """
 
     words_bm25: float = 0.15
@@ -76,19 +75,6 @@ class FusionWeights:
 
     def as_dict(self) -> dict[str, float]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
-
-    @classmethod
-    def tuned(cls, path: Path | None = None) -> FusionWeights:
-        """The weights `hotline tune` wrote to rag/calibration.json, or the class defaults when there are none."""
-        from rag.confidence import DEFAULT_CALIBRATION_FILE
-
-        file = path or DEFAULT_CALIBRATION_FILE
-        try:
-            stored = json.loads(file.read_text(encoding="utf-8")).get("fusion_weights") or {}
-        except (OSError, ValueError):
-            return cls()
-        known = {field.name for field in fields(cls)}
-        return cls(**{name: float(value) for name, value in stored.items() if name in known})
 
     def with_overrides(self, overrides: dict[str, float]) -> FusionWeights:
         """These weights with some channels set by name (settings); unknown names and negatives are errors."""
@@ -238,12 +224,12 @@ class ChannelScores:
 
 
 class HybridRetriever:
-    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights | None = None,
-                 vector: VectorIndex | None = None) -> None:
+    def __init__(self, kb: KnowledgeBase, text: TextProcessor, weights: FusionWeights,
+                 vector: VectorIndex | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.kb = kb
         self.text = text
-        weights = weights or FusionWeights.tuned()
         self.weights = weights
+        self.clock = clock  # seconds, for the vector channel's back-off
         self.vector = vector if weights.uses_vectors else None
         self.items = list(kb.items)
         if not self.items:
@@ -270,7 +256,7 @@ class HybridRetriever:
                                        *lexicon.domain_terms, *self.keys])
         self._index_of = {item.id: index for index, item in enumerate(self.items)}
         self._profiles: tuple[VectorIndex, np.ndarray, ItemProfiles] | None = None
-        self._vector_down_until = 0.0  # monotonic; a failing index (chroma down) is not retried on every query
+        self._vector_down_until = 0.0  # on `clock`; a failing index (chroma down) is not retried on every query
 
     @staticmethod
     def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
@@ -306,7 +292,7 @@ class HybridRetriever:
         channels["centroid"] = self._normalized(cosine)
         channels["lexical_classifier"] = self._siblings.scores(query_features)
         vector_scores, vector_centroid, vector_classifier = np.zeros(count), np.zeros(count), np.zeros(count)
-        if self.vector is not None and normalized.strip() and _clock() >= self._vector_down_until:
+        if self.vector is not None and normalized.strip() and self.clock() >= self._vector_down_until:
             try:
                 embedding = self.vector.embed(normalized)
                 for item_id, similarity in self.vector.nearest(embedding).items():
@@ -317,7 +303,7 @@ class HybridRetriever:
                 vector_classifier[rows] = embedding @ profiles.classifier
                 vector_classifier = self._normalized(np.clip(vector_classifier, 0.0, None))
             except RetrievalError as exc:
-                self._vector_down_until = _clock() + VECTOR_RETRY_S
+                self._vector_down_until = self.clock() + VECTOR_RETRY_S
                 log.warning("vector channel skipped for %.0f s: %s", VECTOR_RETRY_S, exc)
         channels["vector"] = vector_scores
         channels["vector_centroid"] = vector_centroid

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from kb.ingest import Passage
 from kb.loader import KnowledgeBase
-from rag.base import Answer, Answerer, ConversationContext, Retriever
-from rag.engine import conversation_context
+from rag.base import Action, Answer, Answerer, ConversationContext, ConversationTurn, Retriever
 from telephony.errors import StorageError, UnknownConversationError
-from telephony.store import CallChannel, Database
+from telephony.store import CallChannel, Database, Turn
 from telephony.store.turns import TurnRecord, TurnWriter
 
 log = logging.getLogger(__name__)
@@ -109,5 +108,11 @@ class TextConversations:
             return None
         if call is None:
             raise UnknownConversationError(f"no conversation {conversation_id}")
-        return conversation_context((turn.caller_text, turn.action, turn.item_ids or [], turn.reason or "")
-                                    for turn in call.turns)
+        return ConversationContext.from_turns(conversation_turn(turn) for turn in call.turns)
+
+
+def conversation_turn(turn: Turn) -> ConversationTurn:
+    """A stored turn as conversation context. A turn the dialogue answered by itself (请再说一遍, goodbye) counts as a
+    question that answered and offered nothing."""
+    action = Action(turn.action) if turn.action in tuple(Action) else Action.CLARIFY
+    return ConversationTurn(turn.caller_text, action, tuple(turn.item_ids or ()), tuple(turn.offered_item_ids or ()))

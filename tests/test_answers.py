@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rag import phrases
-from rag.asr_noise import HomophoneNoise, homophone_table
-from rag.base import Action, ConversationContext
+from rag.evaluation.asr_noise import HomophoneNoise, homophone_table
+from rag.base import Action, ClarifyKind, ConversationContext
 from rag.calculators import (
     RetirementCategory,
     minimum_contribution_years,
@@ -73,6 +73,7 @@ async def test_calculator_answers_and_asks_for_what_is_missing(hotline: Hotline)
 
     asked = await hotline.answers.ask("我是一九七五年六月出生的，什么时候退休")
     assert asked.action is Action.CLARIFY and asked.spoken == "请问是男同志还是女同志？"
+    assert asked.clarify is ClarifyKind.DETAILS and asked.offered_items == ()  # numbers asked for, no choice
     followed = await hotline.answers.ask(
         "女的，原来五十岁退休的工人", ConversationContext(previous_questions=("我是一九七五年六月出生的，什么时候退休",)))
     assert followed.action is Action.ANSWER and "50岁3个月" in followed.spoken
@@ -104,6 +105,7 @@ async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(hotline: Hot
     first = await hotline.answers.ask("我想办社保卡")
     assert first.action is Action.CLARIFY and len(first.items) == 2
     assert first.spoken.startswith("请问您问的是")
+    assert first.clarify is ClarifyKind.CHOICE and first.offered_items == first.items
     offered = ConversationContext(previous_questions=("我想办社保卡",), offered_item_ids=first.items)
 
     second = await hotline.answers.ask("第二个", offered)
@@ -118,17 +120,20 @@ async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(hotline: Hot
     ranked = [scored.item_id for scored in hotline.answers.stack.retriever.retrieve("我想办社保卡", limit=4)]
     assert rejected.action is Action.CLARIFY and rejected.items == tuple(ranked[2:4])
     assert rejected.spoken.startswith("那您问的是") and hotline.answers.kb.get(ranked[2]).title in rejected.spoken
+    assert rejected.clarify is ClarifyKind.CHOICE and rejected.offered_items == rejected.items
     offered_again = ConversationContext(previous_questions=("我想办社保卡", "都不是"), offered_item_ids=rejected.items)
     picked = await hotline.answers.ask("第二个", offered_again)
     assert picked.action is Action.ANSWER and picked.items == (ranked[3],)
     rejected_again = await hotline.answers.ask("都不是", offered_again)
     assert rejected_again.action is Action.CLARIFY and rejected_again.items == ()
     assert "换个说法" in rejected_again.spoken
+    assert rejected_again.clarify is None and rejected_again.offered_items == ()
     without_question = await hotline.answers.ask("都不是", ConversationContext(offered_item_ids=first.items))
     assert without_question.items == () and "换个说法" in without_question.spoken
 
     confirmed = await hotline.answers.ask("是的", ConversationContext(offered_item_ids=("card-loss-report",)))
     assert confirmed.action is Action.ANSWER and confirmed.items == ("card-loss-report",)
+    assert confirmed.clarify is None and confirmed.offered_items == ()
 
     # A new full question is not mistaken for a choice.
     fresh = await hotline.answers.ask("社保卡丢了怎么办", offered)

@@ -56,6 +56,20 @@ def test_conversation_continues_in_the_same_call(client: TestClient) -> None:
     assert second["action"] == "handoff" and second["citations"] == []
 
 
+def test_a_choice_offered_over_the_api_is_resolved_in_the_next_request(client: TestClient, settings: Settings) -> None:
+    asked = client.post("/api/ask", json={"question": "我想办社保卡"}).json()
+    assert asked["action"] == "clarify" and asked["clarify"] == "choice"
+    assert len(asked["offered_items"]) == 2 and asked["offered_items"] == asked["items"]
+    chosen = client.post("/api/ask", json={"question": "第一个", "conversation_id": asked["conversation_id"]}).json()
+    assert chosen["action"] == "answer" and chosen["items"] == [asked["offered_items"][0]]
+    assert chosen["clarify"] is None and chosen["offered_items"] == []
+
+    database = Database(settings.resolved_database_url)
+    call = database.get_call(asked["conversation_id"])
+    assert [turn.offered_item_ids for turn in call.turns] == [asked["offered_items"], []]
+    database.close()
+
+
 def test_out_of_scope_question_is_handed_off_not_answered(client: TestClient) -> None:
     answer = client.post("/api/ask", json={"question": "明天桂林天气好不好"}).json()
     assert answer["action"] == "handoff"

@@ -142,7 +142,8 @@ async def test_a_clarifying_choice_carries_into_the_next_turn(hotline: Hotline) 
     assert call.speech.expected_replies[:2] == [ReplyKind.SHORT, ReplyKind.QUESTION]  # "第二个" was taken as a reply
     stored = hotline.database.get_call(call.session.party.call_id)
     assert stored.turns[0].action == "clarify" and stored.turns[1].action == "answer"
-    assert stored.turns[1].item_ids == [stored.turns[0].item_ids[1]]
+    assert stored.turns[0].offered_item_ids == stored.turns[0].item_ids  # the pending choice is stored, typed
+    assert stored.turns[1].item_ids == [stored.turns[0].item_ids[1]] and stored.turns[1].offered_item_ids == []
 
 
 async def test_the_call_ends_at_its_maximum_length(hotline: Hotline) -> None:

@@ -95,6 +95,36 @@ def test_tune_to_an_unwritable_place_fails_with_a_clear_message(tmp_path: Path) 
     assert result.stderr.startswith("cannot tune: ") and "no-such-dir" in result.stderr
 
 
+def test_tune_writes_to_the_data_dir_and_the_next_kb_build_takes_it(tmp_path: Path) -> None:
+    from kb.builds import DEFAULT_CALIBRATION_FILE
+    from tests.kbfixtures import make_tunable_kb
+
+    items = make_tunable_kb(tmp_path / "items")
+    shipped = DEFAULT_CALIBRATION_FILE.read_bytes()
+    tuned = run(["tune", "--folds", "2", "--no-vectors"], tmp_path, HOTLINE_KB_DIR=str(items))
+    assert tuned.returncode == 0, tuned.stderr
+    written = tmp_path / "var" / "calibration.json"
+    assert json.loads(tuned.stdout)["written"] == str(written)
+    assert f"calibration written to {written}; `hotline kb build` puts it into the next build" in tuned.stderr
+    assert DEFAULT_CALIBRATION_FILE.read_bytes() == shipped  # the source tree is never written
+
+    built = run(["kb", "build", "--no-progress"], tmp_path, HOTLINE_KB_DIR=str(items))
+    assert built.returncode == 0, built.stderr
+    assert f"calibration {written}; published" in built.stdout
+    builds = tmp_path / "var" / "kb-builds"
+    version = (builds / "CURRENT").read_text(encoding="utf-8").strip()
+    assert (builds / version / "calibration.json").read_bytes() == written.read_bytes()
+
+
+def test_kb_build_refuses_a_calibration_that_does_not_load(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "calibration.json").write_text("{}", encoding="utf-8")
+    result = run(["kb", "build", "--no-progress"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"not built: calibration {tmp_path / 'var' / 'calibration.json'} was fitted on ")
+    assert not (tmp_path / "var" / "kb-builds").exists()
+
+
 def test_turn_latency_bench_removes_its_folder_even_when_the_run_fails(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from telephony.bench import turn_latency as bench_turns

@@ -62,3 +62,12 @@ async def test_metrics_follow_the_callers_path() -> None:
     second = [context for question, context in answerer.replies if question == "第一个"]
     assert second and second[0].previous_questions == ("工伤", "都不是")
     assert second[0].offered_item_ids == ("injury", "card")
+
+
+def test_the_answer_path_never_imports_the_evaluation_tooling() -> None:
+    from tests.test_architecture import GRAPH
+
+    product = [module for module in GRAPH if module.startswith("rag.") and not module.startswith("rag.evaluation")]
+    wrong = [f"{module} imports {target}" for module in product for target in GRAPH[module]
+             if target.startswith("rag.evaluation")]
+    assert product and wrong == []

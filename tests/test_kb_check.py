@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kb.builds import DEFAULT_CALIBRATION_FILE
 from kb.check import check_knowledge_base
 from kb.errors import KbFileError
 from kb.loader import load_knowledge_base, parse_item
+from rag.calibration import load_calibration
 from rag.hybrid import HybridRetriever
 from rag.text import TextProcessor
 from kb.lexicon import load_lexicon
@@ -75,7 +77,7 @@ def test_a_staged_policy_change_may_reuse_aliases(tmp_path: Path) -> None:
     write(root, "card-loss-report-2100.md", staged)
     kb = load_knowledge_base(root)
     assert check_knowledge_base(kb).errors == []
-    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()))
+    retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), load_calibration(DEFAULT_CALIBRATION_FILE).weights)
     assert retriever.retrieve("社保卡丢了怎么办")[0].item_id == "card-loss-report"
     later = retriever.retrieve("社保卡丢了怎么办", on=dt.date(2100, 6, 1))
     assert later[0].item_id == "card-loss-report-2100"

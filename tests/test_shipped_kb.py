@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from kb.check import PHONE_PLACEHOLDER, check_knowledge_base, compose_sms
+from kb.check import PHONE_PLACEHOLDER, check_knowledge_base
 from kb.loader import KnowledgeBase, load_knowledge_base
 from kb.schema import SMS_MAX_CHARS, SPOKEN_MAX_CHARS, ItemKind
+from kb.sms_text import compose_sms
 
 # Local phone numbers must come from settings; only national service numbers may appear in items.
 NATIONAL_NUMBERS = {"12333", "12345", "12366", "12393", "12329", "12351", "110", "120"}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, select, text
 
 from telephony.errors import StorageError
+from telephony.store.database import MIGRATIONS_DIR
 from telephony.store import (
     CallChannel,
     CallStatus,
@@ -22,15 +25,21 @@ from telephony.store import (
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path):
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty SQLite file or PostgreSQL database, nothing migrated yet."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     else:
         url = request.getfixturevalue("fresh_postgres_url")
     db = Database(url)
-    db.migrate()
     yield db
     db.close()
+
+
+@pytest.fixture
+def database(empty_database: Database):
+    empty_database.migrate()
+    return empty_database
 
 
 def test_migration_creates_every_table_and_is_idempotent(database: Database) -> None:
@@ -61,6 +70,49 @@ def test_call_and_turns_round_trip(database: Database) -> None:
     assert turn.timings_ms == {"asr_final_ms": 120.5, "answer_ms": 3.25}
     assert turn.confidence == pytest.approx(0.91)
     assert stored.turns[1].action == "handoff" and stored.turns[1].item_ids == []
+
+
+def test_a_turn_stores_the_services_it_offered(database: Database) -> None:
+    call = database.start_call(CallChannel.API)
+    database.add_turn(call.id, caller_text="我想办社保卡", action="clarify", item_ids=["card-apply", "card-reissue"],
+                      offered_item_ids=["card-apply", "card-reissue"])
+    database.add_turn(call.id, caller_text="第一个", action="answer", item_ids=["card-apply"], offered_item_ids=[])
+    stored = database.get_call(call.id)
+    assert [turn.offered_item_ids for turn in stored.turns] == [["card-apply", "card-reissue"], []]
+
+
+@pytest.fixture
+def database_at_0001(empty_database: Database):
+    """A database migrated only to the first revision, as deployments were before 0002."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with empty_database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    return empty_database
+
+
+def test_migration_0002_adds_offered_items_and_carries_pending_choices_over(database_at_0001: Database) -> None:
+    db = database_at_0001
+    assert "offered_item_ids" not in {column["name"] for column in inspect(db.engine).get_columns("turns")}
+    with db.engine.begin() as connection:
+        connection.execute(text("INSERT INTO calls (id, channel, status, started_at) "
+                                "VALUES ('c1', 'api', 'active', CURRENT_TIMESTAMP)"))
+        for seq, (action, items, reason) in enumerate([
+            ("clarify", '["card-apply", "card-reissue"]', "middle, choose between the two closest"),
+            ("clarify", '["retirement-age"]', "calculator: needs the birth month"),
+            ("answer", '["card-apply"]', "middle, LLM confidence 0.80"),
+        ], start=1):
+            connection.execute(text(
+                "INSERT INTO turns (call_id, seq, created_at, caller_text, spoken_text, sms_text, item_ids, citations, "
+                "confidence, action, reason, timings_ms) VALUES ('c1', :seq, CURRENT_TIMESTAMP, 'q', '', '', :items, "
+                "'[]', 0.5, :action, :reason, '{}')"), {"seq": seq, "items": items, "action": action, "reason": reason})
+    db.migrate()
+    assert "offered_item_ids" in {column["name"] for column in inspect(db.engine).get_columns("turns")}
+    stored = db.get_call("c1")
+    assert [turn.offered_item_ids for turn in stored.turns] == [["card-apply", "card-reissue"], None, None]
+    db.add_turn("c1", caller_text="第一个", action="answer", item_ids=["card-apply"], offered_item_ids=[])
+    assert db.get_call("c1").turns[-1].offered_item_ids == []
 
 
 def test_sms_handoff_and_user_rows_link_to_the_call(database: Database) -> None:

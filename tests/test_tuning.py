@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from kb.lexicon import load_lexicon
 from kb.loader import load_knowledge_base
-from rag import tuning
-from rag.confidence import ConfidenceModel
-from rag.hybrid import FusionWeights
-from tests.kbfixtures import make_mini_kb
-
-CARD_QUESTIONS = ["我的社保卡掉了咋办", "社保卡丢在出租车上了要先挂失吗", "卡找不到了怕别人拿去用",
-                  "喂你好我那个社保卡昨天买菜的时候弄丢了现在要怎么办", "社保卡被偷了去哪里挂失", "丢了卡可以先电话挂失吗"]
-PENSION_QUESTIONS = ["我爸的退休金今年还没认证", "养老金认证在手机上咋个弄", "老人家不会刷脸能帮他认证吗",
-                     "喂你好我想问一下我妈领养老金每年都要认证吗", "退休工资认证过期了会停发吗", "在外地住的老人怎么认证"]
-
-
-def _with_questions(path: Path, questions: list[str]) -> None:
-    text = path.read_text(encoding="utf-8")
-    block = "questions:\n" + "".join(f"  - {question}\n" for question in questions)
-    path.write_text(re.sub(r"(aliases:\n(?:  - .*\n)+)", lambda m: m.group(1) + block, text, count=1), encoding="utf-8")
-
+from rag.evaluation import tuning
+from kb.builds import DEFAULT_CALIBRATION_FILE
+from rag.calibration import load_calibration
+from tests.kbfixtures import CARD_QUESTIONS, PENSION_QUESTIONS, make_mini_kb, make_tunable_kb
 
 @pytest.fixture()
 def tuned_kb(tmp_path: Path):
-    root = make_mini_kb(tmp_path / "items")
-    _with_questions(root / "card" / "card-loss-report.md", CARD_QUESTIONS)
-    _with_questions(root / "certification" / "pension-certification-test.md", PENSION_QUESTIONS)
-    kb = load_knowledge_base(root)
+    kb = load_knowledge_base(make_tunable_kb(tmp_path / "items"))
     assert not kb.errors
     return kb
 
@@ -63,7 +47,9 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     monkeypatch.setattr(tuning, "load_eval_set", lambda path: read_sets.append(path) or real_loader(path))
     output = tmp_path / "calibration.json"
 
-    report = tuning.tune(tuned_kb, load_lexicon(), folds=2, with_vectors=False, dev_set=dev, output=output)
+    shipped = load_calibration(DEFAULT_CALIBRATION_FILE)
+    report = tuning.tune(tuned_kb, load_lexicon(), start=shipped.weights, output=output, folds=2, with_vectors=False,
+                         dev_set=dev)
 
     assert read_sets == [dev]  # the evaluation set is never read
     assert report["questions"] == {"kb_question": 12, "kb_question_noise": 12, "out_of_scope": 4, "human_request": 1}
@@ -73,9 +59,11 @@ def test_tune_writes_weights_and_model_from_dev_data_only(tuned_kb, tmp_path: Pa
     stored = json.loads(output.read_text(encoding="utf-8"))
     assert stored["fusion_weights"] == report["fusion_weights"] and stored["samples"] == 25
     assert stored["fusion_weights"]["vector"] == stored["fusion_weights"]["vector_centroid"] == 0.0  # no vectors
-    assert FusionWeights.tuned(output).as_dict() == report["fusion_weights"]
-    model = ConfidenceModel.load(output)
-    assert model != ConfidenceModel.default() and len(model.weights) == len(stored["features"])
+    calibration = load_calibration(output)
+    assert calibration.weights.as_dict() == report["fusion_weights"]
+    assert calibration.confidence.weights == tuple(stored["weights"])
+    assert len(stored["weights"]) == len(stored["features"])
+    assert calibration.confidence != shipped.confidence
     # Two clearly different services: held-out questions land on their own item.
     assert report["dev_hit_at_1"] >= 0.9
     # The low-gate table: one row per candidate gate, shares that only grow with the gate.
@@ -98,4 +86,5 @@ def test_handoff_gate_table_counts_each_kind_of_question_below_the_gate() -> Non
 def test_tune_refuses_a_kb_without_caller_questions(tmp_path: Path) -> None:
     kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
     with pytest.raises(ValueError, match="too few caller questions"):
-        tuning.tune(kb, load_lexicon(), folds=2, with_vectors=False, output=tmp_path / "c.json")
+        tuning.tune(kb, load_lexicon(), start=load_calibration(DEFAULT_CALIBRATION_FILE).weights,
+                    output=tmp_path / "c.json", folds=2, with_vectors=False)

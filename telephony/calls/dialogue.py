@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from rag.base import Action, Answer, ConversationContext
-from rag.engine import conversation_context
+from rag.base import Action, Answer, ConversationContext, ConversationTurn
 from rag.errors import InvalidQuestionError
 from telephony.calls import prompts
 from telephony.calls.turn_log import (
@@ -147,7 +146,7 @@ class CallSession:
         self._asked_anything_else = False
         self._started = clock()
         self._caller_mid_utterance = False
-        self._conversation: list[tuple[str, str, tuple[str, ...], str]] = []
+        self._conversation: list[ConversationTurn] = []
         self._heard: list[str] = []
 
     def _move(self, target: DialogueState) -> None:
@@ -279,7 +278,7 @@ class CallSession:
             return
         self._emit(AnswerReady(answer, version, self.clock()))
         self.turns += 1
-        self._conversation.append((answer.question, answer.action.value, answer.items, answer.reason))
+        self._conversation.append(answer.as_turn())
         self.speech.expect_reply(ReplyKind.SHORT if answer.action is Action.CLARIFY else ReplyKind.QUESTION)
         self._asked_anything_else = False
         if answer.action is Action.HANDOFF:
@@ -294,7 +293,7 @@ class CallSession:
             self._move(DialogueState.LISTENING)
 
     def context(self) -> ConversationContext:
-        return conversation_context(self._conversation)
+        return ConversationContext.from_turns(self._conversation)
 
     async def _hand_off(self, answer: Answer | None, trigger: str, spoken_first: str = "") -> None:
         """Say the handoff sentence at once; the handoff is arranged meanwhile, then its closing is said."""

@@ -107,6 +107,8 @@ class Turn(Base):
     spoken_text: Mapped[str] = mapped_column(Text, default="")
     sms_text: Mapped[str] = mapped_column(Text, default="")
     item_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The services a clarifying reply offered to choose from or confirm (Answer.offered_items); NULL before 0002.
+    offered_item_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     citations: Mapped[list[str]] = mapped_column(JSON, default=list)
     confidence: Mapped[float] = mapped_column(Float, default=0.0)
     action: Mapped[str] = mapped_column(String(16))

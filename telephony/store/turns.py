@@ -26,6 +26,7 @@ class TurnRecord:
     spoken_text: str = ""
     sms_text: str = ""
     item_ids: tuple[str, ...] = ()
+    offered_item_ids: tuple[str, ...] = ()  # a choice the reply left pending (「您问的是A，还是B？」)
     citations: tuple[str, ...] = ()
     confidence: float = 0.0
     timings_ms: Mapping[str, float] = field(default_factory=dict)
@@ -34,12 +35,14 @@ class TurnRecord:
     def of_answer(cls, answer: Answer, timings_ms: Mapping[str, float]) -> TurnRecord:
         return cls(caller_text=answer.question, action=answer.action.value, reason=answer.reason,
                    spoken_text=answer.spoken, sms_text=answer.sms, item_ids=answer.items,
+                   offered_item_ids=answer.offered_items,
                    citations=tuple(citation.text for citation in answer.citations), confidence=answer.confidence,
                    timings_ms=dict(timings_ms))
 
     def columns(self) -> dict[str, object]:
         values = asdict(self)
         values["item_ids"] = list(self.item_ids)
+        values["offered_item_ids"] = list(self.offered_item_ids)
         values["citations"] = list(self.citations)
         values["timings_ms"] = dict(self.timings_ms)
         return values

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from kb.builds import BuildStore
 from kb.errors import KbError
+from rag.errors import CalibrationError
 from telephony.answers import Answers
 from telephony.web.deps import AdminDep, AnswersDep
 from telephony.web.errors import error_response
@@ -25,7 +26,7 @@ async def kb_reload(answers: AnswersDep) -> JSONResponse:
     """Switch to the currently published KB build now."""
     try:
         old, new = await asyncio.to_thread(answers.reload)
-    except (KbError, OSError, ValueError) as exc:
+    except (KbError, CalibrationError, OSError, ValueError) as exc:
         return error_response(409, f"build not loaded, still serving {answers.kb_version}: {exc}")
     return JSONResponse({"previous": old, "current": new, "items": len(answers.kb)})
 
@@ -39,6 +40,6 @@ async def watch_builds(answers: Answers, builds: BuildStore, stop: asyncio.Event
         if current and current != answers.kb_version:
             try:
                 await asyncio.to_thread(answers.reload)
-            except (KbError, OSError, ValueError) as exc:
+            except (KbError, CalibrationError, OSError, ValueError) as exc:
                 log.error("new knowledge-base build %s not loaded, still serving %s: %s", current,
                           answers.kb_version, exc)

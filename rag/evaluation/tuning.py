@@ -1,14 +1,16 @@
 """Tuning on development data only (`hotline tune`): fusion weights and the confidence model.
 
-The labelled set in `rag/evalset/` is the test set and is never used here. Development data:
+The labelled set in `rag/evaluation/evalset/` is the test set and is never used here. Development data:
 
 - the callers' questions in the KB items (`questions:`), held out by folds: for each fold the retriever is built
   without that fold's questions and ranks them, so every question is scored by a retriever that never saw it;
-- the same questions with homophone noise (`rag/asr_noise.py`, its own seed);
-- `rag/devset/*.yaml`: questions no item answers (expected `handoff`), for the confidence gate's negatives.
+- the same questions with homophone noise (`rag/evaluation/asr_noise.py`, its own seed);
+- `rag/evaluation/devset/*.yaml`: questions no item answers (expected `handoff`), for the confidence gate's negatives.
 
-The result is written to `rag/calibration.json`: the fusion weights (`fusion_weights`) and the logistic confidence
-model fitted on the out-of-fold rankings with those weights.
+The result is a calibration file (`rag.calibration`): the fusion weights (`fusion_weights`) and the logistic
+confidence model fitted on the out-of-fold rankings with those weights. `hotline tune` writes it to
+`<data_dir>/calibration.json`, where the next `hotline kb build` takes it from; the shipped `kb/calibration.json` is
+updated only when a developer asks for it (`--output kb/calibration.json`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from chromadb.api.types import EmbeddingFunction
 
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
-from rag.confidence import DEFAULT_CALIBRATION_FILE, features, fit
+from rag.calibration import Calibration, save_calibration
+from rag.confidence import features, fit
 from rag.embeddings import MultilingualUseEmbedding
 from rag.engine import reaches_the_gates
-from rag.evaluation import EvalCase, load_eval_set, with_asr_noise
+from rag.evaluation.evaluation import EvalCase, load_eval_set, with_asr_noise
 from rag.hybrid import ChannelScores, FusionWeights, HybridRetriever
 from rag.text import TextProcessor
 from rag.vector import VectorIndex, chroma_client
@@ -70,15 +73,15 @@ def _fold_retriever(kb: KnowledgeBase, lexicon: Lexicon, weights: FusionWeights,
     return retriever
 
 
-def development_samples(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
-                        dev_set: Path = DEFAULT_DEV_SET, weights: FusionWeights | None = None,
+def development_samples(kb: KnowledgeBase, lexicon: Lexicon, *, weights: FusionWeights, folds: int = 4,
+                        with_vectors: bool = True, dev_set: Path = DEFAULT_DEV_SET,
                         progress: Callable[[str], None] | None = None,
                         embedding: EmbeddingFunction | None = None) -> list[DevSample]:
     """Channel scores of every held-out KB question (and its noisy copy) and of every dev-set question.
 
-    `embedding` is the vector channel's embedding function, the one the service will use (the offline default when
-    None); tune with the embedding you deploy, since the weights and the confidence model depend on it."""
-    weights = weights or FusionWeights.tuned()
+    `weights` are the folds' retrievers' weights (channel scores do not depend on them; `rank` does). `embedding` is
+    the vector channel's embedding function, the one the service will use (the offline default when None); tune with
+    the embedding you deploy, since the weights and the confidence model depend on it."""
     if with_vectors and embedding is None:
         embedding = MultilingualUseEmbedding()
     if sum(len(item.questions) for item in kb.items) < folds:
@@ -120,10 +123,11 @@ def retrieval_score(samples: list[DevSample], weights: FusionWeights) -> tuple[f
     return hits / len(answerable), reciprocal / len(answerable)
 
 
-def tune_weights(samples: list[DevSample], start: FusionWeights | None = None, rounds: int = 3,
+def tune_weights(samples: list[DevSample], start: FusionWeights, rounds: int = 3,
                  progress: Callable[[str], None] | None = None) -> tuple[FusionWeights, tuple[float, float]]:
-    """Coordinate search over the channel weights, maximising hit@1 (ties: MRR) on the development questions."""
-    best = start or FusionWeights.tuned()
+    """Coordinate search over the channel weights from `start`, maximising hit@1 (ties: MRR) on the development
+    questions."""
+    best = start
     best_score = retrieval_score(samples, best)
     for _ in range(rounds):
         improved = False
@@ -214,17 +218,18 @@ def handoff_gate_table(probabilities: list[float], out_of_scope: list[bool]) -> 
     return table
 
 
-def tune(kb: KnowledgeBase, lexicon: Lexicon, *, folds: int = 4, with_vectors: bool = True,
-         dev_set: Path = DEFAULT_DEV_SET, output: Path = DEFAULT_CALIBRATION_FILE,
-         progress: Callable[[str], None] | None = None, embedding: EmbeddingFunction | None = None) -> dict:
-    samples = development_samples(kb, lexicon, folds=folds, with_vectors=with_vectors, dev_set=dev_set,
-                                  progress=progress, embedding=embedding)
-    start = FusionWeights.tuned() if with_vectors else FusionWeights.tuned().without_vectors()
+def tune(kb: KnowledgeBase, lexicon: Lexicon, *, start: FusionWeights, output: Path, folds: int = 4,
+         with_vectors: bool = True, dev_set: Path = DEFAULT_DEV_SET, progress: Callable[[str], None] | None = None,
+         embedding: EmbeddingFunction | None = None) -> dict:
+    """Fit the weights (a coordinate search from `start`) and the confidence model; write them to `output`."""
+    samples = development_samples(kb, lexicon, weights=start, folds=folds, with_vectors=with_vectors,
+                                  dev_set=dev_set, progress=progress, embedding=embedding)
+    start = start if with_vectors else start.without_vectors()
     start_score = retrieval_score(samples, start)
     weights, score = tune_weights(samples, start, progress=progress)
     rows, labels, groups, out_of_scope = confidence_samples(samples, weights, lexicon, folds)
     model = fit(rows, labels)
-    model.save(output, samples=len(rows), fusion_weights=weights.as_dict())
+    save_calibration(Calibration(weights, model), output, samples=len(rows))
     from sklearn.metrics import roc_auc_score
 
     probabilities = held_out_probabilities(rows, labels, groups)

@@ -1,4 +1,4 @@
-"""Batch evaluation of retrieval and answers against a labelled question set (`hotline eval`)."""
+"""Batch evaluation of retrieval and answers against a labelled question set (`hotline eval`): cases, metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 
 from rag.base import Action, Answerer, ConversationContext, Retriever
 from rag.errors import RetrievalError
+from rag.evaluation.asr_noise import DEFAULT_SEED, HomophoneNoise, homophone_table
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "evalset"
 HANDOFF = "handoff"
@@ -101,8 +102,6 @@ def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
 def with_asr_noise(cases: list[EvalCase], corpus: Iterable[str], rate: float = 0.15,
                    seed: int | None = None) -> list[EvalCase]:
     """One homophone-corrupted copy of every colloquial question, in category `asr_noise`."""
-    from rag.asr_noise import DEFAULT_SEED, HomophoneNoise, homophone_table
-
     noise = HomophoneNoise(homophone_table(corpus), rate=rate, seed=DEFAULT_SEED if seed is None else seed)
     return [
         EvalCase(noise.corrupt(case.question), case.expect, "asr_noise", case.facts, case.context_items)
@@ -197,15 +196,3 @@ async def _answer_after_choices(case: EvalCase, offered: tuple[str, ...], contex
             break
         questions, offered = (*questions, reply), answer.items
     return results[0], any(results)
-
-
-def markdown_table(report: EvalReport) -> str:
-    columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "fact_accuracy_after_clarify",
-               "fact_accuracy_after_two_clarify", "answer_precision", "clarify_rate",
-               "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
-    header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
-    rows = []
-    for name, metrics in [("**overall**", report.overall), *sorted(report.by_category.items())]:
-        values = [getattr(metrics, column) for column in columns]
-        rows.append(f"| {name} | " + " | ".join(str(value) for value in values) + " |")
-    return header + "\n".join(rows) + "\n"

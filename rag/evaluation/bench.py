@@ -11,7 +11,7 @@ from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from rag.embeddings import MultilingualUseEmbedding
-from rag.hybrid import HybridRetriever
+from rag.hybrid import FusionWeights, HybridRetriever
 from rag.text import TextProcessor
 from rag.vector import VectorIndex, chroma_client
 
@@ -61,10 +61,10 @@ class LatencyReport:
         return {key: round(value, 3) if isinstance(value, float) else value for key, value in self.__dict__.items()}
 
 
-def measure(kb: KnowledgeBase, lexicon: Lexicon, questions: list[str], with_vectors: bool = True,
-            rounds: int = 3) -> LatencyReport:
+def measure(kb: KnowledgeBase, lexicon: Lexicon, weights: FusionWeights, questions: list[str],
+            with_vectors: bool = True, rounds: int = 3) -> LatencyReport:
     started = time.perf_counter()
-    retriever = HybridRetriever(kb, TextProcessor(lexicon))
+    retriever = HybridRetriever(kb, TextProcessor(lexicon), weights)
     if with_vectors:
         folder = tempfile.mkdtemp(prefix="hotline-bench-chroma-")
         embedding = MultilingualUseEmbedding()

