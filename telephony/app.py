@@ -269,9 +269,18 @@ class Voice:
 
     def readiness(self) -> dict[str, object]:
         engines = self.engines
-        return {"asr": "ready" if engines.asr is not None else f"unavailable: {engines.asr_error}",
-                "tts_prerendered": self.prerendered, "active_calls": self.runner.active_calls,
-                "bad_messages": self.line.bad_messages}
+        body: dict[str, object] = {
+            "asr": "ready" if engines.asr is not None else f"unavailable: {engines.asr_error}",
+            "tts_prerendered": self.prerendered, "active_calls": self.runner.active_calls,
+            "bad_messages": self.line.bad_messages}
+        if isinstance(engines.tts, ResilientTts):
+            status = engines.tts.status()
+            body["tts"] = {"primary": status.primary, "fallback": status.fallback,
+                           "primary_available": status.primary_available}
+        line = self.line.status()
+        body["lines"] = {self.line.name: {"state": line.state.value, "detail": line.detail,
+                                          "active_calls": line.active_calls}}
+        return body
 
 
 # -- the hotline ---------------------------------------------------------------------------------

@@ -113,6 +113,13 @@ def test_a_caller_interrupts_the_greeting_asks_and_hears_a_reply(server: Running
     assert wav_duration_ms(call.recording_assistant_path) > 500
 
 
+def test_readiness_reports_the_voice_engines_and_the_line(server: RunningServer) -> None:
+    voice = server.readiness()["voice"]
+    assert voice["asr"] == "ready"
+    assert voice["tts"] == {"primary": "espeak", "fallback": "espeak", "primary_available": True}
+    assert voice["lines"]["media-stream"]["state"] == "listening"
+
+
 def test_connections_without_the_token_are_refused(server: RunningServer) -> None:
     async def attempt(url: str) -> int:
         try:

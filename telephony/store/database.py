@@ -34,6 +34,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _existing_call(session: Session, call_id: str) -> Call:
+    call = session.get(Call, call_id)
+    if call is None:
+        raise StorageError(f"no call {call_id}")
+    return call
+
+
 class Database:
     """One database (SQLite file or PostgreSQL), migrated to the newest schema on `migrate()`."""
 
@@ -100,9 +107,7 @@ class Database:
 
     def end_call(self, call_id: str, reason: str, status: CallStatus = CallStatus.ENDED) -> None:
         with self.session() as session:
-            call = session.get(Call, call_id)
-            if call is None:
-                raise StorageError(f"no call {call_id}")
+            call = _existing_call(session, call_id)
             call.status = status
             call.end_reason = reason
             call.ended_at = dt.datetime.now(dt.UTC)
@@ -110,8 +115,7 @@ class Database:
     def add_turn(self, call_id: str, **fields) -> Turn:
         """Append a turn to a call; its sequence number is the next free one."""
         with self.session() as session:
-            if session.get(Call, call_id) is None:
-                raise StorageError(f"no call {call_id}")
+            _existing_call(session, call_id)
             seq = session.scalar(select(func.coalesce(func.max(Turn.seq), 0)).where(Turn.call_id == call_id)) + 1
             turn = Turn(call_id=call_id, seq=seq, **fields)
             session.add(turn)
@@ -119,16 +123,13 @@ class Database:
 
     def set_recordings(self, call_id: str, caller_path: str, assistant_path: str) -> None:
         with self.session() as session:
-            call = session.get(Call, call_id)
-            if call is None:
-                raise StorageError(f"no call {call_id}")
+            call = _existing_call(session, call_id)
             call.recording_caller_path = caller_path
             call.recording_assistant_path = assistant_path
 
     def open_handoff_ticket(self, call_id: str, reason: str, callback_number: str | None = None) -> HandoffTicket:
         with self.session() as session:
-            if session.get(Call, call_id) is None:
-                raise StorageError(f"no call {call_id}")
+            _existing_call(session, call_id)
             ticket = HandoffTicket(call_id=call_id, reason=reason, callback_number=callback_number)
             session.add(ticket)
         return ticket
