@@ -63,7 +63,7 @@ class Answers:
         return self.stack.hotwords
 
     async def ask(self, question: str, context: ConversationContext | None = None) -> Answer:
-        return await self.stack.answerer.answer(question, context)
+        return (await self.ask_versioned(question, context))[0]
 
     async def ask_versioned(self, question: str, context: ConversationContext | None = None) -> tuple[Answer, str]:
         """The answer and the KB version that gave it (one version for the whole question, even across a switch)."""

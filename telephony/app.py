@@ -278,8 +278,7 @@ class Voice:
             body["tts"] = {"primary": status.primary, "fallback": status.fallback,
                            "primary_available": status.primary_available}
         line = self.line.status()
-        body["lines"] = {self.line.name: {"state": line.state.value, "detail": line.detail,
-                                          "active_calls": line.active_calls}}
+        body["lines"] = {self.line.name: {"state": line.state.value, "detail": line.detail}}
         return body
 
 

@@ -18,7 +18,6 @@ class LineState(StrEnum):
 class LineStatus:
     state: LineState
     detail: str = ""
-    active_calls: int = 0
 
 
 class Line(Protocol):

@@ -40,20 +40,16 @@ def conversations(hotline: Annotated[Hotline, Depends(hotline)]) -> TextConversa
     return hotline.conversations
 
 
-class AdminDenied(HTTPException):
-    pass
-
-
 def require_admin(request: Request, hotline: Annotated[Hotline, Depends(hotline)]) -> None:
     """Bearer token check for admin endpoints (403 when none is configured: they are off)."""
     token = hotline.settings.admin_token
     if token is None:
-        raise AdminDenied(403, "admin endpoints are disabled: set HOTLINE_ADMIN_TOKEN")
+        raise HTTPException(403, "admin endpoints are disabled: set HOTLINE_ADMIN_TOKEN")
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
-        raise AdminDenied(401, "missing bearer token")
+        raise HTTPException(401, "missing bearer token")
     if not secrets.compare_digest(header[7:].strip().encode(), token.get_secret_value().encode()):
-        raise AdminDenied(403, "wrong admin token")
+        raise HTTPException(403, "wrong admin token")
 
 
 StateDep = Annotated[AppState, Depends(app_state)]

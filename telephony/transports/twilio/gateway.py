@@ -36,12 +36,11 @@ class MediaStreamLine:
     name = "media-stream"
 
     def __init__(self) -> None:
-        self.active_calls = 0
         self.bad_messages = 0
 
     def status(self) -> LineStatus:
         detail = f"{self.bad_messages} malformed messages ignored" if self.bad_messages else ""
-        return LineStatus(LineState.LISTENING, detail, self.active_calls)
+        return LineStatus(LineState.LISTENING, detail)
 
 
 class MediaStreamTransport:

@@ -36,12 +36,10 @@ async def media_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     channel = CallChannel.SOFTPHONE if websocket.query_params.get("channel") == "softphone" else CallChannel.TWILIO
     transport = MediaStreamTransport(websocket, channel, voice.line)
-    voice.line.active_calls += 1
     try:
         if await transport.answer():
             await voice.runner.run(transport)
     finally:
-        voice.line.active_calls -= 1
         await transport.hang_up()
 
 
