@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ CHANNELS_FILE = Path(__file__).resolve().parent / "channels.yaml"
 # Longest phone number an operator is expected to configure (e.g. "0773-12345678-123").
 PHONE_PLACEHOLDER = "0" * 17
 UNVERIFIED_MARK = "〔待核实〕"
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 @dataclass
@@ -98,6 +100,12 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
         for audience in item.audiences:
             if not any(f"### {audience.label}" in text for text in item.sections.values()):
                 report.warnings.append(f"{where}: audience {audience.label!r} has no '### {audience.label}' subsection")
+        stated = item.sms + "\n" + "\n".join(item.sections.values())
+        for fact in item.facts:
+            for number in NUMBER.findall(fact.say):
+                if number not in stated:
+                    report.errors.append(f"{where}: fact {fact.say!r} says {number}, which the item's SMS and "
+                                         "sections do not state")
         marks = sum(text.count(UNVERIFIED_MARK) for text in item.sections.values())
         if marks and not item.verify:
             report.errors.append(f"{where}: text carries {UNVERIFIED_MARK} but the item has no verify entries")

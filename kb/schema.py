@@ -111,6 +111,34 @@ class Audience(_Frozen):
     spoken: str | None = None
 
 
+FACT_MAX_CHARS = 50
+
+
+class ItemFact(_Frozen):
+    """A number or rule a caller asks for outright (「最少交多少年」, 「一级伤残给几个月」): the spoken reply leads with
+    `say` when the question contains one of `asks` and, where `about` is given, one of `about` too. The facts of an
+    item are tried in order; the first that matches leads. Every number in `say` must be in the item's text
+    (`hotline kb check`), so a fact only repeats what the item already states."""
+
+    asks: tuple[str, ...] = Field(min_length=1)
+    about: tuple[str, ...] = ()
+    say: str
+
+    @field_validator("say")
+    @classmethod
+    def _say_for_the_ear(cls, value: str) -> str:
+        value = value.strip()
+        problems = spoken_problems(value)
+        if len(value) > FACT_MAX_CHARS:
+            problems.append(f"fact has {len(value)} characters, limit {FACT_MAX_CHARS}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    def matches(self, question: str) -> bool:
+        return any(ask in question for ask in self.asks) and (not self.about or any(a in question for a in self.about))
+
+
 class Channels(_Frozen):
     online: tuple[str, ...] = ()
     offline: tuple[str, ...] = ()
@@ -129,6 +157,7 @@ class ServiceItem(_Frozen):
     clarify: str | None = None
     channels: Channels = Channels()
     spoken: str
+    facts: tuple[ItemFact, ...] = ()
     sms: str
     policy_basis: tuple[PolicyBasis, ...] = Field(min_length=1)
     sources: tuple[Source, ...] = Field(min_length=1)
@@ -208,6 +237,10 @@ class ServiceItem(_Frozen):
 
     def citations(self) -> list[str]:
         return [basis.citation() for basis in self.policy_basis]
+
+    def fact_for(self, question: str) -> ItemFact | None:
+        """The first fact the question asks for (see `ItemFact`)."""
+        return next((fact for fact in self.facts if fact.matches(question)), None)
 
     def section(self, field: str) -> str:
         return self.sections.get(field, "")
