@@ -97,6 +97,11 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
         for related in item.related:
             if related not in known_ids:
                 report.errors.append(f"{where}: related item {related!r} does not exist")
+        for other in item.ask_between:
+            if other not in known_ids:
+                report.errors.append(f"{where}: ask_between item {other!r} does not exist")
+            elif item.id not in by_id[other].ask_between:
+                report.errors.append(f"{where}: ask_between {other!r} must be mutual (add {item.id} to its list)")
         for audience in item.audiences:
             if not any(f"### {audience.label}" in text for text in item.sections.values()):
                 report.warnings.append(f"{where}: audience {audience.label!r} has no '### {audience.label}' subsection")

@@ -163,6 +163,9 @@ class ServiceItem(_Frozen):
     sources: tuple[Source, ...] = Field(min_length=1)
     verify: tuple[VerifyMark, ...] = ()
     related: tuple[str, ...] = ()
+    # Items a caller must pick between out loud: answering one for the other would mislead (adult vs minor card,
+    # enterprise vs 机关事业 transfer), so when they are the top two the hotline asks instead of answering one.
+    ask_between: tuple[str, ...] = ()
     last_reviewed: dt.date
     effective_from: dt.date | None = None
     effective_until: dt.date | None = None

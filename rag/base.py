@@ -20,6 +20,7 @@ class ClarifyKind(StrEnum):
     CHOICE = "choice"  # choose among the offered services: 「您问的是A，还是B？」, also the next two after 「都不是」
     CONFIRM = "confirm"  # confirm the one service offered: 「您问的是不是A？」
     DETAILS = "details"  # a calculator asks for the numbers it needs
+    REPEAT = "repeat"  # nothing with meaning was heard (noise, ASR garbage): 「我没听清，请您再说一遍」
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,15 @@ class ConversationContext:
 
     previous_item_ids: tuple[str, ...] = ()
     previous_questions: tuple[str, ...] = ()
-    # Items the last reply asked the caller to choose between or confirm ("您问的是A，还是B？").
+    # Items the last reply asked the caller to choose between or confirm ("您问的是A，还是B？"), or, after an answer
+    # that named its service, the alternative it offered ("如果您问的是B，请说‘另一个’").
     offered_item_ids: tuple[str, ...] = ()
+    last_action: Action | None = None  # what the last reply did (an answer's offer is a switch, not a menu)
+
+    @property
+    def offers_a_switch(self) -> bool:
+        """The last reply answered one service and offered another in one line."""
+        return self.last_action is Action.ANSWER and bool(self.offered_item_ids) and bool(self.previous_item_ids)
 
     @classmethod
     def from_turns(cls, turns: Iterable[ConversationTurn]) -> ConversationContext:
@@ -68,7 +76,8 @@ class ConversationContext:
         turns = list(turns)
         answered = [turn.item_ids[0] for turn in turns if turn.action is Action.ANSWER and turn.item_ids]
         offered = turns[-1].offered_item_ids if turns else ()
-        return cls(tuple(answered[-3:]), tuple(turn.question for turn in turns[-3:]), tuple(offered))
+        last_action = turns[-1].action if turns else None
+        return cls(tuple(answered[-3:]), tuple(turn.question for turn in turns[-3:]), tuple(offered), last_action)
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,14 @@ class Answer:
     confidence: float
     reason: str  # for people reading the turn log; no code parses it
     clarify: ClarifyKind | None = None  # with Action.CLARIFY: what the caller is asked for (None: to say it again)
-    offered_items: tuple[str, ...] = ()  # the services a CHOICE or CONFIRM offers; the next reply may pick one
+    # The services a CHOICE or CONFIRM offers (the next reply may pick one), or with Action.ANSWER the alternative
+    # an answer that named its service offers in one line (the next reply may switch to it: 「另一个」).
+    offered_items: tuple[str, ...] = ()
+
+    @property
+    def named(self) -> bool:
+        """An answer given with the alternative offered: the caller heard which service it is about."""
+        return self.action is Action.ANSWER and bool(self.offered_items)
 
     def as_turn(self) -> ConversationTurn:
         return ConversationTurn(self.question, self.action, self.items, self.offered_items)

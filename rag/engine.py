@@ -12,6 +12,7 @@ from rag.base import Action, Answer, ClarifyKind, ConversationContext, Retriever
 from rag.calculators import calculate
 from rag.confidence import ConfidenceModel, score_lead
 from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
+from rag.meaning import names_no_service, says_nothing
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ CHOOSE_SECOND = re.compile(r"第二|后面|后一个|第2|后头|后者|下一�
 REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
 CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
 CHOICE_REPLY_MAX_CHARS = 12
+# Replies to an answer that named its service and offered another (「…如果您问的是B，请说“另一个”」).
+SWITCH = re.compile(r"另一个|另外一个|另外那个|另一项|另外一项|后面那个|后面说的|不是这个|不是问这|不是这项|不是这方面|"
+                    r"问的不是|说的不是|我问的是|我说的是|我要问的是|我想问的是|答非所问|答错了|问错了")
+SWITCH_REPLY_MAX_CHARS = 16  # a reply up to half this long that says 「不是这个」 switches without naming anything
+OTHER_ONE = re.compile(r"另一个|另外一个|另外那个|另一项|另外一项")
 NEXT_CANDIDATES = 2  # offered once after the caller turns both choices down
 
 
@@ -85,7 +91,11 @@ class AnswerEngine:
         if ABUSE.search(question):
             return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language")
 
-        if context.offered_item_ids:
+        if context.offers_a_switch:
+            switched = self._resolve_switch(question, context)
+            if switched is not None:
+                return switched
+        elif context.offered_item_ids:
             asked = context.previous_questions[-1] if context.previous_questions else ""
             chosen = self._resolve_choice(question, context.offered_item_ids, asked)
             if chosen is not None:
@@ -99,6 +109,14 @@ class AnswerEngine:
                                            spoken=calculated.spoken)
             return Answer(question, Action.CLARIFY, calculated.spoken, "", (), (calculated.item_id,),
                           DETAILS_CONFIDENCE, calculated.reason, ClarifyKind.DETAILS)
+
+        if says_nothing(question):
+            return Answer(question, Action.CLARIFY, phrases.NOT_HEARD, "", (), (), NO_SERVICE_CONFIDENCE,
+                          "nothing with meaning heard (fillers, noise or ASR garbage)", ClarifyKind.REPEAT)
+
+        if names_no_service(question) and not context.previous_item_ids:
+            return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), NO_SERVICE_CONFIDENCE,
+                          "social insurance named in general, no service")
 
         ranked = self.retriever.retrieve(question, limit=5)
         if not ranked:
@@ -133,13 +151,21 @@ class AnswerEngine:
         if confidence < self.policy.low_confidence:
             return self._handoff(question, phrases.NOT_SURE, confidence, self._reason("low", ranked, confidence),
                                  items=tuple(scored.item_id for scored in ranked[:3]))
+        runner_up = self.kb.get(ranked[1].item_id) if len(ranked) > 1 else None
+        if runner_up is not None and runner_up.id in top.ask_between and score_lead(ranked) <= CHOICE_LEAD:
+            return self._choose(question, top, runner_up, confidence,
+                                self._reason("middle, a pair the caller must choose between", ranked, confidence))
+        if confidence >= self.policy.named_confidence:
+            reason = self._reason("middle, answer naming the service", ranked, confidence)
+            if self.llm is not None:
+                answer = await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
+                                               reason + ", LLM")
+                return self.curated.name(answer, top, runner_up)
+            return self.curated.named_answer(question, top, runner_up, confidence, reason)
         variant = self._variant_of(top, ranked)
         if variant is not None:
             return self._choose(question, top, variant, confidence,
                                 self._reason("middle, variants of one service", ranked, confidence))
-        if self.llm is not None:
-            return await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
-                                         self._reason("middle, LLM", ranked, confidence))
         runner_up = self._close_runner_up(ranked)
         if runner_up is not None:
             return self._choose(question, top, runner_up, confidence,
@@ -193,6 +219,32 @@ class AnswerEngine:
             return None
         return self.curated.answer(reply, picked, CHOSEN_CONFIDENCE,
                                    f"caller chose {picked.id} from {', '.join(offered)}")
+
+    def _resolve_switch(self, reply: str, context: ConversationContext) -> Answer | None:
+        """The caller's reply to an answer that named its service and offered another: 「另一个」 / 「不是这个」 switch to
+        the offer, 「我问的是…」 names the one meant, 「都不是」 gets the next candidates. None for anything else (a
+        follow-up on the answer, or a new question: the normal path takes it)."""
+        answered, offered = context.previous_item_ids[-1], context.offered_item_ids
+        asked = context.previous_questions[-1] if context.previous_questions else ""
+        if REJECT.search(reply) and re.search(r"都不|两个都|也不是", reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
+            return self._next_candidates(reply, (answered, *offered), asked) or Answer(
+                reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
+                "caller rejected the answered and the offered service")
+        if not SWITCH.search(reply):
+            return None
+        ranked = self.retriever.retrieve(reply, limit=1)
+        named = ranked[0].item_id if ranked else None
+        if named in offered:
+            picked = named
+        elif len(reply) <= SWITCH_REPLY_MAX_CHARS // 2 or OTHER_ONE.search(reply):
+            picked = offered[0]
+        else:
+            return None  # 「我问的是X」 naming a service not offered: a new question
+        item = self.kb.get(picked)
+        if item is None:
+            return None
+        return self.curated.answer(reply, item, CHOSEN_CONFIDENCE,
+                                   f"caller switched from {answered} to the offered {item.id}", asked=asked)
 
     def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
         """After "都不是": the next two services the first question ranked, once. None when the offered services were

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kb.sms_text import compose_sms
 from kb.schema import SPOKEN_MAX_CHARS, ServiceItem
@@ -36,6 +36,9 @@ class AnswerPolicy:
     sms_signature: str
     high_confidence: float = 0.95
     low_confidence: float = 0.25
+    # In the middle band, from this confidence the top service is answered by name with the runner-up offered in one
+    # line (「关于A：… 如果您问的是B，请说“另一个”」); below it the caller is asked which one (see docs/eval.md).
+    named_confidence: float = 0.5
     max_question_chars: int = 500
 
 
@@ -54,6 +57,11 @@ def item_citations(item: ServiceItem) -> tuple[Citation, ...]:
     return tuple(
         Citation(item.id, basis.document, basis.number, basis.articles, basis.citation()) for basis in item.policy_basis
     )
+
+
+def short_title(item: ServiceItem) -> str:
+    """The title as said in a sentence: without its parenthesised detail (「失业保险金申领」)."""
+    return re.sub(r"（[^）]*）|\([^)]*\)", "", item.title).strip() or item.title
 
 
 def for_the_ear(text: str, limit: int = SPOKEN_MAX_CHARS) -> str:
@@ -77,9 +85,38 @@ class CuratedComposer:
         return compose_sms(item, self.policy.centre_phone, self.policy.sms_signature)
 
     def answer(self, question: str, item: ServiceItem, confidence: float, reason: str,
-               spoken: str | None = None) -> Answer:
-        return Answer(question, Action.ANSWER, spoken or item.spoken, self.sms(item), item_citations(item),
-                      (item.id,), confidence, reason)
+               spoken: str | None = None, asked: str | None = None) -> Answer:
+        """The item's answer. Unless `spoken` is given, the spoken reply leads with the fact the question (or `asked`,
+        the question a short reply such as 「另一个」 refers to) asks for, when the item states one (`ItemFact`)."""
+        if spoken is None:
+            spoken = self.spoken_for(asked or question, item)
+        return Answer(question, Action.ANSWER, spoken, self.sms(item), item_citations(item), (item.id,), confidence,
+                      reason)
+
+    @staticmethod
+    def spoken_for(question: str, item: ServiceItem) -> str:
+        """The item's spoken summary, after the fact the question asks for when there is one."""
+        fact = item.fact_for(question)
+        if fact is None:
+            return item.spoken
+        return fact.say + item.spoken if not item.spoken.startswith(fact.say) else item.spoken
+
+    def named_answer(self, question: str, item: ServiceItem, other: ServiceItem | None, confidence: float,
+                     reason: str) -> Answer:
+        """「关于A：…」 with, when there is a runner-up, 「如果您问的是B，请说“另一个”」: an answer in the middle band that
+        tells the caller which service it is about and how to get the other."""
+        return self.name(self.answer(question, item, confidence, reason), item, other)
+
+    @staticmethod
+    def name(answer: Answer, item: ServiceItem, other: ServiceItem | None) -> Answer:
+        """The answer (curated or composed) led by the name of its service, with the runner-up offered."""
+        if answer.action is not Action.ANSWER:
+            return answer
+        spoken = phrases.NAMED_ANSWER.format(title=short_title(item), spoken=answer.spoken)
+        if other is None or other.id == item.id:
+            return replace(answer, spoken=spoken)
+        spoken += phrases.OFFER_OTHER.format(title=short_title(other))
+        return replace(answer, spoken=spoken, offered_items=(other.id,))
 
     def followup(self, question: str, item: ServiceItem) -> Answer | None:
         """Answer "那要带什么材料" from the matching section of the item asked about before."""

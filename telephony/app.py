@@ -78,6 +78,7 @@ def answer_policy(settings: Settings) -> AnswerPolicy:
         sms_signature=settings.sms_signature,
         high_confidence=settings.answer_high_confidence,
         low_confidence=settings.answer_low_confidence,
+        named_confidence=settings.answer_named_confidence,
         max_question_chars=settings.max_question_chars,
     )
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
 
     answer_high_confidence: float = Field(default=0.95, ge=0, le=1)
     answer_low_confidence: float = Field(default=0.25, ge=0, le=1)
+    # Middle band: from here the top service is answered by name with the runner-up offered (docs/eval.md says how
+    # `hotline tune` chose it); below it the caller is asked which service they mean.
+    answer_named_confidence: float = Field(default=0.5, ge=0, le=1)
     max_question_chars: int = Field(default=500, ge=10, le=5000)
 
     llm_api_key: SecretStr | None = None
@@ -132,6 +135,8 @@ class Settings(BaseSettings):
     def _gates_and_secrets(self) -> Settings:
         if self.answer_low_confidence >= self.answer_high_confidence:
             raise ValueError("answer_low_confidence must be below answer_high_confidence")
+        if not self.answer_low_confidence <= self.answer_named_confidence <= self.answer_high_confidence:
+            raise ValueError("answer_named_confidence must lie between the low and the high gate")
         if self.embedding_backend is EmbeddingBackend.OPENAI and not self.embedding_base_url:
             raise ValueError("embedding_backend=openai needs HOTLINE_EMBEDDING_BASE_URL")
         if self.embedding_backend is EmbeddingBackend.LOCAL and self.embedding_model_dir is None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from rag.base import Action, Answerer, ConversationContext, Retriever
+from rag.base import Action, Answer, Answerer, ClarifyKind, ConversationContext, Retriever
 from rag.errors import RetrievalError
 from rag.evaluation.asr_noise import DEFAULT_SEED, HomophoneNoise, homophone_table
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "evalset"
 HANDOFF = "handoff"
+REPEAT = "repeat"  # noise or garbage: the caller must be asked to say it again
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,19 @@ class EvalCase:
     category: str
     facts: tuple[str, ...] = ()
     context_items: tuple[str, ...] = ()
+    lead: tuple[str, ...] = ()  # what the spoken reply itself must say (the fact asked for, not only the SMS)
 
     @property
     def expects_handoff(self) -> bool:
         return self.expect == (HANDOFF,)
+
+    @property
+    def expects_repeat(self) -> bool:
+        return self.expect == (REPEAT,)
+
+    @property
+    def expects_item(self) -> bool:
+        return not (self.expects_handoff or self.expects_repeat)
 
 
 @dataclass
@@ -39,6 +49,9 @@ class CaseResult:
     facts_ok: bool
     facts_ok_after_clarify: bool = False  # right after the caller answers one clarifying question
     facts_ok_after_two: bool = False  # right after the caller answers at most two clarifying questions
+    named: bool = False  # the answer named its service and offered another in one line
+    repeat_asked: bool = False  # the reply asked the caller to say it again (nothing with meaning heard)
+    lead_ok: bool = False  # an answer about an expected item whose spoken reply says every `lead` string
 
     @property
     def rank(self) -> int | None:
@@ -62,6 +75,11 @@ class Metrics:
     handoff_precision: float = 0.0
     handoff_recall: float = 0.0
     confidently_wrong_rate: float = 0.0
+    named_answer_rate: float = 0.0
+    named_wrong_rate: float = 0.0
+    spoken_fact_accuracy: float = 0.0
+    repeat_recall: float = 0.0
+    repeat_false_rate: float = 0.0
 
 
 @dataclass
@@ -93,6 +111,7 @@ def load_eval_set(path: Path = DEFAULT_EVAL_SET) -> list[EvalCase]:
                     category=str(raw.get("category", file.stem)),
                     facts=tuple(str(fact) for fact in raw.get("facts") or ()),
                     context_items=tuple(str(item) for item in raw.get("context") or ()),
+                    lead=tuple(str(text) for text in raw.get("lead") or ()),
                 ))
             except (KeyError, TypeError) as exc:
                 raise RetrievalError(f"{file.name} entry {index}: needs q and expect ({exc})") from exc
@@ -104,7 +123,7 @@ def with_asr_noise(cases: list[EvalCase], corpus: Iterable[str], rate: float = 0
     """One homophone-corrupted copy of every colloquial question, in category `asr_noise`."""
     noise = HomophoneNoise(homophone_table(corpus), rate=rate, seed=DEFAULT_SEED if seed is None else seed)
     return [
-        EvalCase(noise.corrupt(case.question), case.expect, "asr_noise", case.facts, case.context_items)
+        EvalCase(noise.corrupt(case.question), case.expect, "asr_noise", case.facts, case.context_items, case.lead)
         for case in cases if case.category == "colloquial"
     ]
 
@@ -114,14 +133,15 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 
 def summarize(results: list[CaseResult]) -> Metrics:
-    scored = [result for result in results if not result.case.expects_handoff]
+    scored = [result for result in results if result.case.expects_item]
     ranks = [result.rank for result in scored]
     answered = [result for result in results if result.action is Action.ANSWER]
     handed_off = [result for result in results if result.action is Action.HANDOFF]
     should_handoff = [result for result in results if result.case.expects_handoff]
-    confidently_wrong = [
-        result for result in answered if result.answered_item not in result.case.expect
-    ]
+    should_repeat = [result for result in results if result.case.expects_repeat]
+    meant = [result for result in results if not result.case.expects_repeat]
+    wrong = [result for result in answered if result.answered_item not in result.case.expect]
+    with_lead = [result for result in scored if result.case.lead]
     return Metrics(
         questions=len(results),
         hit_at_1=_ratio(sum(1 for rank in ranks if rank == 1), len(scored)),
@@ -131,10 +151,16 @@ def summarize(results: list[CaseResult]) -> Metrics:
         fact_accuracy_after_clarify=_ratio(sum(1 for result in scored if result.facts_ok_after_clarify), len(scored)),
         fact_accuracy_after_two_clarify=_ratio(sum(1 for result in scored if result.facts_ok_after_two), len(scored)),
         answer_precision=_ratio(sum(1 for result in answered if result.facts_ok), len(answered)),
-        clarify_rate=_ratio(sum(1 for result in results if result.action is Action.CLARIFY), len(results)),
+        clarify_rate=_ratio(sum(1 for result in meant if result.action is Action.CLARIFY and not result.repeat_asked),
+                            len(meant)),
         handoff_precision=_ratio(sum(1 for result in handed_off if result.case.expects_handoff), len(handed_off)),
         handoff_recall=_ratio(sum(1 for result in should_handoff if result.action is Action.HANDOFF), len(should_handoff)),
-        confidently_wrong_rate=_ratio(len(confidently_wrong), len(results)),
+        confidently_wrong_rate=_ratio(sum(1 for result in wrong if not result.named), len(results)),
+        named_answer_rate=_ratio(sum(1 for result in answered if result.named), len(results)),
+        named_wrong_rate=_ratio(sum(1 for result in wrong if result.named), len(results)),
+        spoken_fact_accuracy=_ratio(sum(1 for result in with_lead if result.lead_ok), len(with_lead)),
+        repeat_recall=_ratio(sum(1 for result in should_repeat if result.repeat_asked), len(should_repeat)),
+        repeat_false_rate=_ratio(sum(1 for result in meant if result.repeat_asked), len(meant)),
     )
 
 
@@ -151,12 +177,14 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
         text = answer.spoken + "\n" + answer.sms
         # Only an answer can be accurate: a clarifying question or a handoff has not told the caller yet.
         facts_ok = answer.action is Action.ANSWER and all(fact in text for fact in case.facts)
-        if not case.expects_handoff and answer.action is Action.ANSWER and answered_item not in case.expect:
+        if case.expects_item and answer.action is Action.ANSWER and answered_item not in case.expect:
             facts_ok = False
         after_one = after_two = facts_ok
-        if answer.action is Action.CLARIFY and not case.expects_handoff and answer.items:
-            after_one, after_two = await _answer_after_choices(case, answer.items, context, answerer)
-        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok, after_one, after_two))
+        if case.expects_item and not facts_ok and (answer.named or (answer.action is Action.CLARIFY and answer.items)):
+            after_one, after_two = await _answer_after_choices(case, answer, context, answerer)
+        lead_ok = facts_ok and all(text in answer.spoken for text in case.lead)
+        results.append(CaseResult(case, ranked, answer.action, answered_item, facts_ok, after_one, after_two,
+                                  answer.named, answer.clarify is ClarifyKind.REPEAT, lead_ok))
     by_category: dict[str, list[CaseResult]] = defaultdict(list)
     for result in results:
         by_category[result.case.category].append(result)
@@ -165,27 +193,33 @@ async def evaluate(cases: list[EvalCase], retriever: Retriever, answerer: Answer
          "answered": r.answered_item, "top3": r.ranked[:3]}
         for r in results
         if (r.case.expects_handoff and r.action is not Action.HANDOFF)
-        or (not r.case.expects_handoff and (r.rank != 1 or not r.facts_ok))
+        or (r.case.expects_repeat and not r.repeat_asked)
+        or (r.case.expects_item and (r.rank != 1 or not r.facts_ok or (r.case.lead and not r.lead_ok)))
     ]
     return EvalReport(summarize(results), {name: summarize(group) for name, group in by_category.items()}, failures)
 
 
-async def _answer_after_choices(case: EvalCase, offered: tuple[str, ...], context: ConversationContext | None,
+async def _answer_after_choices(case: EvalCase, first: Answer, context: ConversationContext | None,
                                 answerer: Answerer) -> tuple[bool, bool]:
-    """Play the caller who answers clarifying questions truthfully ("第一个", "第二个", "是的" or "都不是"): whether
-    the reply after the first clarifying question is a right answer, and whether one comes within two."""
+    """Play the caller who answers truthfully: to a clarifying question "第一个", "第二个", "是的" or "都不是"; to an
+    answer about the wrong service that offered another, "另一个" when the offer is right, else "都不是". Whether the
+    reply after the first such exchange is a right answer, and whether one comes within two."""
     base = context or ConversationContext()
     questions = (*base.previous_questions, case.question)
+    answered = (*base.previous_item_ids, *first.items) if first.action is Action.ANSWER else base.previous_item_ids
+    offered, last_action = first.offered_items or first.items, first.action
     results = []
     for _exchange in range(2):
         right = [index for index, item_id in enumerate(offered) if item_id in case.expect]
-        if not right:
+        if last_action is Action.ANSWER:
+            reply = "另一个" if right else "都不是"
+        elif not right:
             reply = "都不是"
         elif len(offered) == 1:
             reply = "是的"
         else:
             reply = "第一个" if right[0] == 0 else "第二个"
-        answer = await answerer.answer(reply, ConversationContext(base.previous_item_ids, questions, offered))
+        answer = await answerer.answer(reply, ConversationContext(answered, questions, offered, last_action))
         if answer.action is Action.ANSWER:
             right_answer = bool(answer.items) and answer.items[0] in case.expect
             text = answer.spoken + "\n" + answer.sms
@@ -194,5 +228,5 @@ async def _answer_after_choices(case: EvalCase, offered: tuple[str, ...], contex
         results.append(False)
         if answer.action is not Action.CLARIFY or not answer.items:
             break
-        questions, offered = (*questions, reply), answer.items
+        questions, offered, last_action = (*questions, reply), answer.items, answer.action
     return results[0], any(results)

@@ -8,7 +8,8 @@ from rag.evaluation.evaluation import EvalReport
 def markdown_table(report: EvalReport) -> str:
     columns = ["questions", "hit_at_1", "hit_at_3", "mrr", "answer_fact_accuracy", "fact_accuracy_after_clarify",
                "fact_accuracy_after_two_clarify", "answer_precision", "clarify_rate",
-               "handoff_precision", "handoff_recall", "confidently_wrong_rate"]
+               "handoff_precision", "handoff_recall", "confidently_wrong_rate", "named_answer_rate", "named_wrong_rate",
+               "spoken_fact_accuracy", "repeat_recall", "repeat_false_rate"]
     header = "| set | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = []
     for name, metrics in [("**overall**", report.overall), *sorted(report.by_category.items())]:
