@@ -104,7 +104,7 @@ MIN_YEARS_ITEM = "insufficient-years-extension"
 UNEMPLOYMENT_ITEM = "unemployment-benefit-application"
 
 _RETIRE_WORDS = re.compile(r"退休|退得|能退|可以退|领养老金|领退休金|延迟")
-_BIRTH_WORDS = re.compile(r"出生|生的|生人|属")
+_BIRTH_WORDS = re.compile(r"出生|生的|生人|属[鼠牛虎兔龙蛇马羊猴鸡狗猪]")  # not 家属 / 属于
 # "我什么时候退休" asks for the caller's own date even without a birth date: ask for it.
 _WHEN_RETIRE = re.compile(r"(什么时候|啥时候|哪年|哪一年|几岁|多少岁|哪个月)(能|可以|才能|就能|该|要)?退休")
 _MIN_YEARS_WORDS = re.compile(r"最低缴费|最少(要)?交|最少缴|交满几年|交多少年|要交几年|交够几年|缴费年限")

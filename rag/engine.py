@@ -64,8 +64,9 @@ def _turns_down(reply: str) -> bool:
 
 def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
     """Whether the confidence gates decide this question. Rules come first: a request for a person, an insult and a
-    question naming nothing the hotline deals with are settled without the confidence model."""
-    if HUMAN_REQUEST.search(question) or ABUSE.search(question):
+    question naming nothing the hotline deals with are settled without the confidence model, and so is text with no
+    meaning at all (noise, fillers)."""
+    if HUMAN_REQUEST.search(question) or ABUSE.search(question) or says_nothing(question):
         return False
     return lexicon is None or lexicon.in_domain(question)
 

@@ -61,7 +61,8 @@ def item_citations(item: ServiceItem) -> tuple[Citation, ...]:
 
 def short_title(item: ServiceItem) -> str:
     """The title as said in a sentence: without its parenthesised detail (「失业保险金申领」)."""
-    return re.sub(r"（[^）]*）|\([^)]*\)", "", item.title).strip() or item.title
+    title = re.sub(r"（[^）]*）|\([^)]*\)", "", item.title).split("：")[0].strip()
+    return title or item.title
 
 
 def for_the_ear(text: str, limit: int = SPOKEN_MAX_CHARS) -> str:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import re
 
 # Hesitations, greetings and discourse fillers a caller adds around a question; they carry no meaning of their own.
-FILLERS = re.compile(r"那个|这个|就是说|就是|然后|的话|怎么说呢|你好|您好|喂|听得到|听得见|听到没|听见没|等一下|稍等|"
+FILLERS = re.compile(r"那个|这个|就是说|就是|然后|所以说|的话|怎么说呢|你好|您好|喂|听得到|听得见|听到没|听见没|等一下|稍等|"
                      r"[呃嗯啊哦喔噢诶欸唉哎哈嘛呀吧呢么嘞咯哇哟啦哼]")
 # Characters that only glue words together: text made of nothing else says nothing.
-FUNCTION_CHARS = set("的了吗是在不有个这那他她它我你们就都也还要会能说到上下来去和跟与把被让给对")
-NUMERALS = re.compile(r"^[0-9零〇一二三四五六七八九十百千万两点]+$")
+FUNCTION_CHARS = set("的了吗是在不有个这那他她它我你们就都也还要会能说到上下来去和跟与把被让给对么所以因为")
+NUMERALS = re.compile(r"^[0-9零〇幺一二三四五六七八九十百千万两点]+$")
+# A short question asks even when it is mostly glue (「在哪」, 「要交吗」, 「多少」): it is a follow-up, not noise.
+ASKS = re.compile(r"哪|吗|多少|好多|几|啥|什么|怎|咋|要不要|能不能|可不可以|有没有|没有|不$")
+MAX_GLUED = 1  # one content character lost in glue, with no question word: noise (「金那个么的了个呃」)
 MIN_MEANINGFUL_CHARS = 2
 
 
@@ -30,7 +33,8 @@ def core_text(text: str) -> str:
 
 def says_nothing(text: str) -> bool:
     """Whether the text, fillers removed, has no meaning to act on: nothing left, one or two sounds repeated
-    (「啊啊啊」), numbers alone, only glue characters (「的了吗是在不」), or foreign-letter noise."""
+    (「啊啊啊」), numbers alone, only glue characters (「的了吗是在不」), foreign-letter noise, or a few content
+    characters lost in glue (「金那个么的了个呃」) with no question word."""
     core = core_text(text)
     if len(core) < MIN_MEANINGFUL_CHARS:
         return True
@@ -40,7 +44,10 @@ def says_nothing(text: str) -> bool:
         return True
     if all(char in FUNCTION_CHARS for char in core):
         return True
-    return not re.search(r"[\u4e00-\u9fff]", core)
+    if not re.search(r"[\u4e00-\u9fff]", core):
+        return True
+    content = [char for char in core if char not in FUNCTION_CHARS]
+    return not ASKS.search(text) and len(content) <= MAX_GLUED
 
 
 # Words that name social insurance in general or ask in general, but no service: 「我想问一下社保的事」.

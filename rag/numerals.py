@@ -45,6 +45,8 @@ def find_year_month(text: str) -> tuple[int | None, int | None]:
     match = re.search(rf"({_NUMBER})\s*[年.．/-]\s*(?:({_NUMBER})\s*(?:月|份|月份)?)?", text)
     if not match:
         return None, None
+    if re.search("[十百千]", match.group(1)):
+        return None, None  # a year is said digit by digit (一九七零年, 七零年); 「交了十年」 is a duration
     year = chinese_to_int(match.group(1))
     if year is None or not (10 <= year <= 2100 or year < 100):
         return None, None

@@ -162,7 +162,8 @@ def tune_command(
         start = load_calibration(calibration_file(settings.data_dir)).weights  # the calibration in force now
         embedding = embedding_function(settings) if vectors else None
         report = tune(kb, load_lexicon(), start=start, output=output, folds=folds, with_vectors=vectors,
-                      progress=progress, embedding=embedding)
+                      progress=progress, embedding=embedding, low=settings.answer_low_confidence,
+                      high=settings.answer_high_confidence)
     except (ValueError, OSError, RetrievalError) as exc:
         typer.echo(f"cannot tune: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -39,6 +39,10 @@ WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.
 HANDOFF_GATE_STEPS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 GATE_STEPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.98)
 MAX_WRONG_SHARE = 0.0105  # confidently wrong ≤ 1% of questions (rounded as reported)
+NAMED_GATE_STEPS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The middle band answers by name (with the runner-up offered) from the lowest gate at which at least this share of
+# those answers is about the right service: four in five callers get their answer at once, the fifth says 「另一个」.
+MIN_NAMED_PRECISION = 0.8
 
 
 def without_questions(kb: KnowledgeBase, held_out: set[str]) -> KnowledgeBase:
@@ -204,6 +208,23 @@ def gate_table(probabilities: list[float], labels: list[int]) -> list[dict]:
     return table
 
 
+def named_gate_table(probabilities: list[float], labels: list[int], low: float, high: float) -> list[dict]:
+    """For candidate gates of the middle band's answer-by-name: of the development questions between the handoff gate
+    `low` and the answer gate `high`, the share that would be answered by name, the share still asked which service
+    they mean, and how often the named service is the right one."""
+    p = np.asarray(probabilities)
+    y = np.asarray(labels)
+    middle = (p >= low) & (p < high)
+    table = []
+    for gate in NAMED_GATE_STEPS:
+        named = middle & (p >= gate)
+        table.append({"gate": gate, "named_share": round(float(named.mean()), 4),
+                      "asked_share": round(float((middle & ~named).mean()), 4),
+                      "named_wrong_share": round(float((named & (y == 0)).mean()), 4),
+                      "named_precision": round(float(y[named].mean()), 4) if named.any() else None})
+    return table
+
+
 def handoff_gate_table(probabilities: list[float], out_of_scope: list[bool]) -> list[dict]:
     """For candidate low gates: share of the answerable development questions that would be handed off as "not
     sure", and share of the questions no item answers (those the rules leave to the gates) that would be."""
@@ -220,7 +241,7 @@ def handoff_gate_table(probabilities: list[float], out_of_scope: list[bool]) -> 
 
 def tune(kb: KnowledgeBase, lexicon: Lexicon, *, start: FusionWeights, output: Path, folds: int = 4,
          with_vectors: bool = True, dev_set: Path = DEFAULT_DEV_SET, progress: Callable[[str], None] | None = None,
-         embedding: EmbeddingFunction | None = None) -> dict:
+         embedding: EmbeddingFunction | None = None, low: float = 0.25, high: float = 0.95) -> dict:
     """Fit the weights (a coordinate search from `start`) and the confidence model; write them to `output`."""
     samples = development_samples(kb, lexicon, weights=start, folds=folds, with_vectors=with_vectors,
                                   dev_set=dev_set, progress=progress, embedding=embedding)
@@ -235,6 +256,10 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, start: FusionWeights, output: P
     probabilities = held_out_probabilities(rows, labels, groups)
     gates = gate_table(probabilities, labels)
     suggested = next((row["gate"] for row in gates if row["wrong_share"] <= MAX_WRONG_SHARE), None)
+    named = named_gate_table(probabilities, labels, low, high)
+    suggested_named = next((row["gate"] for row in named
+                            if row["named_precision"] is not None and row["named_precision"] >= MIN_NAMED_PRECISION),
+                           None)
     by_category: dict[str, int] = {}
     for sample in samples:
         by_category[sample.case.category] = by_category.get(sample.case.category, 0) + 1
@@ -251,6 +276,8 @@ def tune(kb: KnowledgeBase, lexicon: Lexicon, *, start: FusionWeights, output: P
         "answer_gates": gates,
         "handoff_gates": handoff_gate_table(probabilities, out_of_scope),
         "suggested_answer_gate": suggested,
+        "named_gates": named,
+        "suggested_named_gate": suggested_named,
         "written": str(output),
     }
 
