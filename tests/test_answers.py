@@ -183,10 +183,17 @@ async def test_insults_and_frustration_go_to_a_person(hotline: Hotline) -> None:
     assert answer.action is not Action.HANDOFF
 
 
-async def test_a_short_fragment_without_a_service_is_asked_again_not_handed_off(hotline: Hotline) -> None:
-    for fragment in ("嗯那个", "喂喂喂", "那个我问一下"):
-        answer = await hotline.answers.ask(fragment)
-        assert answer.action is Action.CLARIFY and answer.spoken == phrases.EMPTY_QUESTION, fragment
+async def test_noise_is_asked_again_and_a_general_opener_is_asked_which_service(hotline: Hotline) -> None:
+    for noise in ("嗯那个", "喂喂喂", "啊啊啊啊", "的了吗是在不", "金那个么的了个呃", "幺三九幺七", "ok ok hello"):
+        answer = await hotline.answers.ask(noise)
+        assert (answer.action, answer.clarify, answer.spoken) == (Action.CLARIFY, ClarifyKind.REPEAT,
+                                                                  phrases.NOT_HEARD), noise
+    for opener in ("那个我问一下", "就是说那个社保", "我想咨询一下社保的事情"):
+        answer = await hotline.answers.ask(opener)
+        assert (answer.action, answer.spoken, answer.items) == (Action.CLARIFY, phrases.EMPTY_QUESTION, ()), opener
+    # Short questions are not noise: with an item asked before they are follow-ups on it.
+    followed = await hotline.answers.ask("在哪办", ConversationContext(previous_item_ids=("card-reissue",)))
+    assert followed.action is Action.ANSWER and followed.items == ("card-reissue",)
 
 
 async def test_another_offices_word_does_not_hide_a_social_insurance_question(hotline: Hotline) -> None:

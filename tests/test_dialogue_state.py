@@ -22,10 +22,34 @@ class ScriptedRetriever:
         return [ScoredItem(item_id, score, {}, None) for item_id, score in self.ranking][:limit]
 
 
-def engine(tmp_path: Path, ranking: list[tuple[str, float]]) -> AnswerEngine:
+def engine(tmp_path: Path, ranking: list[tuple[str, float]], named_from: float = 0.6) -> AnswerEngine:
+    """An engine whose every ranking sits in the middle band at confidence 0.5; it answers by name from
+    `named_from` (above 0.5: it asks instead)."""
     kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
-    policy = AnswerPolicy(centre_phone="0773-0000000", sms_signature="测试社保")
+    policy = AnswerPolicy(centre_phone="0773-0000000", sms_signature="测试社保", named_confidence=named_from)
     return AnswerEngine(kb, ScriptedRetriever(ranking), policy, MIDDLE_BAND)
+
+
+async def test_the_more_likely_service_is_answered_by_name_with_the_other_offered(tmp_path: Path) -> None:
+    answerer = engine(tmp_path, [("card-loss-report", 1.0), ("pension-certification-test", 0.9)], named_from=0.4)
+    answer = await answerer.answer("卡的事情")
+    assert (answer.action, answer.items, answer.offered_items) == (Action.ANSWER, ("card-loss-report",),
+                                                                   ("pension-certification-test",))
+    assert answer.named and answer.spoken.startswith("关于社会保障卡挂失与解挂：")
+    assert answer.spoken.endswith("请说“另一个”。") and answer.sms and answer.citations
+    context = ConversationContext.from_turns([answer.as_turn()])
+    assert context.offers_a_switch and context.last_action is Action.ANSWER
+    for reply in ("另一个", "不是这个", "不是这个，是另外一个"):
+        switched = await answerer.answer(reply, context)
+        assert (switched.action, switched.items, switched.offered_items) == (
+            Action.ANSWER, ("pension-certification-test",), ()), reply
+        assert "caller switched from card-loss-report" in switched.reason
+    # 「都不是」 turns both down: the next candidates of the first question are offered (none left here).
+    rejected = await answerer.answer("都不是", context)
+    assert rejected.action is Action.CLARIFY and rejected.items == ()
+    # Anything else is a new question or a follow-up, not a switch.
+    followed = await answerer.answer("那要带什么材料", context)
+    assert followed.items == ("card-loss-report",) and "follow-up" in followed.reason
 
 
 async def test_a_clear_leader_in_the_middle_band_is_offered_for_confirmation(tmp_path: Path) -> None:
@@ -55,7 +79,9 @@ def test_the_context_takes_answered_items_and_only_the_last_replys_offer() -> No
     ]
     context = ConversationContext.from_turns(turns)
     assert context == ConversationContext(("card-loss-report", "pension-certification-test"),
-                                          ("社保卡丢了怎么办", "养老认证", "我想办社保卡"), ("card-apply", "card-reissue"))
+                                          ("社保卡丢了怎么办", "养老认证", "我想办社保卡"), ("card-apply", "card-reissue"),
+                                          Action.CLARIFY)
+    assert not context.offers_a_switch  # a menu's offer is a choice, not a switch
     # A calculator's question for numbers names its item but offers no choice; a later turn clears an offer.
     details = ConversationTurn("我什么时候退休", Action.CLARIFY, ("retirement-age-query",))
     assert ConversationContext.from_turns([*turns, details]).offered_item_ids == ()

@@ -98,13 +98,15 @@ async def test_service_uses_the_llm_in_the_middle_band_only(server, settings, tm
     configured = settings.model_copy(update={
         "llm_api_key": SecretStr("k"), "llm_base_url": server.base_url, "llm_model": "normal",
         "kb_dir": make_mini_kb(tmp_path / "items"), "answer_high_confidence": 1.0, "answer_low_confidence": 0.0,
+        "answer_named_confidence": 0.0,
     })
     assert engine_choices(configured)["answers"].startswith("llm normal at http://127.0.0.1")
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     hotline = Hotline.open(configured, database)
     result = await hotline.conversations.ask("我那张卡好像找不着了", CallChannel.API)
-    assert result.answer.reason.startswith("middle, LLM confidence")
-    assert result.answer.spoken.startswith("社保卡丢了请先打12333办理临时挂失。")
+    # The middle band answers by name; the model words the answer, code names the service and offers the other.
+    assert result.answer.reason.startswith("middle, answer naming the service confidence")
+    assert result.answer.spoken.startswith("关于") and "：社保卡丢了请先打12333办理临时挂失。" in result.answer.spoken
     assert "LLM answer in" in result.answer.reason
     high = await hotline.conversations.ask("转人工", CallChannel.API)
     assert high.answer.action is Action.HANDOFF  # decided in code, the model is never asked
