@@ -221,3 +221,38 @@ def test_kb_search_endpoint_ranks_items_with_channel_scores(settings: Settings) 
         assert body["results"][0]["item"] == "injury-recognition"
         assert len(body["results"]) == 3 and "centroid" in body["results"][0]["channels"]
         assert client.get("/api/kb/search").status_code == 422
+
+
+@pytest.mark.parametrize(("question", "item"), [
+    ("领失业金要什么条件", "unemployment-benefit-application"),
+    ("工伤一级伤残一次性补助金给多少", "injury-disability-benefits"),
+    ("怎么查我的社保交了多少年", "contribution-years-query"),
+])
+async def test_a_clear_question_gets_an_answer_on_the_first_reply_not_a_menu(hotline: Hotline, question: str,
+                                                                               item: str) -> None:
+    answer = await hotline.answers.ask(question)
+    assert answer.action is Action.ANSWER and answer.items == (item,), answer.reason
+    assert answer.sms and answer.citations
+
+
+async def test_the_spoken_reply_leads_with_the_fact_asked_for(hotline: Hotline) -> None:
+    answer = await hotline.answers.ask("工伤一级伤残一次性补助金给多少")
+    assert answer.items == ("injury-disability-benefits",)
+    fact = hotline.answers.kb.get("injury-disability-benefits").fact_for("工伤一级伤残一次性补助金给多少")
+    assert fact is not None and "27个月" in fact.say
+    assert answer.spoken.index("27个月") < answer.spoken.index(hotline.answers.kb.get(
+        "injury-disability-benefits").spoken[:10])  # the number comes before the item's usual summary
+
+
+async def test_a_pair_that_would_mislead_is_still_asked_not_answered(hotline: Hotline) -> None:
+    answer = await hotline.answers.ask("我想办社保卡")
+    assert answer.clarify is ClarifyKind.CHOICE
+    assert set(answer.offered_items) == {"card-first-application-adult", "card-application-minor"}
+    assert "a pair the caller must choose between" in answer.reason
+
+
+async def test_a_duration_or_a_relative_does_not_start_the_retirement_calculator(hotline: Hotline) -> None:
+    short = await hotline.answers.ask("到退休年龄了社保才交了十年，咋个办")
+    assert short.action is Action.ANSWER and short.items == ("insufficient-years-extension",), short.reason
+    survivors = await hotline.answers.ask("退休的老人去世了，家属能领丧葬费和抚恤金吗")
+    assert survivors.action is Action.ANSWER and survivors.items == ("survivor-funeral-pension-benefit",)

@@ -106,3 +106,23 @@ def test_a_caller_question_belongs_to_one_item(tmp_path: Path) -> None:
         "caller question '我想问一下那个卡' is listed 2 times (card-loss-report, pension-certification-test)",
         "caller question '这个要去哪里办' is listed 2 times (card-loss-report, pension-certification-test)",
     ]
+
+
+def test_a_fact_may_only_repeat_numbers_the_item_states_and_ask_between_is_mutual(tmp_path: Path) -> None:
+    root = make_mini_kb(tmp_path / "items")
+    clone = edit(example_text(), r"^id: .*$", "id: card-loss-copy")
+    clone = edit(clone, r"^service_no: .*$", "service_no: 71")
+    clone = re.sub(r"^aliases:\n(  - .*\n)+", "aliases: [挂失一, 挂失二, 挂失三, 挂失四, 挂失五]\n", clone, flags=re.MULTILINE)
+    clone = re.sub(r"^questions:\n(  - .*\n)+", "", clone, flags=re.MULTILINE)
+    clone = edit(clone, r"^sms: ", "facts:\n  - {asks: [多少钱], say: 补卡工本费是999元。}\n"
+                                    "  - {asks: [几天], about: [挂失], say: 临时挂失立即生效。}\nsms: ")
+    clone = clone.replace("last_reviewed:", "ask_between: [card-loss-report]\nlast_reviewed:")
+    write(root, "card-loss-copy.md", clone)
+    kb = load_knowledge_base(root)
+    errors = "\n".join(check_knowledge_base(kb, signature="桂林社保").errors)
+    assert "card/card-loss-copy.md: fact '补卡工本费是999元。' says 999, which the item's SMS and sections do not state" in errors
+    assert "ask_between 'card-loss-report' must be mutual (add card-loss-copy to its list)" in errors
+    item = kb.get("card-loss-copy")
+    assert item.fact_for("补卡要多少钱").say == "补卡工本费是999元。"
+    assert item.fact_for("挂失要几天") .say == "临时挂失立即生效。"
+    assert item.fact_for("补办要几天") is None  # `about` narrows the second fact to 挂失
