@@ -197,7 +197,7 @@ def eval_command(
     if write_doc is not None:
         write_doc.parent.mkdir(parents=True, exist_ok=True)
         document = eval_document(report, stack.version, len(stack.kb), settings.answer_high_confidence,
-                                 settings.answer_low_confidence)
+                                 settings.answer_low_confidence, settings.answer_named_confidence)
         write_doc.write_text(document, encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
