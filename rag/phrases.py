@@ -10,7 +10,7 @@ CHOOSE_ITEMS = "请问您问的是“{first}”，还是“{second}”？"
 CHOOSE_NEXT = "那您问的是“{first}”，还是“{second}”？都不是的话，请换个说法再讲一下。"
 REPHRASE = "好的，请您换个说法，再讲一下想办的是哪项业务；也可以说转人工。"
 NOT_HEARD = "不好意思，我没听清，请您再说一遍。"
-NAMED_ANSWER = "关于{title}：{spoken}"
+NAMED_ANSWER = "关于{title}，{spoken}"
 OFFER_OTHER = "如果您问的是{title}，请说“另一个”。"
 FOLLOWUP_MISSING = "这一项暂时没有相关说明，详细情况请咨询工作人员。"
 

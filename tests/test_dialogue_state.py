@@ -35,7 +35,7 @@ async def test_the_more_likely_service_is_answered_by_name_with_the_other_offere
     answer = await answerer.answer("卡的事情")
     assert (answer.action, answer.items, answer.offered_items) == (Action.ANSWER, ("card-loss-report",),
                                                                    ("pension-certification-test",))
-    assert answer.named and answer.spoken.startswith("关于社会保障卡挂失与解挂：")
+    assert answer.named and answer.spoken.startswith("关于社会保障卡挂失与解挂，")
     assert answer.spoken.endswith("请说“另一个”。") and answer.sms and answer.citations
     context = ConversationContext.from_turns([answer.as_turn()])
     assert context.offers_a_switch and context.last_action is Action.ANSWER

@@ -106,7 +106,7 @@ async def test_service_uses_the_llm_in_the_middle_band_only(server, settings, tm
     result = await hotline.conversations.ask("我那张卡好像找不着了", CallChannel.API)
     # The middle band answers by name; the model words the answer, code names the service and offers the other.
     assert result.answer.reason.startswith("middle, answer naming the service confidence")
-    assert result.answer.spoken.startswith("关于") and "：社保卡丢了请先打12333办理临时挂失。" in result.answer.spoken
+    assert result.answer.spoken.startswith("关于") and "，社保卡丢了请先打12333办理临时挂失。" in result.answer.spoken
     assert "LLM answer in" in result.answer.reason
     high = await hotline.conversations.ask("转人工", CallChannel.API)
     assert high.answer.action is Action.HANDOFF  # decided in code, the model is never asked

@@ -228,3 +228,26 @@ def test_every_clarifying_question_the_engine_can_ask_is_prerendered() -> None:
                if phrases.CHOOSE_ITEMS.format(first=top.title, second=second.title) not in texts]
     assert missing == []
     assert all(item.spoken in texts and phrases.CONFIRM_ITEM.format(title=item.title) in texts for item in kb.items)
+
+
+def test_every_answer_by_name_and_every_fact_led_answer_is_stitchable_from_the_cache() -> None:
+    """「关于A，…如果您问的是B，请说“另一个”。」 can pair any two services, and a fact can lead any item's summary: each
+    must play from cached clauses, not be read live."""
+    from kb.loader import load_knowledge_base
+    from rag.extractive import CuratedComposer, short_title
+    from rag import phrases
+    from telephony.calls.prerender import prerender_texts
+    from voice.tts import clauses
+
+    kb = load_knowledge_base()
+    texts = set(prerender_texts(Settings().centre_name, kb))
+    replies = []
+    for item in kb.items:
+        spoken = [item.spoken] + [CuratedComposer.spoken_for(ask, item) for fact in item.facts for ask in fact.asks
+                                  if not fact.about]
+        for other in kb.items:
+            if other.id != item.id:
+                replies += [phrases.NAMED_ANSWER.format(title=short_title(item), spoken=text)
+                            + phrases.OFFER_OTHER.format(title=short_title(other)) for text in spoken[:2]]
+    assert replies and [reply for reply in replies if not set(clauses(reply)) <= texts] == []
+    assert phrases.NOT_HEARD in texts

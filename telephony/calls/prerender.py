@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kb.loader import KnowledgeBase
 from rag import phrases
+from rag.extractive import short_title
 from telephony.calls import prompts
 from voice.tts import clauses
 
@@ -14,6 +15,7 @@ def fixed_prompts(centre_name: str) -> list[str]:
         prompts.SILENCE_REPROMPT, prompts.SILENCE_GOODBYE, prompts.GOODBYE, prompts.MAX_LENGTH_GOODBYE,
         prompts.NOTHING_TO_REPEAT, prompts.HANDOFF_REGISTERED, prompts.VOICE_UNAVAILABLE,
         phrases.HANDOFF_REQUESTED, phrases.NOT_SURE, phrases.OUT_OF_SCOPE, phrases.EMPTY_QUESTION, phrases.REPHRASE,
+        phrases.NOT_HEARD,
     ]
 
 
@@ -26,6 +28,12 @@ def prerender_texts(centre_name: str, kb: KnowledgeBase) -> list[str]:
     common case, are also rendered whole, in both orders, for the more natural reading."""
     texts = fixed_prompts(centre_name) + [item.spoken for item in kb.items]
     texts += [phrases.CONFIRM_ITEM.format(title=item.title) for item in kb.items]
+    # An answer by name (「关于A，…如果您问的是B，请说“另一个”。」) and an answer led by a fact are stitched from the
+    # name's clause, the fact's and the summary's clauses, and the offer's clauses.
+    for item in kb.items:
+        texts += clauses(item.spoken) + [clause for fact in item.facts for clause in clauses(fact.say)]
+        texts += clauses(phrases.NAMED_ANSWER.format(title=short_title(item), spoken=""))
+        texts += clauses(phrases.OFFER_OTHER.format(title=short_title(item)))
     for item in kb.items:
         texts += clauses(phrases.CHOOSE_ITEMS.format(first=item.title, second=item.title))
         texts += clauses(phrases.CHOOSE_NEXT.format(first=item.title, second=item.title))  # after "都不是"
