@@ -256,3 +256,20 @@ async def test_a_duration_or_a_relative_does_not_start_the_retirement_calculator
     assert short.action is Action.ANSWER and short.items == ("insufficient-years-extension",), short.reason
     survivors = await hotline.answers.ask("退休的老人去世了，家属能领丧葬费和抚恤金吗")
     assert survivors.action is Action.ANSWER and survivors.items == ("survivor-funeral-pension-benefit",)
+
+
+async def test_a_stored_conversation_switches_to_the_offered_service(hotline: Hotline) -> None:
+    """The switch survives storage: the turn keeps the answer's offer and action, and 「另一个」 in the next turn
+    answers the offered service (as a phone call's dialogue does, through the same context)."""
+    from telephony.store import CallChannel
+
+    first = await hotline.conversations.ask("领失业金要什么条件", CallChannel.API)
+    assert first.answer.named and first.answer.items == ("unemployment-benefit-application",)
+    offered = first.answer.offered_items
+    assert offered and "请说“另一个”" in first.answer.spoken
+    switched = await hotline.conversations.ask("另一个", CallChannel.API, first.conversation_id)
+    assert (switched.answer.action, switched.answer.items) == (Action.ANSWER, offered)
+    assert switched.turn_seq == first.turn_seq + 1
+    # After the switch nothing is pending: 「另一个」 again is a new (empty) question, not a second switch.
+    again = await hotline.conversations.ask("另一个", CallChannel.API, first.conversation_id)
+    assert again.answer.items != first.answer.items

@@ -108,3 +108,14 @@ def test_openapi_documents_the_ask_endpoint(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/api/ask" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_an_answer_by_name_offers_a_switch_that_explicit_context_can_carry(client: TestClient) -> None:
+    named = client.post("/api/ask", json={"question": "领失业金要什么条件"}).json()
+    assert named["action"] == "answer" and named["clarify"] is None and len(named["offered_items"]) == 1
+    context = {"previous_items": named["items"], "previous_questions": [named["question"]],
+               "offered_items": named["offered_items"], "last_action": "answer"}
+    switched = client.post("/api/ask", json={"question": "不是这个", "context": context}).json()
+    assert switched["action"] == "answer" and switched["items"] == named["offered_items"]
+    bad = client.post("/api/ask", json={"question": "不是这个", "context": context | {"last_action": "maybe"}})
+    assert bad.status_code == 422

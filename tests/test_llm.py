@@ -111,3 +111,31 @@ async def test_service_uses_the_llm_in_the_middle_band_only(server, settings, tm
     high = await hotline.conversations.ask("转人工", CallChannel.API)
     assert high.answer.action is Action.HANDOFF  # decided in code, the model is never asked
     database.close()
+
+
+async def test_the_eval_measures_the_llm_composer_through_the_same_plumbing(server, settings) -> None:
+    """`hotline eval` with an LLM configured: the same decisions as the extractive default (code decides the action,
+    the service, the offer), the model asked once per answer by name, its words in the spoken reply, and the SMS and
+    citations from the item. The double's words are not a measure of a real model's quality, only of the plumbing."""
+    from rag.evaluation import DEFAULT_EVAL_SET, evaluate, load_eval_set
+    from telephony.app import Hotline
+    from telephony.store import Database
+
+    cases = [case for case in load_eval_set(DEFAULT_EVAL_SET) if case.category in ("plain", "nonsense")][:50]
+    extractive = Hotline.open(settings, Database("sqlite://"), migrate=False).answers.stack
+    configured = settings.model_copy(update={"llm_api_key": SecretStr("k"), "llm_base_url": server.base_url,
+                                             "llm_model": "normal"})
+    with_llm = Hotline.open(configured, Database("sqlite://"), migrate=False).answers.stack
+    asked_before = len(server.requests)
+    plain = await evaluate(cases, extractive.retriever, extractive.answerer)
+    composed = await evaluate(cases, with_llm.retriever, with_llm.answerer)
+    for name in ("clarify_rate", "confidently_wrong_rate", "named_answer_rate", "named_wrong_rate",
+                 "handoff_precision", "handoff_recall", "repeat_recall", "fact_accuracy_after_clarify"):
+        assert getattr(composed.overall, name) == getattr(plain.overall, name), name
+    assert composed.overall.named_answer_rate > 0
+    named = round(composed.overall.named_answer_rate * len(cases))
+    assert len(server.requests) - asked_before >= named  # switch replies after a wrong offer may ask again
+    answer = await with_llm.answerer.answer("领失业金要什么条件")
+    assert answer.named and "LLM answer in" in answer.reason
+    assert answer.spoken.startswith("关于失业保险金申领，社保卡丢了")  # the double's words, named by code
+    assert answer.sms == (await extractive.answerer.answer("领失业金要什么条件")).sms and answer.citations

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.base import ConversationContext
+from rag.base import Action, ConversationContext
 from rag.errors import InvalidQuestionError
 from telephony.errors import UnknownConversationError
 from telephony.store import CallChannel
@@ -22,7 +22,10 @@ class AskContext(BaseModel):
     previous_items: list[str] = Field(default_factory=list, max_length=10, description="Item ids answered before")
     previous_questions: list[str] = Field(default_factory=list, max_length=10, description="Earlier questions")
     offered_items: list[str] = Field(default_factory=list, max_length=5,
-                                     description="Item ids the previous clarifying question offered to choose from")
+                                     description="Item ids the previous reply offered: to choose from after a "
+                                                 "clarifying question, to switch to after an answer by name")
+    last_action: Action | None = Field(default=None, description="What the previous reply did (answer | clarify | "
+                                                                 "handoff): with `answer`, offered_items is a switch")
 
 
 class AskRequest(BaseModel):
@@ -36,6 +39,8 @@ class AskRequest(BaseModel):
 class AskResponse(BaseModel):
     question: str
     action: str = Field(description="answer | clarify | handoff")
+    clarify: str | None = Field(default=None, description="choice | confirm | details | repeat, with clarify")
+    offered_items: list[str] = Field(default_factory=list, description="Services the caller may pick or switch to")
     spoken: str
     sms: str
     citations: list[str]
@@ -51,7 +56,7 @@ async def ask(body: AskRequest, conversations: ConversationsDep) -> JSONResponse
     context = None
     if body.context is not None:
         context = ConversationContext(tuple(body.context.previous_items), tuple(body.context.previous_questions),
-                                      tuple(body.context.offered_items))
+                                      tuple(body.context.offered_items), body.context.last_action)
     try:
         reply = await conversations.ask(body.question, CallChannel.API, body.conversation_id, context)
     except InvalidQuestionError as exc:
