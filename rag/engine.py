@@ -158,7 +158,7 @@ class AnswerEngine:
                                 self._reason("middle, a pair the caller must choose between", ranked, confidence))
         if confidence >= self.policy.named_confidence:
             reason = self._reason("middle, answer naming the service", ranked, confidence)
-            if self.llm is not None:
+            if self.llm is not None and top.fact_for(question) is None:  # a fact asked for is said as written
                 answer = await self.llm.answer(question, [self.kb.get(s.item_id) for s in ranked[:3]], confidence,
                                                reason + ", LLM")
                 return self.curated.name(answer, top, runner_up)
