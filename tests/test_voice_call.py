@@ -20,7 +20,12 @@ import websockets
 from telephony.bench.simulated_caller import simulated_call
 from telephony.settings import Settings
 from telephony.store import CallStatus, Database
-from telephony.transports.twilio.protocol import connected_message, dtmf_message, inbound_media_message, start_message
+from telephony.transports.twilio.protocol import (
+    connected_message,
+    dtmf_message,
+    inbound_media_message,
+    start_message,
+)
 from telephony.web.app import create_app
 from tests.conftest import _free_port
 from tests.voicefixtures import require_espeak, synthesize_mandarin
@@ -234,8 +239,8 @@ def test_every_answer_by_name_and_every_fact_led_answer_is_stitchable_from_the_c
     """「关于A，…如果您问的是B，请说“另一个”。」 can pair any two services, and a fact can lead any item's summary: each
     must play from cached clauses, not be read live."""
     from kb.loader import load_knowledge_base
-    from rag.extractive import CuratedComposer, short_title
     from rag import phrases
+    from rag.extractive import CuratedComposer, short_title
     from telephony.calls.prerender import prerender_texts
     from voice.tts import clauses
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from rag.base import Action, Answer, Answerer, ClarifyKind, ConversationContext, Retriever
+from rag.base import (
+    Action,
+    Answer,
+    Answerer,
+    ClarifyKind,
+    ConversationContext,
+    Retriever,
+)
 from rag.errors import RetrievalError
 from rag.evaluation.asr_noise import DEFAULT_SEED, HomophoneNoise, homophone_table
 
