@@ -276,3 +276,9 @@ async def test_a_stored_conversation_switches_to_the_offered_service(hotline: Ho
     # After the switch nothing is pending: 「另一个」 again is a new (empty) question, not a second switch.
     again = await hotline.conversations.ask("另一个", CallChannel.API, first.conversation_id)
     assert again.answer.items != first.answer.items
+
+
+async def test_the_issues_fact_question_is_answered_with_the_number_first(hotline: Hotline) -> None:
+    answer = await hotline.answers.ask("最少交多少年")
+    assert answer.action is Action.ANSWER, answer.reason
+    assert answer.spoken.index("15年") < 40  # the minimum years lead the reply, before any procedure
