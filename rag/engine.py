@@ -50,10 +50,11 @@ REJECT = re.compile(r"不是|都不|不对|没有|错了|搞错|别的")
 CONFIRM = re.compile(r"^(是|对|嗯|没错|就是|对的|是的|好的|可以|正是|对头|是嘞|是咯)")
 CHOICE_REPLY_MAX_CHARS = 12
 # Replies to an answer that named its service and offered another (「…如果您问的是B，请说“另一个”」).
-SWITCH = re.compile(r"另一个|另外一个|另外那个|另一项|另外一项|后面那个|后面说的|不是这个|不是问这|不是这项|不是这方面|"
-                    r"问的不是|说的不是|我问的是|我说的是|我要问的是|我想问的是|答非所问|答错了|问错了")
-SWITCH_REPLY_MAX_CHARS = 16  # a reply up to half this long that says 「不是这个」 switches without naming anything
 OTHER_ONE = re.compile(r"另一个|另外一个|另外那个|另一项|另外一项")
+SWITCH = re.compile(OTHER_ONE.pattern + r"|后面那个|后面说的|不是这个|不是问这|不是这项|不是这方面|问的不是|说的不是|"
+                    r"我问的是|我说的是|我要问的是|我想问的是|答非所问|答错了|问错了")
+SWITCH_REPLY_MAX_CHARS = 16  # a reply up to half this long that says 「不是这个」 switches without naming anything
+BOTH_REJECTED = re.compile(r"都不|两个都|也不是")  # 「都不是」 after an answer by name: neither the answer nor the offer
 NEXT_CANDIDATES = 2  # offered once after the caller turns both choices down
 
 
@@ -167,9 +168,9 @@ class AnswerEngine:
         if variant is not None:
             return self._choose(question, top, variant, confidence,
                                 self._reason("middle, variants of one service", ranked, confidence))
-        runner_up = self._close_runner_up(ranked)
-        if runner_up is not None:
-            return self._choose(question, top, runner_up, confidence,
+        close = self._close_runner_up(ranked)
+        if close is not None:
+            return self._choose(question, top, close, confidence,
                                 self._reason("middle, choose between the two closest", ranked, confidence))
         return self._confirm(question, top, confidence, self._reason("middle, confirm the service", ranked, confidence))
 
@@ -227,7 +228,7 @@ class AnswerEngine:
         follow-up on the answer, or a new question: the normal path takes it)."""
         answered, offered = context.previous_item_ids[-1], context.offered_item_ids
         asked = context.previous_questions[-1] if context.previous_questions else ""
-        if REJECT.search(reply) and re.search(r"都不|两个都|也不是", reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
+        if BOTH_REJECTED.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
             return self._next_candidates(reply, (answered, *offered), asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
                 "caller rejected the answered and the offered service")

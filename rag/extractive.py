@@ -37,7 +37,7 @@ class AnswerPolicy:
     high_confidence: float = 0.95
     low_confidence: float = 0.25
     # In the middle band, from this confidence the top service is answered by name with the runner-up offered in one
-    # line (「关于A：… 如果您问的是B，请说“另一个”」); below it the caller is asked which one (see docs/eval.md).
+    # line (「关于A，…如果您问的是B，请说“另一个”」); below it the caller is asked which one (see docs/eval.md).
     named_confidence: float = 0.5
     max_question_chars: int = 500
 
@@ -104,7 +104,7 @@ class CuratedComposer:
 
     def named_answer(self, question: str, item: ServiceItem, other: ServiceItem | None, confidence: float,
                      reason: str) -> Answer:
-        """「关于A：…」 with, when there is a runner-up, 「如果您问的是B，请说“另一个”」: an answer in the middle band that
+        """「关于A，…」 with, when there is a runner-up, 「如果您问的是B，请说“另一个”」: an answer in the middle band that
         tells the caller which service it is about and how to get the other."""
         return self.name(self.answer(question, item, confidence, reason), item, other)
 

