@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,13 @@ from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
-from rag.embeddings import (LocalModelEmbedding, MultilingualUseEmbedding, NgramHashEmbedding,
-                            OpenAICompatibleEmbedding)
 from rag.calibration import Calibration, load_calibration
+from rag.embeddings import (
+    LocalModelEmbedding,
+    MultilingualUseEmbedding,
+    NgramHashEmbedding,
+    OpenAICompatibleEmbedding,
+)
 from rag.engine import AnswerEngine
 from rag.errors import RetrievalError
 from rag.extractive import AnswerPolicy, CuratedComposer
@@ -27,7 +32,19 @@ from telephony.calls.dialogue import DialogueConfig
 from telephony.calls.prerender import prerender_texts
 from telephony.calls.runner import CallConfig, CallRunner, VoiceEngines
 from telephony.handoff.callback import CallbackTickets
-from telephony.settings import NATIONAL_HOTLINE, AsrChoice, EmbeddingBackend, Settings, TtsChoice
+from telephony.settings import (
+    NATIONAL_HOTLINE,
+    AsrChoice,
+    EmbeddingBackend,
+    Settings,
+    SmsGatewayChoice,
+    TtsChoice,
+)
+from telephony.sms.base import SmsGateway
+from telephony.sms.dispatcher import DispatchConfig, SmsDispatcher
+from telephony.sms.gateways.local import OutboxOnlyGateway
+from telephony.sms.outbox import SmsLimits, SmsOutbox
+from telephony.sms.service import SmsConfig, SmsService
 from telephony.store import Database
 from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.auth import MediaStreamAuth
@@ -180,7 +197,73 @@ def engine_choices(settings: Settings) -> dict[str, str]:
         "media streams": ("Twilio signature check (HOTLINE_TWILIO_AUTH_TOKEN)" if settings.twilio_auth_token
                           else "token in the URL (HOTLINE_MEDIA_STREAM_TOKEN)" if settings.media_stream_token
                           else "token in the URL, random for this run (HOTLINE_MEDIA_STREAM_TOKEN not set)"),
+        "sms": ("outbox only: messages are stored and listed, nothing is sent (default; set HOTLINE_SMS_GATEWAY)"
+                if settings.sms_gateway is SmsGatewayChoice.OUTBOX
+                else f"{settings.sms_gateway.value} (HOTLINE_SMS_GATEWAY), delivery reports "
+                     + ("at " + settings.sms_public_url if settings.sms_public_url else "on the gateway's connection")),
     }
+
+
+# -- SMS -------------------------------------------------------------------------------------------
+
+
+def _secret(value) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def build_sms_gateway(settings: Settings) -> SmsGateway:
+    choice = settings.sms_gateway
+    if choice is SmsGatewayChoice.SMPP:
+        from telephony.sms.gateways.smpp import SmppGateway
+        return SmppGateway(settings.sms_smpp_host or "", settings.sms_smpp_port, settings.sms_smpp_system_id or "",
+                           _secret(settings.sms_smpp_password), system_type=settings.sms_smpp_system_type,
+                           source_addr=settings.sms_sender)
+    if choice is SmsGatewayChoice.KANNEL:
+        from telephony.sms.gateways.kannel import KannelGateway
+        return KannelGateway(settings.sms_kannel_url or "", settings.sms_kannel_username or "",
+                             _secret(settings.sms_kannel_password), sender=settings.sms_sender)
+    if choice is SmsGatewayChoice.ALIYUN:
+        from telephony.sms.gateways.aliyun import AliyunSmsGateway
+        return AliyunSmsGateway(settings.sms_aliyun_access_key_id or "", _secret(settings.sms_aliyun_access_key_secret),
+                                settings.sms_signature, endpoint=settings.sms_aliyun_endpoint)
+    if choice is SmsGatewayChoice.TENCENT:
+        from telephony.sms.gateways.tencent import TencentSmsGateway
+        return TencentSmsGateway(settings.sms_tencent_secret_id or "", _secret(settings.sms_tencent_secret_key),
+                                 settings.sms_tencent_sdk_app_id or "", settings.sms_signature,
+                                 region=settings.sms_tencent_region, endpoint=settings.sms_tencent_endpoint)
+    return OutboxOnlyGateway()
+
+
+def sms_report_url(settings: Settings, gateway: str) -> str | None:
+    """The delivery-report callback URL a gateway is given (Kannel dlr-url), token included; None without a
+    public URL."""
+    if not settings.sms_public_url or settings.sms_receipt_token is None:
+        return None
+    return (f"{settings.sms_public_url.rstrip('/')}/api/sms/receipts/{gateway}"
+            f"?token={settings.sms_receipt_token.get_secret_value()}")
+
+
+def build_sms(settings: Settings, database: Database, kb: Callable[[], KnowledgeBase],
+              gateway: SmsGateway | None = None) -> SmsService:
+    """The SMS service; `kb` gives the knowledge base the guides come from (the one answering, where there is one)."""
+    gateway = gateway or build_sms_gateway(settings)
+    limits = SmsLimits(per_number_per_hour=settings.sms_per_number_per_hour,
+                       per_number_per_day=settings.sms_per_number_per_day,
+                       global_per_minute=settings.sms_global_per_minute,
+                       failures_per_day=settings.sms_failures_per_day, max_attempts=settings.sms_max_attempts)
+    outbox = SmsOutbox(database, limits)
+    dispatcher = SmsDispatcher(outbox, gateway, DispatchConfig(sender=settings.sms_sender,
+                                                               report_url=sms_report_url(settings, gateway.name)))
+    config = SmsConfig(signature=settings.sms_signature, centre_phone=settings.centre_phone,
+                       cap=settings.sms_cap_chars, guide_base_url=settings.sms_guide_base_url)
+    return SmsService(outbox, dispatcher, config, kb)
+
+
+def open_sms(settings: Settings, database: Database, gateway: SmsGateway | None = None) -> SmsService:
+    """SMS without the answer stack (the CLI): guides from the published KB build, else the items directory."""
+    builds = BuildStore(settings.data_dir / "kb-builds")
+    kb = builds.load().kb if builds.current() is not None else load_knowledge_base(settings.kb_dir)
+    return build_sms(settings, database, lambda: kb, gateway)
 
 
 # -- voice engines and calls ---------------------------------------------------------------------
@@ -298,13 +381,14 @@ class Hotline:
     writer: TurnWriter
     conversations: TextConversations
     auth: MediaStreamAuth
+    sms: SmsService
     voice: Voice | None = None
     voice_error: str | None = None
     line: MediaStreamLine = field(default_factory=MediaStreamLine)
 
     @classmethod
     def open(cls, settings: Settings, database: Database | None = None, kb: KnowledgeBase | None = None,
-             migrate: bool = True) -> Hotline:
+             migrate: bool = True, sms_gateway: SmsGateway | None = None) -> Hotline:
         """Blocking: opens (and migrates) the database and builds the answer stack."""
         database = database or Database(settings.resolved_database_url)
         if migrate:
@@ -317,12 +401,13 @@ class Hotline:
                        else secrets.token_urlsafe(24))
         twilio = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token is not None else None
         return cls(settings, database, builds, answers, journal, writer, TextConversations(answers, database, writer),
-                   MediaStreamAuth(media_token, twilio))
+                   MediaStreamAuth(media_token, twilio),
+                   build_sms(settings, database, lambda: answers.kb, sms_gateway))
 
     async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:
         engines = await start_voice_engines(self.settings, asr, tts)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
-                            CallbackTickets(self.database))
+                            CallbackTickets(self.database, self.sms), sms=self.sms)
         self.voice = Voice(self.settings, engines, runner, self.line)
         return self.voice
 

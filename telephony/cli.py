@@ -440,6 +440,100 @@ def asr_server(
                    engines=engines)
 
 
+sms_app = typer.Typer(help="SMS: send an item's guide, list the outbox, resend", no_args_is_help=True)
+app.add_typer(sms_app, name="sms")
+
+
+def _print_sms(data: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False))
+        return
+    typer.echo(f"短信 #{data['id']}  {data['state']}  {data['to']}  {data['segments']} 条  网关 {data['gateway']}"
+               + (f"  错误：{data['error']}" if data.get("error") else ""))
+    if data.get("text"):
+        typer.echo(data["text"])
+
+
+@sms_app.command("send")
+def sms_send(
+    to: Annotated[str, typer.Option("--to", help="Mainland mobile number")],
+    item: Annotated[str, typer.Option("--item", help="KB item id whose full guide is sent")],
+    key: Annotated[Optional[str], typer.Option("--key", help="Idempotency key: the same key never sends twice")] = None,
+    queue_only: Annotated[bool, typer.Option("--queue-only", help="Leave it for the running server's worker")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the message as JSON")] = False,
+) -> None:
+    """Send an item's full guide by SMS through the configured gateway (the outbox by default)."""
+    import uuid
+
+    from telephony.app import open_sms
+    from telephony.sms.base import SmsError
+    from telephony.sms.outbox import SmsRefused, message_summary
+    from telephony.store import Database
+
+    settings = load_settings()
+    configure_logging("WARNING")
+    database = Database(settings.resolved_database_url)
+    database.migrate()
+    service = open_sms(settings, database)
+
+    async def run() -> dict:
+        reference = f"cli:{key}" if key else f"cli:{uuid.uuid4().hex}"
+        enqueued = await service.send_guide(to, item, reference)
+        if not queue_only and enqueued.created:
+            await service.dispatcher.start(run_worker=False)
+            try:
+                await service.dispatcher.drain()
+            finally:
+                await service.dispatcher.close()
+        message = await asyncio.to_thread(service.outbox.get, enqueued.message.id)
+        return message_summary(message) | {"created": enqueued.created}
+
+    try:
+        data = asyncio.run(run())
+    except (SmsError, SmsRefused) as exc:
+        if as_json:
+            typer.echo(json.dumps({"error": str(exc), "retryable": getattr(exc, "retryable", False)},
+                                  ensure_ascii=False))
+        else:
+            typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.close()
+    _print_sms(data, as_json)
+    if data["state"] == "failed":
+        raise typer.Exit(1)
+
+
+@sms_app.command("list")
+def sms_list(
+    state: Annotated[Optional[str], typer.Option(help="queued | sending | submitted | delivered | failed | expired")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """The outbox, newest first (numbers masked)."""
+    from telephony.sms.outbox import SmsOutbox, message_summary
+    from telephony.store import Database, SmsStatus
+
+    settings = load_settings()
+    database = Database(settings.resolved_database_url)
+    database.migrate()
+    try:
+        status = SmsStatus(state) if state else None
+    except ValueError:
+        typer.echo(f"错误：未知状态 {state}", err=True)
+        raise typer.Exit(2) from None
+    outbox = SmsOutbox(database)
+    messages = [message_summary(message, body=False) for message in outbox.listing(status, limit)]
+    counts = outbox.counts()
+    database.close()
+    if as_json:
+        typer.echo(json.dumps({"counts": counts, "messages": messages}, ensure_ascii=False))
+        return
+    typer.echo("  ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "outbox empty")
+    for data in messages:
+        _print_sms(data, False)
+
+
 def main() -> None:
     app()
 

@@ -33,6 +33,14 @@ class TtsChoice(StrEnum):
     ESPEAK = "espeak"  # offline espeak-ng only
 
 
+class SmsGatewayChoice(StrEnum):
+    OUTBOX = "outbox"    # embedded default: stored and shown, nothing leaves the machine
+    SMPP = "smpp"        # an SMSC or the operator's SMPP 3.4 gateway
+    KANNEL = "kannel"    # a Kannel smsbox's sendsms HTTP interface
+    ALIYUN = "aliyun"    # Aliyun SMS (approved templates only)
+    TENCENT = "tencent"  # Tencent Cloud SMS (approved templates only)
+
+
 class Environment(StrEnum):
     LOCAL = "local"
     PRODUCTION = "production"
@@ -53,6 +61,38 @@ class Settings(BaseSettings):
     centre_name: str = "桂林市社会保险事业管理中心"
     centre_phone: str = Field(default=NATIONAL_HOTLINE, description="The number every answer ends with")
     sms_signature: str = Field(default="桂林社保", min_length=2, max_length=12)
+
+    # SMS (docs/sms.md): which gateway, the composer's cap, limits against SMS pumping, each gateway's connection.
+    sms_gateway: SmsGatewayChoice = SmsGatewayChoice.OUTBOX
+    sms_cap_chars: int = Field(default=500, ge=70, le=1000, description="Longest guide SMS, signature included")
+    sms_guide_base_url: str | None = Field(default=None, description="Public guide pages, <base>/<item id>")
+    sms_sender: str | None = Field(default=None, description="Source address / extension the operator assigned")
+    sms_public_url: str | None = Field(
+        default=None, description="This hotline's base URL as the gateway reaches it, for delivery-report callbacks")
+    sms_receipt_token: SecretStr | None = Field(default=None, description="Shared secret in the callback URL")
+    sms_per_number_per_hour: int = Field(default=5, ge=1, le=100)
+    sms_per_number_per_day: int = Field(default=10, ge=1, le=1000)
+    sms_global_per_minute: int = Field(default=120, ge=1, le=100000)
+    sms_failures_per_day: int = Field(default=3, ge=1, le=100)
+    sms_max_attempts: int = Field(default=5, ge=1, le=20)
+    sms_templates_file: Path | None = Field(default=None, description="Item → approved template map (Aliyun, "
+                                                                       "Tencent); kb/sms_templates.yaml when unset")
+    sms_smpp_host: str | None = None
+    sms_smpp_port: int = Field(default=2775, ge=1, le=65535)
+    sms_smpp_system_id: str | None = None
+    sms_smpp_password: SecretStr | None = None
+    sms_smpp_system_type: str = ""
+    sms_kannel_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:13013/cgi-bin/sendsms")
+    sms_kannel_username: str | None = None
+    sms_kannel_password: SecretStr | None = None
+    sms_aliyun_access_key_id: str | None = None
+    sms_aliyun_access_key_secret: SecretStr | None = None
+    sms_aliyun_endpoint: str = "https://dysmsapi.aliyuncs.com"
+    sms_tencent_secret_id: str | None = None
+    sms_tencent_secret_key: SecretStr | None = None
+    sms_tencent_sdk_app_id: str | None = None
+    sms_tencent_region: str = "ap-guangzhou"
+    sms_tencent_endpoint: str = "https://sms.tencentcloudapi.com"
 
     answer_high_confidence: float = Field(default=0.95, ge=0, le=1)
     answer_low_confidence: float = Field(default=0.25, ge=0, le=1)
@@ -143,6 +183,7 @@ class Settings(BaseSettings):
             raise ValueError("embedding_backend=local needs HOTLINE_EMBEDDING_MODEL_DIR")
         if self.asr_engine is AsrChoice.FUNASR_SERVER and not self.asr_server_url:
             raise ValueError("asr_engine=funasr-server needs HOTLINE_ASR_SERVER_URL")
+        self._check_sms_gateway()
         if self.environment is Environment.PRODUCTION:
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
@@ -151,6 +192,24 @@ class Settings(BaseSettings):
             if self.media_stream_token is None and self.twilio_auth_token is None:
                 raise ValueError("production needs HOTLINE_MEDIA_STREAM_TOKEN or HOTLINE_TWILIO_AUTH_TOKEN")
         return self
+
+    def _check_sms_gateway(self) -> None:
+        needs = {
+            SmsGatewayChoice.SMPP: ("sms_smpp_host", "sms_smpp_system_id", "sms_smpp_password"),
+            SmsGatewayChoice.KANNEL: ("sms_kannel_url", "sms_kannel_username", "sms_kannel_password"),
+            SmsGatewayChoice.ALIYUN: ("sms_aliyun_access_key_id", "sms_aliyun_access_key_secret"),
+            SmsGatewayChoice.TENCENT: ("sms_tencent_secret_id", "sms_tencent_secret_key", "sms_tencent_sdk_app_id"),
+        }.get(self.sms_gateway, ())
+        missing = [f"HOTLINE_{name.upper()}" for name in needs if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"sms_gateway={self.sms_gateway.value} needs {', '.join(missing)}")
+        if self.sms_public_url and self.sms_receipt_token is None:
+            raise ValueError("HOTLINE_SMS_PUBLIC_URL needs HOTLINE_SMS_RECEIPT_TOKEN: delivery-report callbacks are "
+                             "authenticated by it")
+        if self.sms_receipt_token is not None and len(self.sms_receipt_token.get_secret_value()) < 16:
+            raise ValueError("HOTLINE_SMS_RECEIPT_TOKEN must be at least 16 characters")
+        if self.sms_per_number_per_hour > self.sms_per_number_per_day:
+            raise ValueError("sms_per_number_per_hour cannot exceed sms_per_number_per_day")
 
     @property
     def resolved_database_url(self) -> str:

@@ -120,7 +120,8 @@ CONCRETE_ENGINES = {
     "FunAsrEngine", "FunAsrServerEngine", "FunAsrEnginePool", "EdgeTtsEngine", "EspeakTtsEngine", "ResilientTts",
     "TtsCache", "SileroModel", "SileroVad", "HybridRetriever", "AnswerEngine", "LlmComposer", "CuratedComposer",
     "VectorIndex", "chroma_client", "MultilingualUseEmbedding", "NgramHashEmbedding", "OpenAICompatibleEmbedding",
-    "LocalModelEmbedding", "CallbackTickets",
+    "LocalModelEmbedding", "CallbackTickets", "OutboxOnlyGateway", "SmppGateway", "KannelGateway", "AliyunSmsGateway",
+    "TencentSmsGateway",
 }
 COMPOSITION_ROOT = "telephony.app"
 

@@ -44,7 +44,7 @@ def database(empty_database: Database):
 
 def test_migration_creates_every_table_and_is_idempotent(database: Database) -> None:
     tables = set(inspect(database.engine).get_table_names())
-    assert {"calls", "turns", "sms_messages", "handoff_tickets", "users", "alembic_version"} <= tables
+    assert {"calls", "turns", "sms_messages", "sms_reports", "handoff_tickets", "users", "alembic_version"} <= tables
     database.migrate()  # a second run is a no-op, not an error
     assert set(inspect(database.engine).get_table_names()) == tables
 
@@ -122,7 +122,8 @@ def test_sms_handoff_and_user_rows_link_to_the_call(database: Database) -> None:
         agent = User(username="agent1", display_name="李工号", role=UserRole.AGENT)
         session.add(agent)
         session.flush()
-        session.add(SmsMessage(call_id=call.id, turn_id=turn.id, phone="13800000000", body="办理指南"))
+        session.add(SmsMessage(call_id=call.id, reference=f"{call.id}:card-apply", item_id="card-apply",
+                               phone="13800000000", body="办理指南", length=4, segments=1, gateway="outbox"))
         session.add(HandoffTicket(call_id=call.id, turn_id=turn.id, reason="caller asked", assigned_user_id=agent.id))
     stored = database.get_call(call.id)
     assert stored is not None

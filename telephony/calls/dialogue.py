@@ -17,6 +17,7 @@ from typing import Protocol
 from rag.base import Action, Answer, ConversationContext, ConversationTurn
 from rag.errors import InvalidQuestionError
 from telephony.calls import prompts
+from telephony.calls.sms_offer import ABSORBED, FlowReply, SmsOfferFlow
 from telephony.calls.turn_log import (
     AnswerReady,
     CallerTurnEnded,
@@ -37,6 +38,7 @@ from voice.session import (
     PlaybackResult,
     ReplyKind,
     SpeechEvent,
+    TurnTimings,
     UtteranceEnded,
 )
 
@@ -104,7 +106,7 @@ class AnswerSource(Protocol):
                             context: ConversationContext | None = None) -> tuple[Answer, str]: ...
 
 
-# What is said after an answer. The SMS issue replaces the default with the SMS offer.
+# What is said after an answer when no SMS is offered.
 AfterAnswer = Callable[[Answer], Awaitable[str]]
 
 
@@ -126,7 +128,7 @@ class CallSession:
     def __init__(self, party: CallParty, speech: SpeechPort, tts: TtsEngine, answers: AnswerSource,
                  config: DialogueConfig, handoff: HandoffTarget, *, observers: Sequence[TurnObserver] = (),
                  after_answer: AfterAnswer = ask_anything_else, hangup: Callable[[], Awaitable[None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
+                 sms: SmsOfferFlow | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.party = party
         self.speech = speech
@@ -137,6 +139,7 @@ class CallSession:
         self.observers = tuple(observers)
         self.after_answer = after_answer
         self.hangup = hangup
+        self.sms = sms
         self.clock = clock
         self.sleep = sleep
         self.state = DialogueState.GREETING
@@ -251,6 +254,15 @@ class CallSession:
             await self.hangup()
 
     async def _on_key(self, digit: str) -> None:
+        if self.sms is not None and self.sms.pending:
+            reply = await self.sms.on_key(digit)
+            if reply is ABSORBED:
+                return
+            if reply is not None:
+                now = self.clock()
+                self._emit(CallerTurnEnded(UtteranceEnded(f"按键{digit}", "dtmf", TurnTimings(now, now, now, now))))
+                await self._sms_reply(reply)
+                return
         if digit == "*":
             await self._respond_with(self.last_spoken or prompts.NOTHING_TO_REPEAT)
         elif digit == "0":
@@ -264,6 +276,11 @@ class CallSession:
             await self._respond_with(prompts.REPEAT_PLEASE)
             return
         self._heard.append(text)
+        if self.sms is not None:
+            reply = await self.sms.on_utterance(text)
+            if reply is not None:
+                await self._sms_reply(reply)
+                return
         if self._asked_anything_else and GOODBYE_INTENT.search(text):
             self._emit(TurnSettled("goodbye", "caller has no more questions"))
             await self._finish(prompts.GOODBYE, "caller_done")
@@ -285,10 +302,25 @@ class CallSession:
             await self._hand_off(answer, answer.reason, spoken_first=answer.spoken)
             return
         follow = ""
-        if answer.action is Action.ANSWER:
+        offer = self.sms.offer(answer) if self.sms is not None else None
+        if offer is not None:
+            follow = offer
+            self.speech.expect_reply(ReplyKind.SHORT)
+        elif answer.action is Action.ANSWER:
             follow = await self.after_answer(answer)
             self._asked_anything_else = True
         await self.say(answer.spoken, follow)
+        if self.state is DialogueState.RESPONDING:
+            self._move(DialogueState.LISTENING)
+
+    async def _sms_reply(self, reply: FlowReply) -> None:
+        """Say the SMS offer's reply (then 「还有其他问题吗」 once the exchange is over) and log it as a turn."""
+        self._emit(TurnSettled("sms", reply.reason, reply.spoken, reply.item_ids, reply.consent, reply.sms_to,
+                               reply.message_id, reply.caller_text))
+        self.speech.expect_reply(reply.expect)
+        self._asked_anything_else = reply.done
+        self._move(DialogueState.RESPONDING)
+        await self.say(reply.spoken, prompts.ANYTHING_ELSE if reply.done else "")
         if self.state is DialogueState.RESPONDING:
             self._move(DialogueState.LISTENING)
 

@@ -10,3 +10,19 @@ MAX_LENGTH_GOODBYE = "本次通话时间比较长，先为您结束通话。还�
 NOTHING_TO_REPEAT = "请直接说出您要咨询的问题。"
 HANDOFF_REGISTERED = "已为您登记人工服务，工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
 VOICE_UNAVAILABLE = "抱歉，语音服务暂时不可用。已为您登记人工服务，工作人员会尽快回电，再见。"
+
+# The SMS offer (telephony/calls/sms_offer.py). Numbers are read digit by digit, grouped 3-4-4.
+SMS_OFFER = "需要把完整的办事指南和政策依据发到您的手机上吗？需要请说“需要”，或按1。"
+SMS_SENT = "好的，短信已发到您尾号{tail}的手机，请注意查收。"
+SMS_DECLINED = "好的，不发短信。"
+SMS_ASK_NUMBER = "您的来电号码不是手机号码。请说出接收短信的11位手机号码，也可以在键盘上输入，按井号键结束。"
+SMS_ASK_NUMBER_AGAIN = "请再说一遍11位手机号码，也可以在键盘上输入，按井号键结束。"
+SMS_CONFIRM_NUMBER = "您的手机号码是：{digits}。对吗？对请说“对”或按1，不对请直接说正确的号码。"
+SMS_BAD_NUMBER = "这个号码不像手机号码，请再说一遍11位手机号码。"
+SMS_NUMBER_GIVE_UP = "抱歉，没有记下您的手机号码，这次先不发短信了。"
+SMS_RESENT = "好的，已经重新发到您尾号{tail}的手机。"
+SMS_NOTHING_TO_RESEND = "这次通话还没有发过短信。"
+SMS_LIMIT = "抱歉，这个号码今天的短信已经达到上限，暂时不能再发。"
+SMS_UNAVAILABLE = "抱歉，短信暂时发不出去。完整的办事指南可以拨打{phone}咨询。"
+HANDOFF_REGISTERED_SMS = ("已为您登记人工服务，登记号是{ticket}，登记号已用短信发到您的手机。工作人员会按您的来电号码尽快回电，"
+                          "请保持电话畅通。再见。")

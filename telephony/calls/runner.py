@@ -10,14 +10,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from telephony.answers import Answers
 from telephony.calls import prompts
 from telephony.calls.base import CallerAudio, CallTransport, KeyPressed
-from telephony.calls.dialogue import AfterAnswer, CallParty, CallSession, DialogueConfig, ask_anything_else
+from telephony.calls.dialogue import (
+    AfterAnswer,
+    CallParty,
+    CallSession,
+    DialogueConfig,
+    ask_anything_else,
+)
 from telephony.calls.recording import CallRecorder, RecordingTransport
+from telephony.calls.sms_offer import OutboxSender, SmsOfferFlow
 from telephony.calls.turn_log import TurnLog
 from telephony.errors import StorageError
-from telephony.answers import Answers
 from telephony.handoff.base import HandoffRequest, HandoffTarget
+from telephony.sms.service import SmsService
 from telephony.store import CallStatus, Database
 from telephony.store.turns import TurnWriter
 from voice.base import AsrEngine, TtsEngine, Vad, VoiceError
@@ -54,7 +62,8 @@ class CallRunner:
     """Runs calls to the end; `active_calls` is how many are on the line now."""
 
     def __init__(self, engines: VoiceEngines, config: CallConfig, answers: Answers, database: Database,
-                 writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else) -> None:
+                 writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else,
+                 sms: SmsService | None = None) -> None:
         self.engines = engines
         self.config = config
         self.answers = answers
@@ -62,6 +71,7 @@ class CallRunner:
         self.writer = writer
         self.handoff = handoff
         self.after_answer = after_answer
+        self.sms = sms  # None: no SMS is offered
         self.active_calls = 0
 
     async def run(self, line: CallTransport) -> str:
@@ -124,10 +134,14 @@ class _Call:
                                     runner.config.endpoint)
         self.speech.start()
         self.turn_log = TurnLog(runner.writer, info.channel, self.call_id)
+        sms = None
+        if runner.sms is not None:
+            sender = OutboxSender(runner.sms, runner.sms.config.centre_phone)
+            sms = SmsOfferFlow(sender, self.call_id, info.caller_number)
         self.session = CallSession(
             CallParty(self.call_id, info.caller_number), self.speech, engines.tts, runner.answers,
             runner.config.dialogue, runner.handoff, observers=(self.turn_log,), after_answer=runner.after_answer,
-            hangup=self.line.hang_up)
+            hangup=self.line.hang_up, sms=sms)
         self.dialogue = asyncio.create_task(self.session.run(), name=f"call-{self.call_id}")
 
     async def _apologise(self, asr_error: str) -> None:

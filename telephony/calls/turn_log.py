@@ -41,10 +41,16 @@ class AnswerReady:
 
 @dataclass(frozen=True)
 class TurnSettled:
-    """The dialogue replied by itself (请再说一遍, goodbye) without asking the answer engine."""
+    """The dialogue replied by itself (请再说一遍, goodbye, the SMS offer's exchange) without asking the answer engine."""
 
     action: str
     reason: str
+    spoken: str = ""
+    item_ids: tuple[str, ...] = ()
+    sms_consent: bool | None = None
+    sms_to: str | None = None  # masked
+    sms_message_id: int | None = None
+    caller_text: str | None = None  # replaces the transcript (a phone number is stored masked)
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,12 @@ class _OpenTurn:
             stages["voice_to_voice_ms"] = _ms(first_audio_at, timings.speech_ended_at)
         if self.answer is not None:
             return TurnRecord.of_answer(self.answer.answer, stages)
-        assert self.settled is not None
-        return TurnRecord(caller_text=self.utterance.text, action=self.settled.action, reason=self.settled.reason,
-                          timings_ms=stages)
+        settled = self.settled
+        assert settled is not None
+        return TurnRecord(caller_text=settled.caller_text or self.utterance.text, action=settled.action,
+                          reason=settled.reason, spoken_text=settled.spoken, item_ids=settled.item_ids,
+                          timings_ms=stages, sms_consent=settled.sms_consent, sms_to=settled.sms_to,
+                          sms_message_id=settled.sms_message_id)
 
 
 class TurnLog:

@@ -7,7 +7,9 @@ from telephony.store.models import (
     CallStatus,
     HandoffStatus,
     HandoffTicket,
+    SmsKind,
     SmsMessage,
+    SmsReportLog,
     SmsStatus,
     Turn,
     User,
@@ -16,5 +18,5 @@ from telephony.store.models import (
 
 __all__ = [
     "Call", "CallChannel", "CallStatus", "Database", "HandoffStatus", "HandoffTicket",
-    "SmsMessage", "SmsStatus", "Turn", "User", "UserRole",
+    "SmsKind", "SmsMessage", "SmsReportLog", "SmsStatus", "Turn", "User", "UserRole",
 ]

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -44,10 +44,24 @@ class CallStatus(StrEnum):
 
 
 class SmsStatus(StrEnum):
-    QUEUED = "queued"
-    SENT = "sent"
+    """queued → sending → submitted → delivered | failed | expired (docs/sms.md draws the machine)."""
+
+    QUEUED = "queued"  # waiting for a worker (or for its next attempt after a retryable error)
+    SENDING = "sending"  # a worker claimed it and is submitting it now
+    SUBMITTED = "submitted"  # the gateway accepted it; a delivery report may follow
     DELIVERED = "delivered"
     FAILED = "failed"
+    EXPIRED = "expired"  # not sent in time, or no delivery report within the validity period
+
+    @property
+    def final(self) -> bool:
+        return self in (SmsStatus.DELIVERED, SmsStatus.FAILED, SmsStatus.EXPIRED)
+
+
+class SmsKind(StrEnum):
+    GUIDE = "guide"  # an item's full guide, after the caller said yes
+    TICKET = "ticket"  # a callback ticket's number and next step
+    MANUAL = "manual"  # sent by staff (POST /api/sms, hotline sms send)
 
 
 class HandoffStatus(StrEnum):
@@ -114,27 +128,69 @@ class Turn(Base):
     action: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # The SMS offer (0003): the caller's consent (None: nothing was offered), the masked number, the outbox message.
+    sms_consent: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    sms_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sms_message_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     call: Mapped[Call] = relationship(back_populates="turns")
 
 
 class SmsMessage(Base):
+    """One message in the outbox. `reference` is the idempotency key: (call, item) for a guide, the ticket for a
+    ticket SMS, the caller's key for staff sends; the same reference is never stored twice."""
+
     __tablename__ = "sms_messages"
+    __table_args__ = (
+        Index("ix_sms_messages_due", "status", "next_attempt_at"),
+        Index("ix_sms_messages_phone_created", "phone", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(160), unique=True)
+    kind: Mapped[SmsKind] = mapped_column(_enum(SmsKind, "sms_kind"), default=SmsKind.GUIDE)
     call_id: Mapped[str | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"), index=True)
-    turn_id: Mapped[int | None] = mapped_column(ForeignKey("turns.id", ondelete="SET NULL"))
+    item_id: Mapped[str | None] = mapped_column(String(128))
     phone: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text)
-    status: Mapped[SmsStatus] = mapped_column(_enum(SmsStatus, "sms_status"), default=SmsStatus.QUEUED, index=True)
-    gateway: Mapped[str] = mapped_column(String(32), default="outbox")
-    gateway_message_id: Mapped[str | None] = mapped_column(String(128))
+    length: Mapped[int] = mapped_column(Integer)
+    segments: Mapped[int] = mapped_column(Integer)
+    template_code: Mapped[str | None] = mapped_column(String(64))
+    template_variables: Mapped[list[list[str]] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[SmsStatus] = mapped_column(_enum(SmsStatus, "sms_status"), default=SmsStatus.QUEUED)
+    gateway: Mapped[str] = mapped_column(String(32))
+    gateway_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    part_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sends: Mapped[int] = mapped_column(Integer, default=0)  # times the gateway accepted it (「再发一遍」 adds one)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     call: Mapped[Call | None] = relationship(back_populates="sms_messages")
+
+
+class SmsReportLog(Base):
+    """Every delivery report received, applied or not (unknown and replayed ones are kept here for staff)."""
+
+    __tablename__ = "sms_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gateway: Mapped[str] = mapped_column(String(32))
+    gateway_message_id: Mapped[str | None] = mapped_column(String(128))
+    reference: Mapped[str | None] = mapped_column(String(160))
+    state: Mapped[str] = mapped_column(String(24))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("sms_messages.id", ondelete="SET NULL"))
+    outcome: Mapped[str] = mapped_column(String(24))  # applied | unknown | replayed | ignored
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class HandoffTicket(Base):

@@ -21,7 +21,7 @@ class TurnRecord:
     """The columns of one stored turn (`telephony.store.models.Turn`)."""
 
     caller_text: str
-    action: str  # answer | clarify | handoff, or the dialogue's own: repeat | goodbye
+    action: str  # answer | clarify | handoff, or the dialogue's own: repeat | goodbye | sms
     reason: str = ""
     spoken_text: str = ""
     sms_text: str = ""
@@ -30,6 +30,9 @@ class TurnRecord:
     citations: tuple[str, ...] = ()
     confidence: float = 0.0
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    sms_consent: bool | None = None  # the SMS offer: yes / no / not asked
+    sms_to: str | None = None  # masked number
+    sms_message_id: int | None = None
 
     @classmethod
     def of_answer(cls, answer: Answer, timings_ms: Mapping[str, float]) -> TurnRecord:

@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 from telephony.app import Hotline, engine_choices
 from telephony.settings import Settings
+from telephony.sms.base import SmsGateway
 from telephony.web.deps import AppState
 from telephony.web.errors import install_error_handlers
-from telephony.web.routes import ask, kb_admin, ops, phone
+from telephony.web.routes import ask, kb_admin, ops, phone, sms
 from voice.base import AsrEngine, TtsEngine
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,14 @@ async def _cancel(task: asyncio.Task | None) -> None:
 
 
 def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEngine | None = None,
-               tts: TtsEngine | None = None) -> FastAPI:
-    """The hotline app. `asr` and `tts` inject engines (e.g. the benchmark's)."""
+               tts: TtsEngine | None = None, sms_gateway: SmsGateway | None = None) -> FastAPI:
+    """The hotline app. `asr`, `tts` and `sms_gateway` inject engines (e.g. the benchmark's, a test's)."""
     settings = settings or Settings()
     state = AppState(voice_enabled=voice)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        hotline = await asyncio.to_thread(Hotline.open, settings)
+        hotline = await asyncio.to_thread(Hotline.open, settings, sms_gateway=sms_gateway)
         flushed = await asyncio.to_thread(hotline.journal.replay, hotline.database)
         if flushed:
             log.info("flushed %d journaled turns into the database", flushed)
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
         log.info("knowledge base: %d items, version %s from %s", len(hotline.answers.kb), hotline.answers.kb_version,
                  hotline.answers.stack.source)
         state.hotline = hotline
+        await hotline.sms.dispatcher.start()  # never raises for an unreachable gateway: it reconnects by itself
         voice_task = asyncio.create_task(start_voice(hotline, asr, tts)) if voice else None
         state.ready = True
         stop = asyncio.Event()
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
             stop.set()
             await _cancel(voice_task)
             await _cancel(watcher)
+            await hotline.sms.dispatcher.close()
             hotline.close()
             log.info("hotline stopped")
 
@@ -78,6 +81,6 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
     )
     app.state.hotline_state = state
     install_error_handlers(app)
-    for module in (ops, ask, kb_admin, phone):
+    for module in (ops, ask, kb_admin, phone, sms):
         app.include_router(module.router)
     return app

@@ -33,5 +33,6 @@ async def readyz(state: StateDep) -> JSONResponse:
         "database": "ok" if database_ok else "unreachable (turns are journaled locally)",
         "voice": voice,
         "kb": {"items": len(hotline.answers.kb), "version": hotline.answers.kb_version},
+        "sms": {"gateway": hotline.sms.gateway_name, "state": hotline.sms.dispatcher.gateway.status()},
     }
     return JSONResponse(status_code=200, content=body)

@@ -1,0 +1,1 @@
+"""Concrete SMS gateways; only telephony.app names them."""
