@@ -80,6 +80,11 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+def _not_interrupted():
+    # An interrupted submit (the worker died) is not the number's fault; NULL codes count.
+    return or_(SmsMessage.error_code.is_(None), SmsMessage.error_code != "interrupted")
+
+
 def _start_of_day(now: dt.datetime) -> dt.datetime:
     # "That day" is the bureau's day: China Standard Time, UTC+8, no daylight saving.
     local = now.astimezone(dt.timezone(dt.timedelta(hours=8)))
@@ -129,7 +134,7 @@ class SmsOutbox:
         day = _start_of_day(now)
         failures = session.scalar(select(func.count()).select_from(SmsMessage).where(
             SmsMessage.phone == phone, SmsMessage.status == SmsStatus.FAILED, SmsMessage.finished_at >= day,
-            SmsMessage.error_code != "interrupted"))
+            _not_interrupted()))
         if failures >= limits.failures_per_day:
             raise SmsRefused(f"{mask(phone)}: {failures} failed deliveries today, not retried until tomorrow",
                              "number_blocked")
@@ -241,10 +246,10 @@ class SmsOutbox:
         with self.database.session() as session:
             failures = session.scalar(select(func.count()).select_from(SmsMessage).where(
                 SmsMessage.phone == phone, SmsMessage.status == SmsStatus.FAILED,
-                SmsMessage.finished_at >= _start_of_day(now), SmsMessage.error_code != "interrupted"))
+                SmsMessage.finished_at >= _start_of_day(now), _not_interrupted()))
         return failures >= self.limits.failures_per_day
 
-    def fail(self, message_id: int, reason: str, code: str) -> None:
+    def fail(self, message_id: int, reason: str, code: str | None) -> None:
         now = self.clock()
         with self.database.session() as session:
             message = session.get(SmsMessage, message_id)
