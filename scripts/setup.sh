@@ -2,7 +2,7 @@
 # Idempotent set-up on a fresh Debian/Ubuntu machine, run as root with Python 3.11+:
 # system packages, a virtualenv in .venv (override with HOTLINE_VENV), torch (CPU), the project.
 #   scripts/setup.sh        what the hotline needs to run
-#   scripts/setup.sh test   plus what the test suite needs (PostgreSQL server, test extras)
+#   scripts/setup.sh test   plus what the test suite needs (PostgreSQL server, Chromium, Kannel, test extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,7 @@ PY
 # espeak-ng: the offline Mandarin TTS fallback (and the tests' synthesized callers).
 apt_packages=(ca-certificates espeak-ng)
 if [ "$mode" = test ]; then
-  apt_packages+=(postgresql chromium)
+  apt_packages+=(postgresql chromium kannel kannel-extras)  # kannel-extras: fakesmsc for the Kannel tests
 fi
 missing=()
 for package in "${apt_packages[@]}"; do
