@@ -19,6 +19,15 @@ from kb.schema import (
     ItemKind,
     ServiceItem,
 )
+from kb.sms_templates import (
+    DEFAULT_TEMPLATES_FILE,
+    PROVIDERS,
+    SmsTemplates,
+    TemplateError,
+    load_templates,
+    too_long,
+    variable_value,
+)
 from kb.sms_text import compose_sms
 
 CHANNELS_FILE = Path(__file__).resolve().parent / "channels.yaml"
@@ -58,7 +67,12 @@ def periods_overlap(a: ServiceItem, b: ServiceItem) -> bool:
     return a_start <= b_end and b_start <= a_end
 
 
-def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> CheckReport:
+def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保", *,
+                         templates: SmsTemplates | Path | None = DEFAULT_TEMPLATES_FILE,
+                         centre_phone: str | None = None, guide_base_url: str | None = None) -> CheckReport:
+    """Every rule below over `kb`. `templates` is the SMS template map (kb/sms_templates.yaml by default; None skips
+    its checks); `centre_phone` and `guide_base_url`, when given, are checked against the template variable limits
+    too."""
     report = CheckReport(items=len(kb.items))
     report.errors.extend(str(error) for error in kb.errors)
     channels = load_channels()
@@ -132,7 +146,66 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保") -> 
     for question, owners in sorted(question_owners.items()):
         if len(owners) > 1:
             report.errors.append(f"caller question {question!r} is listed {len(owners)} times ({', '.join(sorted(owners))})")
+    if templates is not None:
+        _check_templates(kb, templates, report, centre_phone, guide_base_url)
     return report
+
+
+def _check_templates(kb: KnowledgeBase, templates: SmsTemplates | Path, report: CheckReport,
+                     centre_phone: str | None, guide_base_url: str | None) -> None:
+    """Template-only gateways: a variable longer than the provider allows is an error for an item that has an
+    approved code (the message would be refused); items without a code are counted in one warning per provider."""
+    try:
+        if isinstance(templates, Path):
+            templates = load_templates(templates)
+    except TemplateError as exc:
+        report.errors.append(str(exc))
+        return
+    source_file = templates.path or "the SMS template map"
+    unknown = sorted(set(templates.items) - {item.id for item in kb.items})
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        report.warnings.append(f"{source_file} names {len(unknown)} item(s) not in the KB: {shown}")
+    for item in kb.items:
+        for variable in templates.entry(item.id).variables:
+            if variable.source == "ticket":
+                report.errors.append(f"{item.path or item.id}: SMS template variable {variable.name!r} uses the "
+                                     "ticket number, which only the ticket confirmation has")
+    for variable in templates.ticket.variables if templates.ticket else ():
+        if variable.source.startswith("item.") or variable.source == "settings.guide_url":
+            report.errors.append(f"{source_file}: the ticket confirmation's variable {variable.name!r} uses "
+                                 f"{variable.source}, which the ticket confirmation has no item for")
+    for provider in PROVIDERS:
+        if centre_phone is not None and too_long(templates, provider, (("phone", centre_phone),)):
+            report.errors.append(f"{source_file}: the centre phone {centre_phone!r} has {len(centre_phone)} characters,"
+                                 f" {provider} allows at most {templates.limits[provider]} per variable")
+    for provider in PROVIDERS:
+        missing, would_not_fit = [], []
+        for item in kb.items:
+            where = item.path or item.id
+            has_code = bool(templates.code(item.id, provider))
+            variables = []
+            for variable in templates.entry(item.id).variables:
+                if variable.source in ("ticket", "settings.centre_phone") or (variable.source == "settings.guide_url"
+                                                                              and not guide_base_url):
+                    continue  # reported above, or the phone checked once above, or no base URL to measure
+                variables.append((variable.name, variable_value(variable.source, item, "", guide_base_url)))
+            problems = too_long(templates, provider, tuple(variables))
+            if not has_code:
+                missing.append(item.id)
+                if problems:
+                    would_not_fit.append(item.id)
+                continue
+            for name, value, limit in problems:
+                report.errors.append(f"{where}: SMS template variable {name!r} is {len(value)} characters "
+                                     f"({value!r}), {provider} allows at most {limit}")
+        if missing:
+            text = (f"{source_file}: {len(missing)} of {len(kb.items)} items have no approved {provider} template "
+                    f"code (copy them from the {provider} console; needed only when SMS goes through {provider})")
+            if would_not_fit:
+                text += (f"; {len(would_not_fit)} of them have a variable longer than {provider}'s limit of "
+                         f"{templates.limits[provider]} characters, e.g. {', '.join(would_not_fit[:3])}")
+            report.warnings.append(text)
 
 
 def _overlapping(owners: list[str], by_id: dict[str, ServiceItem]) -> list[str]:

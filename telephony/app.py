@@ -13,6 +13,13 @@ from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
+from kb.schema import ServiceItem
+from kb.sms_templates import (
+    DEFAULT_TEMPLATES_FILE,
+    load_templates,
+    template_message,
+    ticket_template_message,
+)
 from rag.calibration import Calibration, load_calibration
 from rag.embeddings import (
     LocalModelEmbedding,
@@ -44,7 +51,7 @@ from telephony.sms.base import SmsGateway
 from telephony.sms.dispatcher import DispatchConfig, SmsDispatcher
 from telephony.sms.gateways.local import OutboxOnlyGateway
 from telephony.sms.outbox import SmsLimits, SmsOutbox
-from telephony.sms.service import SmsConfig, SmsService
+from telephony.sms.service import SmsConfig, SmsService, TemplateLookup
 from telephony.store import Database
 from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.auth import MediaStreamAuth
@@ -256,7 +263,22 @@ def build_sms(settings: Settings, database: Database, kb: Callable[[], Knowledge
                                                                report_url=sms_report_url(settings, gateway.name)))
     config = SmsConfig(signature=settings.sms_signature, centre_phone=settings.centre_phone,
                        cap=settings.sms_cap_chars, guide_base_url=settings.sms_guide_base_url)
-    return SmsService(outbox, dispatcher, config, kb)
+    templates = sms_templates(settings) if gateway.uses_templates else None
+    return SmsService(outbox, dispatcher, config, kb, templates)
+
+
+def sms_templates(settings: Settings) -> TemplateLookup:
+    """Item → approved template (kb/sms_templates.yaml unless HOTLINE_SMS_TEMPLATES_FILE), for Aliyun and Tencent."""
+    loaded = load_templates(settings.sms_templates_file or DEFAULT_TEMPLATES_FILE)
+    provider = settings.sms_gateway.value
+
+    def lookup(item: ServiceItem | None, ticket: int | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+        if item is None:
+            return ticket_template_message(provider, str(ticket), settings.centre_phone, templates=loaded)
+        return template_message(item, provider, settings.centre_phone, settings.sms_guide_base_url,
+                                templates=loaded)
+
+    return lookup
 
 
 def open_sms(settings: Settings, database: Database, gateway: SmsGateway | None = None) -> SmsService:

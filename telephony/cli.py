@@ -114,7 +114,11 @@ def kb_check(
     except KbError as exc:
         typer.echo(f"错误：{exc}", err=True)
         raise typer.Exit(2) from None
-    report = check_knowledge_base(kb, signature=settings.sms_signature)
+    from kb.sms_templates import DEFAULT_TEMPLATES_FILE
+
+    report = check_knowledge_base(kb, signature=settings.sms_signature,
+                                  templates=settings.sms_templates_file or DEFAULT_TEMPLATES_FILE,
+                                  centre_phone=settings.centre_phone, guide_base_url=settings.sms_guide_base_url)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:

@@ -19,10 +19,14 @@ from telephony.errors import TelephonyError
 class SmsError(TelephonyError):
     """A gateway refused or could not take a message; `retryable` says whether the outbox should try again."""
 
-    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None,
+                 outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.code = code  # the provider's own error code, when it gave one
+        # The request may have reached the provider (no answer after it was sent): resending could deliver twice, so
+        # the outbox does not resend it by itself (at most once) and shows it to staff.
+        self.outcome_unknown = outcome_unknown
 
 
 class ReportError(TelephonyError):

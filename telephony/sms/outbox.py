@@ -81,8 +81,8 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def _not_interrupted():
-    # An interrupted submit (the worker died) is not the number's fault; NULL codes count.
-    return or_(SmsMessage.error_code.is_(None), SmsMessage.error_code != "interrupted")
+    # An interrupted submit (the worker died, or no answer after sending) is not the number's fault; NULL codes count.
+    return or_(SmsMessage.error_code.is_(None), SmsMessage.error_code.not_in(("interrupted", "unknown_outcome")))
 
 
 def _start_of_day(now: dt.datetime) -> dt.datetime:
@@ -229,7 +229,11 @@ class SmsOutbox:
             message.last_error = str(error)
             message.error_code = error.code
             message.claimed_by = None
-            if error.retryable and message.attempts < limits.max_attempts:
+            if error.outcome_unknown:
+                message.status = SmsStatus.FAILED
+                message.error_code = "unknown_outcome"
+                message.finished_at = now
+            elif error.retryable and message.attempts < limits.max_attempts:
                 delay = min(limits.retry_cap_s, limits.retry_base_s * 2 ** (message.attempts - 1))
                 message.next_attempt_at = now + dt.timedelta(seconds=delay * random.uniform(0.8, 1.2))
                 message.status = SmsStatus.QUEUED

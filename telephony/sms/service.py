@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kb.errors import KbError
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from telephony.sms.base import SmsError
@@ -22,9 +23,9 @@ from telephony.sms.dispatcher import SmsDispatcher
 from telephony.sms.outbox import Enqueued, NewSms, SmsOutbox
 from telephony.store.models import SmsKind, SmsMessage
 
-# Template-only gateways (Aliyun, Tencent): the approved template code and its variables for an item, or for the
-# ticket confirmation when the item is None.
-TemplateLookup = Callable[[ServiceItem | None], tuple[str, tuple[tuple[str, str], ...]]]
+# Template-only gateways (Aliyun, Tencent): the approved template code and its variables for an item's guide, or
+# for a ticket's confirmation when the item is None (then the ticket number is given).
+TemplateLookup = Callable[[ServiceItem | None, int | None], tuple[str, tuple[tuple[str, str], ...]]]
 
 TICKET_TEXT = "【{signature}】您的人工服务登记号为{ticket}。工作人员会按您来电的号码回电，请保持电话畅通。咨询电话{phone}。"
 
@@ -74,13 +75,17 @@ class SmsService:
         return compose_guide(self.item(item_id), config.centre_phone, config.signature, config.cap,
                              config.guide_base_url)
 
-    def _template(self, item: ServiceItem | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    def _template(self, item: ServiceItem | None,
+                  ticket: int | None = None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         if not self.dispatcher.gateway.uses_templates:
             return None, ()
         if self.templates is None:
             raise SmsError(f"gateway {self.gateway_name} sends only approved templates and no template map is loaded",
                            retryable=False)
-        return self.templates(item)
+        try:
+            return self.templates(item, ticket)
+        except KbError as exc:  # no approved code for this item, or a variable too long
+            raise SmsError(str(exc), retryable=False) from exc
 
     async def send_guide(self, to: str, item_id: str, reference: str, *, call_id: str | None = None,
                          kind: SmsKind = SmsKind.GUIDE) -> Enqueued:
@@ -97,7 +102,7 @@ class SmsService:
     async def send_ticket(self, to: str, ticket_id: int, call_id: str | None) -> Enqueued:
         phone = mobile_number(to)
         body = TICKET_TEXT.format(signature=self.config.signature, ticket=ticket_id, phone=self.config.centre_phone)
-        code, variables = self._template(None)
+        code, variables = self._template(None, ticket_id)
         new = NewSms(reference=f"ticket:{ticket_id}", kind=SmsKind.TICKET, phone=phone, body=body,
                      length=sms_length(body), segments=segment_count(body), gateway=self.gateway_name,
                      call_id=call_id, template_code=code, template_variables=variables)

@@ -93,8 +93,13 @@ class KannelGateway:
         assert self._client is not None
         try:
             response = await self._client.get(self._sendsms_url, params=params)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise SmsError(f"cannot connect to Kannel {self.name} within {self._timeout_s:g} s",
+                           retryable=True) from None
         except httpx.TimeoutException:
-            raise SmsError(f"Kannel {self.name} did not answer within {self._timeout_s:g} s", retryable=True) from None
+            raise SmsError(f"Kannel {self.name} did not answer within {self._timeout_s:g} s after the request was "
+                           "sent; it may have been accepted, so it is not resent automatically", retryable=True,
+                           outcome_unknown=True) from None
         except httpx.HTTPError as error:  # the URL (and its password) stays out of the message
             raise SmsError(f"cannot reach Kannel {self.name}: {type(error).__name__}: {error}",
                            retryable=True) from None

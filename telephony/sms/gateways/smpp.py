@@ -161,8 +161,9 @@ class SmppGateway:
             async with asyncio.timeout(self._submit_timeout_s):
                 results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
         except TimeoutError:
-            raise SmsError(f"SMPP {self.name}: no submit_sm_resp within {self._submit_timeout_s:g} s",
-                           retryable=True) from None
+            raise SmsError(f"SMPP {self.name}: no submit_sm_resp within {self._submit_timeout_s:g} s; the SMSC may "
+                           "have taken it, so it is not resent automatically", retryable=True,
+                           outcome_unknown=True) from None
         finally:
             for future in futures:
                 future.cancel()  # a part not written yet is skipped; a late response is ignored
