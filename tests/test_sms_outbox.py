@@ -136,6 +136,18 @@ async def test_retryable_errors_back_off_then_fail_and_final_errors_fail_at_once
     assert len(gateway.sent) == 3
 
 
+async def test_no_answer_after_sending_is_failed_for_staff_not_resent(database: Database) -> None:
+    unknown = SmsError("no answer within 10 s after sending", retryable=True, outcome_unknown=True)
+    gateway = ScriptedGateway(unknown)
+    service = service_for(database, gateway)
+    message = service.outbox.enqueue(new_sms("r-unknown")).message
+    await service.dispatcher.drain()
+    await service.dispatcher.drain()
+    stored = service.outbox.get(message.id)
+    assert stored.status is SmsStatus.FAILED and stored.error_code == "unknown_outcome" and len(gateway.sent) == 1
+    assert not service.outbox.blocked_today(stored.phone)  # not the number's fault
+
+
 async def test_a_gateway_that_raises_garbage_is_retried_not_fatal(database: Database) -> None:
     gateway = ScriptedGateway(ValueError("garbage in the response"))
     service = service_for(database, gateway)

@@ -112,6 +112,9 @@ class FakeSmsc:
         self._stop: asyncio.Event | None = None
         self._relays: set[asyncio.StreamWriter] = set()
         self._esmes: dict[str, smpp34.Esme] = {}
+        # Receipts no ESME acknowledged (it was gone): kept and sent to the next receiver that binds, as an SMSC's
+        # store-and-forward does.
+        self._pending: list[tuple] = []  # (message_id, stat, text, tlvs, to, source)
 
     # --- control, from the test's thread ----------------------------------------------------------------------
 
@@ -285,6 +288,11 @@ class FakeSmsc:
             event = await server.next()
             if isinstance(event, smpp34.Esme):
                 esmes[event.session_id] = event
+                if self._pending and event.can_receive:
+                    pending, self._pending = self._pending, []
+                    task = asyncio.create_task(self._redeliver(event, pending))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             elif isinstance(event, smpp34.Unbound):
                 esmes.pop(event.session_id, None)
             elif isinstance(event, smpp34.SubmitSmEvent):
@@ -306,23 +314,39 @@ class FakeSmsc:
             event.reject(rule.refuse)
             return
         event.accept(message_id)
-        esme = esmes.get(event.session_id)
-        if not (event.registered_delivery & 1) or rule.receipt is None or esme is None or not esme.can_receive:
+        if not (event.registered_delivery & 1) or rule.receipt is None:
             return
         await asyncio.sleep(rule.receipt_delay_s or 0.01)  # after the submit_sm_resp, as a real SMSC would
+        esme = esmes.get(event.session_id)  # looked up now: the ESME may have gone meanwhile
         now = time.strftime("%y%m%d%H%M")
         text = (f"id:{message_id} sub:001 dlvrd:{'001' if rule.receipt == 'DELIVRD' else '000'} submit date:{now} "
                 f"done date:{now} stat:{rule.receipt} err:{rule.error} text:")
         tlvs = [smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, message_id.encode() + b"\0"),
                 smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([MESSAGE_STATES.get(rule.receipt, 7)]))]
+        if esme is None or not esme.can_receive:
+            self._pending.append((message_id, rule.receipt, text.encode(), tlvs, event.source_addr,
+                                  event.destination_addr))
+            self._record(lambda state: state.receipts.append(Receipt(message_id, rule.receipt, False)))
+            return
+        await self._deliver_receipt(esme, message_id, rule.receipt, text.encode(), tlvs, event.source_addr,
+                                    event.destination_addr)
+
+    async def _deliver_receipt(self, esme: smpp34.Esme, message_id: str, stat: str, text: bytes, tlvs: list,
+                               to: str, source: str) -> None:
         try:
-            response = await asyncio.wait_for(
-                esme.deliver_sm(event.source_addr, text.encode(), source_addr=event.destination_addr, esm_class=0x04,
-                                tlvs=tlvs), 5)
+            response = await asyncio.wait_for(esme.deliver_sm(to, text, source_addr=source, esm_class=0x04,
+                                                              tlvs=tlvs), 5)
             acknowledged = response.is_success
         except Exception:  # noqa: BLE001 - the ESME went away; recorded as not acknowledged
             acknowledged = False
-        self._record(lambda state: state.receipts.append(Receipt(message_id, rule.receipt, acknowledged)))
+        if not acknowledged:
+            self._pending.append((message_id, stat, text, tlvs, to, source))
+        self._record(lambda state: state.receipts.append(Receipt(message_id, stat, acknowledged)))
+
+    async def _redeliver(self, esme: smpp34.Esme, pending: list) -> None:
+        await asyncio.sleep(0.2)  # let the new session settle, as an SMSC's retry timer would
+        for message_id, stat, text, tlvs, to, source in pending:
+            await self._deliver_receipt(esme, message_id, stat, text, tlvs, to, source)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
