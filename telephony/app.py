@@ -7,6 +7,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 from pathlib import Path
 
 from kb.builds import BuildStore, calibration_file
@@ -247,7 +248,7 @@ def sms_report_url(settings: Settings, gateway: str) -> str | None:
     if not settings.sms_public_url or settings.sms_receipt_token is None:
         return None
     return (f"{settings.sms_public_url.rstrip('/')}/api/sms/receipts/{gateway}"
-            f"?token={settings.sms_receipt_token.get_secret_value()}")
+            f"?token={quote(settings.sms_receipt_token.get_secret_value(), safe='')}")
 
 
 def build_sms(settings: Settings, database: Database, kb: Callable[[], KnowledgeBase],
