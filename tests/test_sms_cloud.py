@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 from kb.loader import load_knowledge_base
-from kb.sms_templates import load_templates, parse_templates, template_message
+from kb.sms_templates import DEFAULT_TEMPLATES_FILE, load_templates, parse_templates, template_message
 from telephony.sms.base import (
     DeliveryState,
     HttpReportParser,
@@ -160,12 +161,13 @@ async def test_aliyun_timeout_and_refused_connection_are_retryable() -> None:
         with pytest.raises(SmsError) as caught:
             await gateway.send(message())
         await gateway.close()
-    assert caught.value.retryable and "no answer within 0.3 s" in str(caught.value)
+    # Sent, but no answer: it may have been accepted, so the outbox does not resend it by itself.
+    assert caught.value.outcome_unknown and "no answer within 0.3 s" in str(caught.value)
     closed = AliyunSmsGateway("testId", "testSecret", "测试社保", endpoint=f"http://127.0.0.1:{unused_port()}")
     with pytest.raises(SmsError) as caught:
         await closed.send(message())
     await closed.close()
-    assert caught.value.retryable and "cannot reach" in str(caught.value)
+    assert caught.value.retryable and not caught.value.outcome_unknown and "cannot reach" in str(caught.value)
 
 
 async def test_aliyun_message_without_template_code_is_final_and_never_sent() -> None:
@@ -348,12 +350,13 @@ async def test_tencent_timeout_and_refused_connection_are_retryable() -> None:
         with pytest.raises(SmsError) as caught:
             await gateway.send(message(code="1234567"))
         await gateway.close()
-    assert caught.value.retryable and "no answer within 0.3 s" in str(caught.value)
+    # Sent, but no answer: it may have been accepted, so the outbox does not resend it by itself.
+    assert caught.value.outcome_unknown and "no answer within 0.3 s" in str(caught.value)
     closed = TencentSmsGateway("AKIDtest", "k", "1400006666", "测试社保", endpoint=f"http://127.0.0.1:{unused_port()}")
     with pytest.raises(SmsError) as caught:
         await closed.send(message(code="1234567"))
     await closed.close()
-    assert caught.value.retryable and "cannot reach" in str(caught.value)
+    assert caught.value.retryable and not caught.value.outcome_unknown and "cannot reach" in str(caught.value)
 
 
 async def test_tencent_message_without_template_id_is_final_and_never_sent() -> None:
@@ -417,3 +420,54 @@ async def test_a_shipped_item_goes_out_as_its_approved_template_through_both_pro
         await other.close()
     assert json.loads(ali.sends[0]["TemplateParam"]) == dict(VARIABLES)
     assert ten.sends[0]["TemplateParamSet"] == [value for _, value in VARIABLES]
+
+
+# -- through the hotline: the outbox, the template map, the report push ------------------------------------------------
+
+def test_the_hotline_sends_an_items_approved_template_through_aliyun_and_takes_its_report_push(
+        tmp_path: Path, settings) -> None:
+    import time
+
+    import yaml
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from telephony.settings import SmsGatewayChoice
+    from telephony.web.app import create_app
+
+    shipped = yaml.safe_load(DEFAULT_TEMPLATES_FILE.read_text(encoding="utf-8"))
+    shipped["items"]["card-loss-report"]["aliyun"] = "SMS_000000001"
+    shipped["ticket"]["aliyun"] = "SMS_000000002"
+    templates_file = tmp_path / "sms_templates.yaml"
+    templates_file.write_text(yaml.safe_dump(shipped, allow_unicode=True), encoding="utf-8")
+    admin = {"authorization": "Bearer admin-token-0123456789"}
+    with FakeAliyunSmsServer() as ali:
+        configured = settings.model_copy(update={
+            "admin_token": SecretStr("admin-token-0123456789"), "sms_gateway": SmsGatewayChoice.ALIYUN,
+            "sms_aliyun_access_key_id": "testId", "sms_aliyun_access_key_secret": SecretStr("testSecret"),
+            "sms_aliyun_endpoint": ali.endpoint, "sms_templates_file": templates_file,
+            "sms_receipt_token": SecretStr("receipt-token-0123456789")})
+        with TestClient(create_app(configured, voice=False)) as client:
+            created = client.post("/api/sms", headers=admin, json={"to": "13800000000", "item": "card-loss-report"})
+            assert created.status_code == 202, created.text
+            message_id = created.json()["id"]
+            deadline = time.monotonic() + 10
+            while client.get(f"/api/sms/{message_id}", headers=admin).json()["state"] != "submitted":
+                assert time.monotonic() < deadline, client.get(f"/api/sms/{message_id}", headers=admin).json()
+                time.sleep(0.05)  # the worker runs in the app's loop
+            [sent] = ali.sends
+            assert sent["TemplateCode"] == "SMS_000000001" and sent["OutId"] == created.json()["reference"]
+            variables = json.loads(sent["TemplateParam"])
+            assert variables["title"] == load_knowledge_base().get("card-loss-report").title
+            assert variables["phone"] == "0773-0000000"
+            # An item without an approved code is refused at once with the reason, never sent as free text.
+            missing = client.post("/api/sms", headers=admin, json={"to": "13800000000", "item": "unemployment-benefit-application"})
+            assert missing.status_code == 422 and "aliyun" in missing.json()["error"]
+            push = [{"phone_number": "13800000000", "send_time": "2026-12-05 10:00:00",
+                     "report_time": "2026-12-05 10:00:05", "success": True, "err_code": "DELIVERED",
+                     "err_msg": "用户接收成功", "sms_size": "1", "biz_id": sent["BizId"], "out_id": sent["OutId"]}]
+            answered = client.post("/api/sms/receipts/aliyun", params={"token": "receipt-token-0123456789"},
+                                   json=push)
+            assert answered.status_code == 200 and answered.json()["code"] == 0
+            assert answered.json()["outcomes"] == ["applied"]
+            assert client.get(f"/api/sms/{message_id}", headers=admin).json()["state"] == "delivered"
