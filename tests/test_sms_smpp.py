@@ -211,13 +211,13 @@ async def test_an_smsc_that_goes_away_and_comes_back(harness: Harness):
         smsc.stop()
 
 
-async def test_a_wrong_password_shows_in_status_and_sends_fail_as_final(smsc: FakeSmsc, harness: Harness):
+async def test_a_wrong_password_shows_in_status_and_sends_wait_for_the_fix(smsc: FakeSmsc, harness: Harness):
     gateway = await harness.gateway(smsc.port, password="wrong", bound=False)
     await until(lambda: gateway.status().startswith("reconnecting: bind refused"), what="the refusal")
     assert "Invalid Password" in gateway.status() and "0x0000000E" in gateway.status()
     with pytest.raises(SmsError) as refused:
         await gateway.send(message("13800000013"))
-    assert refused.value.retryable is False and refused.value.code == "0x0000000E"
+    assert refused.value.retryable is True and refused.value.code == "0x0000000E"  # nothing left: retry is safe
     assert smsc.binds[0] == ("hotline", False) and smsc.submits == []
 
 

@@ -50,7 +50,7 @@ RETRYABLE_STATUSES = frozenset({
     0x00000058,  # ESME_RTHROTTLED: throttling error
     0x00000064,  # ESME_RX_T_APPN: temporary application error
 })
-# Bind refusals that no retry fixes without a change of configuration: sends fail as final meanwhile.
+# Bind refusals that no retry fixes without a change of configuration: /readyz and each send's error say so.
 CREDENTIAL_STATUSES = frozenset({0x0000000D, 0x0000000E, 0x0000000F, 0x00000053})  # bind failed, password, id, type
 # The receipt's stat: (SMPP 3.4 appendix B) and the message_state TLV, in the outbox's terms.
 RECEIPT_STATES = {
@@ -136,8 +136,10 @@ class SmppGateway:
     async def send(self, message: OutgoingSms) -> SmsReceipt:
         if not self._bound:
             if self._refusal is not None:
+                # Nothing was submitted, so a retry is safe: queued guides go out once the operator fixes the
+                # credentials (within the outbox's queue TTL) instead of all failing meanwhile. /readyz shows why.
                 text, code = self._refusal
-                raise SmsError(text, retryable=False, code=code)
+                raise SmsError(text, retryable=True, code=code)
             raise SmsError(f"SMPP {self.name} is not bound ({self._status})", retryable=True)
         if not message.body:
             raise SmsError("empty message", retryable=False)
