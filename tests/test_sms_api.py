@@ -11,7 +11,14 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from telephony.settings import Settings
-from telephony.sms.base import DeliveryReport, DeliveryState, OutgoingSms, ReportError, ReportRequest, SmsReceipt
+from telephony.sms.base import (
+    DeliveryReport,
+    DeliveryState,
+    OutgoingSms,
+    ReportError,
+    ReportRequest,
+    SmsReceipt,
+)
 from telephony.sms.compose import compose_guide
 from telephony.web.app import create_app
 from tests.test_cli import run as run_cli

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from kb.loader import load_knowledge_base
-from kb.sms_templates import DEFAULT_TEMPLATES_FILE, load_templates, parse_templates, template_message
+from kb.sms_templates import (
+    DEFAULT_TEMPLATES_FILE,
+    load_templates,
+    parse_templates,
+    template_message,
+)
 from telephony.sms.base import (
     DeliveryState,
     HttpReportParser,

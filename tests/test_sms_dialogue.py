@@ -15,7 +15,13 @@ from telephony.handoff.callback import CallbackTickets
 from telephony.settings import Settings
 from telephony.sms.compose import compose_guide
 from telephony.store import CallChannel, SmsKind, SmsStatus
-from tests.test_call_session import ScriptedCall, ScriptedSpeech, TranscriptTts, VirtualTime, utterance
+from tests.test_call_session import (
+    ScriptedCall,
+    ScriptedSpeech,
+    TranscriptTts,
+    VirtualTime,
+    utterance,
+)
 from voice.session import DtmfPressed
 
 LOSS = "card-loss-report"

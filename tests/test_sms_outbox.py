@@ -12,11 +12,22 @@ import pytest
 from sqlalchemy import select
 
 from kb.loader import load_knowledge_base
-from telephony.sms.base import DeliveryReport, DeliveryState, OutgoingSms, SmsError, SmsReceipt
+from telephony.sms.base import (
+    DeliveryReport,
+    DeliveryState,
+    OutgoingSms,
+    SmsError,
+    SmsReceipt,
+)
 from telephony.sms.compose import InvalidNumberError, compose_guide
 from telephony.sms.dispatcher import DispatchConfig, SmsDispatcher
 from telephony.sms.outbox import NewSms, SmsLimits, SmsOutbox, SmsRefused
-from telephony.sms.service import SmsConfig, SmsService, UnknownItemError, guide_reference
+from telephony.sms.service import (
+    SmsConfig,
+    SmsService,
+    UnknownItemError,
+    guide_reference,
+)
 from telephony.store import Database, SmsKind, SmsReportLog, SmsStatus
 
 KB = load_knowledge_base()

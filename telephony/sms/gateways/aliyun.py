@@ -18,19 +18,17 @@ import uuid
 from collections.abc import Mapping
 from urllib.parse import quote
 
-import httpx
-
 from telephony.sms.base import (
     DeliveryReport,
     DeliveryState,
     OutgoingSms,
     ReportError,
     ReportRequest,
-    ReportSink,
     SmsError,
     SmsReceipt,
 )
 from telephony.sms.compose import mask
+from telephony.sms.gateways.cloud import CloudSmsGateway
 
 API_VERSION = "2017-05-25"
 REGION_ID = "cn-hangzhou"  # the region the SMS API documents for SendSms
@@ -149,10 +147,10 @@ def _timestamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class AliyunSmsGateway:
+class AliyunSmsGateway(CloudSmsGateway):
     """Sends approved templates through Aliyun SMS; `parse_reports` reads its SmsReport pushes."""
 
-    uses_templates = True
+    product = "Aliyun SendSms"
 
     def __init__(self, access_key_id: str, access_key_secret: str, sign_name: str, *,
                  endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 10, name: str = "aliyun") -> None:
@@ -160,37 +158,10 @@ class AliyunSmsGateway:
             raise ValueError("Aliyun SMS needs an AccessKey ID and secret")
         if not sign_name or any(mark in sign_name for mark in "【】"):
             raise ValueError("the Aliyun sign name is the approved name without 【】")
-        self.name = name
+        super().__init__(name, endpoint, timeout_s)
         self.access_key_id = access_key_id
         self._secret = access_key_secret
         self.sign_name = sign_name
-        self.endpoint = endpoint.rstrip("/") + "/"
-        self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
-        self._last_error: str | None = None
-        self._closed = False
-
-    async def start(self, reports: ReportSink) -> None:
-        # Reports come as HTTP pushes (parse_reports), not on a connection; nothing to reach until the first send.
-        self._client_or_new()
-
-    def _client_or_new(self) -> httpx.AsyncClient:
-        self._closed = False
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s))
-        return self._client
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        self._closed = True
-        if client is not None:
-            await client.aclose()
-
-    def status(self) -> str:
-        state = "closed" if self._closed else "ready" if self._client is not None else "not started"
-        if self._last_error:
-            return f"{state}: last send failed: {self._last_error}"
-        return f"{state}: Aliyun SendSms at {self.endpoint}"
 
     def request_params(self, message: OutgoingSms, *, nonce: str | None = None,
                        timestamp: str | None = None) -> dict[str, str]:
@@ -220,24 +191,9 @@ class AliyunSmsGateway:
                            "templates (fill the item's code in kb/sms_templates.yaml)", retryable=False)
         params = self.request_params(message)
         who = f"{self.name} SendSms to {mask(message.to_number)}"
-        try:
-            response = await self._client_or_new().post(self.endpoint, data=params)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise self._failed(f"{who}: cannot connect within {self.timeout_s:g} s", retryable=True) from None
-        except httpx.TimeoutException:
-            error = self._failed(f"{who}: no answer within {self.timeout_s:g} s after sending; it may have been "
-                                 "accepted, so it is not resent automatically", retryable=True)
-            error.outcome_unknown = True
-            raise error from None
-        except httpx.TransportError as exc:
-            raise self._failed(f"{who}: cannot reach {self.endpoint} ({type(exc).__name__})", retryable=True) from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        response, answer = await self._post(who, data=params)
         if not isinstance(answer, dict) or not isinstance(answer.get("Code"), str):
-            kind = f"HTTP {response.status_code}" if response.status_code >= 400 else "an unreadable answer"
-            raise self._failed(f"{who}: {kind} ({response.text[:120]!r})", retryable=True)
+            raise self._unreadable(who, response)
         code = answer["Code"]
         if code == "OK":
             biz_id = answer.get("BizId")
@@ -252,10 +208,6 @@ class AliyunSmsGateway:
         http = f" (HTTP {response.status_code})" if response.status_code >= 400 else ""
         text = f"{who}: {code}{http}: {answer.get('Message', '')}" + (f" ({hint})" if hint else "")
         raise self._failed(text, retryable=retryable, code=code)
-
-    def _failed(self, text: str, *, retryable: bool, code: str | None = None) -> SmsError:
-        self._last_error = text
-        return SmsError(text, retryable=retryable, code=code)
 
     def parse_reports(self, request: ReportRequest) -> list[DeliveryReport]:
         """SmsReport: a JSON array of {phone_number, send_time, report_time, success, err_code, err_msg, sms_size,

@@ -27,11 +27,11 @@ from telephony.sms.base import (
     OutgoingSms,
     ReportError,
     ReportRequest,
-    ReportSink,
     SmsError,
     SmsReceipt,
 )
 from telephony.sms.compose import mask
+from telephony.sms.gateways.cloud import CloudSmsGateway
 
 API_VERSION = "2021-01-11"
 SERVICE = "sms"
@@ -138,10 +138,10 @@ def authorization(secret_id: str, secret_key: str, timestamp: int, service: str,
             f"Signature={signature(secret_key, timestamp, service, canonical)}")
 
 
-class TencentSmsGateway:
+class TencentSmsGateway(CloudSmsGateway):
     """Sends approved templates through Tencent Cloud SMS; `parse_reports` reads its status callbacks."""
 
-    uses_templates = True
+    product = "Tencent SendSms"
     SIGNED_HEADERS: ClassVar[tuple[str, ...]] = ("content-type", "host", "x-tc-action")
 
     def __init__(self, secret_id: str, secret_key: str, sdk_app_id: str, sign_name: str, *,
@@ -153,40 +153,16 @@ class TencentSmsGateway:
             raise ValueError("Tencent Cloud SMS needs the SmsSdkAppId of the application")
         if not sign_name or any(mark in sign_name for mark in "【】"):
             raise ValueError("the Tencent sign name is the approved name without 【】")
-        self.name = name
+        super().__init__(name, endpoint, timeout_s)
         self.secret_id = secret_id
         self._secret_key = secret_key
         self.sdk_app_id = str(sdk_app_id)
         self.sign_name = sign_name
         self.region = region
-        self.endpoint = endpoint.rstrip("/") + "/"
         self.host = httpx.URL(self.endpoint).netloc.decode("ascii")
-        self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
-        self._last_error: str | None = None
-        self._closed = False
-
-    async def start(self, reports: ReportSink) -> None:
-        # Reports come as HTTP callbacks (parse_reports); nothing to reach until the first send.
-        self._client_or_new()
-
-    def _client_or_new(self) -> httpx.AsyncClient:
-        self._closed = False
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s))
-        return self._client
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        self._closed = True
-        if client is not None:
-            await client.aclose()
 
     def status(self) -> str:
-        state = "closed" if self._closed else "ready" if self._client is not None else "not started"
-        if self._last_error:
-            return f"{state}: last send failed: {self._last_error}"
-        return f"{state}: Tencent SendSms at {self.endpoint} ({self.region})"
+        return f"{super().status()} ({self.region})" if not self._last_error else super().status()
 
     def payload(self, message: OutgoingSms) -> bytes:
         body = {
@@ -219,26 +195,10 @@ class TencentSmsGateway:
                            "approved templates (fill the item's code in kb/sms_templates.yaml)", retryable=False)
         payload = self.payload(message)
         who = f"{self.name} SendSms to {mask(message.to_number)}"
-        try:
-            response = await self._client_or_new().post(self.endpoint, content=payload,
-                                                        headers=self.signed_headers(payload))
-        except (httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise self._failed(f"{who}: cannot connect within {self.timeout_s:g} s", retryable=True) from None
-        except httpx.TimeoutException:
-            error = self._failed(f"{who}: no answer within {self.timeout_s:g} s after sending; it may have been "
-                                 "accepted, so it is not resent automatically", retryable=True)
-            error.outcome_unknown = True
-            raise error from None
-        except httpx.TransportError as exc:
-            raise self._failed(f"{who}: cannot reach {self.endpoint} ({type(exc).__name__})", retryable=True) from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        response, answer = await self._post(who, content=payload, headers=self.signed_headers(payload))
         body = answer.get("Response") if isinstance(answer, dict) else None
         if not isinstance(body, dict):
-            kind = f"HTTP {response.status_code}" if response.status_code >= 400 else "an unreadable answer"
-            raise self._failed(f"{who}: {kind} ({response.text[:120]!r})", retryable=True)
+            raise self._unreadable(who, response)
         error = body.get("Error")
         if isinstance(error, dict) and isinstance(error.get("Code"), str):
             raise self._refused(who, error["Code"], str(error.get("Message", "")), response.status_code)
@@ -263,10 +223,6 @@ class TencentSmsGateway:
         http = f" (HTTP {http_status})" if http_status >= 400 else ""
         return self._failed(f"{who}: {code}{http}: {text}" + (f" ({hint})" if hint else ""),
                             retryable=is_retryable(code) or http_status >= 500, code=code)
-
-    def _failed(self, text: str, *, retryable: bool, code: str | None = None) -> SmsError:
-        self._last_error = text
-        return SmsError(text, retryable=retryable, code=code)
 
     def parse_reports(self, request: ReportRequest) -> list[DeliveryReport]:
         """The status callback: a JSON array of {user_receive_time, nationcode, mobile, report_status
