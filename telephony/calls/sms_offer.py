@@ -18,7 +18,7 @@ from telephony.calls import prompts
 from telephony.errors import StorageError, TelephonyError
 from telephony.sms.base import SmsError
 from telephony.sms.compose import InvalidNumberError, mask, mobile_number
-from telephony.sms.outbox import SmsRefused
+from telephony.sms.outbox import SmsRefused, UnknownSmsError
 from telephony.sms.service import SmsService, guide_reference
 from voice.session import ReplyKind
 
@@ -293,5 +293,5 @@ class OutboxSender:
             await self.service.resend(message_id)
         except SmsRefused as exc:
             raise SmsSendError(str(exc), prompts.SMS_LIMIT) from exc
-        except (SmsError, StorageError) as exc:
+        except (SmsError, StorageError, UnknownSmsError) as exc:
             raise SmsSendError(str(exc), prompts.SMS_UNAVAILABLE.format(phone=self.centre_phone)) from exc

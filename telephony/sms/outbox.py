@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from telephony.errors import StorageError, TelephonyError
+from telephony.errors import TelephonyError
 from telephony.sms.base import DeliveryReport, DeliveryState, SmsError, SmsReceipt
 from telephony.sms.compose import mask
 from telephony.store.database import Database
@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class SmsRefused(TelephonyError):
-    """The outbox will not take this message (rate limit, number blocked today); `spoken` is what a caller hears."""
+    """The outbox will not take this message (rate limit, number blocked today); `reason` names which."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason  # number_hourly_limit | number_daily_limit | number_blocked
+
+
+class UnknownSmsError(TelephonyError):
+    """No outbox message has this id."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ class SmsOutbox:
         with self.database.session() as session:
             message = session.get(SmsMessage, message_id, with_for_update=True)
             if message is None:
-                raise StorageError(f"no SMS message {message_id}")
+                raise UnknownSmsError(f"no SMS message {message_id}")
             if message.status in (SmsStatus.QUEUED, SmsStatus.SENDING):
                 return message
             self._check_number(session, message.phone, now)

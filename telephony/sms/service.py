@@ -92,8 +92,10 @@ class SmsService:
         """Queue an item's guide for `to`. Raises `InvalidNumberError`, `UnknownItemError`, `GuideTooLongError`,
         `SmsRefused` (limits); the same reference twice returns the first message."""
         phone = mobile_number(to)
-        composed = self.compose(item_id)
-        code, variables = self._template(self.item(item_id))
+        item = self.item(item_id)
+        config = self.config
+        composed = compose_guide(item, config.centre_phone, config.signature, config.cap, config.guide_base_url)
+        code, variables = self._template(item)
         new = NewSms(reference=reference, kind=kind, phone=phone, body=composed.body, length=composed.length,
                      segments=composed.segments, gateway=self.gateway_name, call_id=call_id, item_id=composed.item_id,
                      template_code=code, template_variables=variables)

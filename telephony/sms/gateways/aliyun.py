@@ -203,25 +203,14 @@ class AliyunSmsGateway(CloudSmsGateway):
                                    retryable=False, code=code)
             self._last_error = None
             return SmsReceipt(self.name, biz_id, DeliveryState.SUBMITTED)
-        retryable = is_retryable(code) or response.status_code >= 500
-        hint = ACTION_HINTS.get(code)
-        http = f" (HTTP {response.status_code})" if response.status_code >= 400 else ""
-        text = f"{who}: {code}{http}: {answer.get('Message', '')}" + (f" ({hint})" if hint else "")
-        raise self._failed(text, retryable=retryable, code=code)
+        raise self._refused(who, code, str(answer.get("Message", "")), response.status_code,
+                            retryable=is_retryable(code), hint=ACTION_HINTS.get(code))
 
     def parse_reports(self, request: ReportRequest) -> list[DeliveryReport]:
         """SmsReport: a JSON array of {phone_number, send_time, report_time, success, err_code, err_msg, sms_size,
         biz_id, out_id}; one push may carry several reports."""
-        try:
-            data = json.loads(request.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ReportError(f"{self.name} report: body is not JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise ReportError(f"{self.name} report: expected a JSON array, got {type(data).__name__}")
         reports = []
-        for index, entry in enumerate(data):
-            if not isinstance(entry, dict):
-                raise ReportError(f"{self.name} report #{index}: not an object")
+        for index, entry in enumerate(self._report_entries(request)):
             biz_id, success = entry.get("biz_id"), entry.get("success")
             if not isinstance(biz_id, str) or not biz_id:
                 raise ReportError(f"{self.name} report #{index}: no biz_id")

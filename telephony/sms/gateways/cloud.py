@@ -3,11 +3,12 @@ transport failures map to retryable or unknown-outcome errors, and the last erro
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
-from telephony.sms.base import ReportSink, SmsError
+from telephony.sms.base import ReportError, ReportRequest, ReportSink, SmsError
 
 
 class CloudSmsGateway:
@@ -70,3 +71,22 @@ class CloudSmsGateway:
     def _failed(self, text: str, *, retryable: bool, code: str | None = None) -> SmsError:
         self._last_error = text
         return SmsError(text, retryable=retryable, code=code)
+
+    def _refused(self, who: str, code: str, text: str, http_status: int, *, retryable: bool,
+                 hint: str | None) -> SmsError:
+        http = f" (HTTP {http_status})" if http_status >= 400 else ""
+        return self._failed(f"{who}: {code}{http}: {text}" + (f" ({hint})" if hint else ""),
+                            retryable=retryable or http_status >= 500, code=code)
+
+    def _report_entries(self, request: ReportRequest) -> list[dict]:
+        """A report push's JSON array of objects; `ReportError` for anything else."""
+        try:
+            data = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ReportError(f"{self.name} report: body is not JSON ({exc})") from None
+        if not isinstance(data, list):
+            raise ReportError(f"{self.name} report: expected a JSON array, got {type(data).__name__}")
+        for index, entry in enumerate(data):
+            if not isinstance(entry, dict):
+                raise ReportError(f"{self.name} report #{index}: not an object")
+        return data

@@ -201,13 +201,15 @@ class TencentSmsGateway(CloudSmsGateway):
             raise self._unreadable(who, response)
         error = body.get("Error")
         if isinstance(error, dict) and isinstance(error.get("Code"), str):
-            raise self._refused(who, error["Code"], str(error.get("Message", "")), response.status_code)
+            raise self._refused(who, error["Code"], str(error.get("Message", "")), response.status_code,
+                                retryable=is_retryable(error["Code"]), hint=ACTION_HINTS.get(error["Code"]))
         statuses = body.get("SendStatusSet")
         status = statuses[0] if isinstance(statuses, list) and statuses else None
         if not isinstance(status, dict) or not isinstance(status.get("Code"), str):
             raise self._failed(f"{who}: answer without a send status ({response.text[:120]!r})", retryable=True)
         if status["Code"] != "Ok":
-            raise self._refused(who, status["Code"], str(status.get("Message", "")), response.status_code)
+            raise self._refused(who, status["Code"], str(status.get("Message", "")), response.status_code,
+                                retryable=is_retryable(status["Code"]), hint=ACTION_HINTS.get(status["Code"]))
         serial = status.get("SerialNo")
         if not isinstance(serial, str) or not serial:
             # Accepted, so not retried (a retry could deliver twice); staff can look it up by RequestId.
@@ -218,25 +220,11 @@ class TencentSmsGateway(CloudSmsGateway):
         return SmsReceipt(self.name, serial, DeliveryState.SUBMITTED,
                           segments=fee if isinstance(fee, int) and fee > 0 else 1)
 
-    def _refused(self, who: str, code: str, text: str, http_status: int) -> SmsError:
-        hint = ACTION_HINTS.get(code)
-        http = f" (HTTP {http_status})" if http_status >= 400 else ""
-        return self._failed(f"{who}: {code}{http}: {text}" + (f" ({hint})" if hint else ""),
-                            retryable=is_retryable(code) or http_status >= 500, code=code)
-
     def parse_reports(self, request: ReportRequest) -> list[DeliveryReport]:
         """The status callback: a JSON array of {user_receive_time, nationcode, mobile, report_status
         (SUCCESS/FAIL), errmsg, description, sid}; one callback may carry several reports."""
-        try:
-            data = json.loads(request.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ReportError(f"{self.name} report: body is not JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise ReportError(f"{self.name} report: expected a JSON array, got {type(data).__name__}")
         reports = []
-        for index, entry in enumerate(data):
-            if not isinstance(entry, dict):
-                raise ReportError(f"{self.name} report #{index}: not an object")
+        for index, entry in enumerate(self._report_entries(request)):
             sid, status = entry.get("sid"), entry.get("report_status")
             if not isinstance(sid, str) or not sid:
                 raise ReportError(f"{self.name} report #{index}: no sid")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from telephony.errors import StorageError
 from telephony.sms.base import HttpReportParser, ReportError, ReportRequest, SmsError
 from telephony.sms.compose import InvalidNumberError
-from telephony.sms.outbox import SmsRefused, message_summary
+from telephony.sms.outbox import SmsRefused, UnknownSmsError, message_summary
 from telephony.sms.service import UnknownItemError
 from telephony.store.models import SmsStatus
 from telephony.web.deps import AdminDep, HotlineDep
@@ -77,8 +77,10 @@ async def resend_sms(message_id: int, hotline: HotlineDep) -> JSONResponse:
         message = await hotline.sms.resend(message_id)
     except SmsRefused as exc:
         return error_response(429, str(exc), {"reason": exc.reason})
+    except UnknownSmsError as exc:
+        return error_response(404, str(exc))
     except StorageError as exc:
-        return error_response(404 if "no SMS message" in str(exc) else 503, str(exc))
+        return error_response(503, str(exc))
     return JSONResponse(message_summary(message))
 
 
