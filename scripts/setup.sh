@@ -19,6 +19,8 @@ PY
 apt_packages=(ca-certificates espeak-ng)
 if [ "$mode" = test ]; then
   apt_packages+=(postgresql chromium kannel kannel-extras)  # kannel-extras: fakesmsc for the Kannel tests
+  # The SIP tests' real peers: a softphone (baresip), SIPp (sip-tester), the Kamailio dispatcher; sox for test audio.
+  apt_packages+=(baresip-core sip-tester kamailio sox)
 fi
 missing=()
 for package in "${apt_packages[@]}"; do

@@ -56,6 +56,8 @@ from telephony.sms.service import SmsConfig, SmsService, TemplateLookup
 from telephony.store import Database
 from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.auth import MediaStreamAuth
+from telephony.transports.base import ServedLine
+from telephony.transports.sip.agent import SipConfig, SipLine
 from telephony.transports.twilio.gateway import MediaStreamLine
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
 from voice.funasr import FunAsrEngine, FunAsrServerEngine
@@ -292,6 +294,25 @@ def open_sms(settings: Settings, database: Database, gateway: SmsGateway | None 
 # -- voice engines and calls ---------------------------------------------------------------------
 
 
+def sip_config(settings: Settings) -> SipConfig:
+    return SipConfig(
+        host=settings.sip_host, port=settings.sip_port, transport=settings.sip_transport,
+        public_address=settings.sip_public_address, rtp_port=settings.sip_rtp_port,
+        rtp_port_range=settings.sip_rtp_port_range, codecs=tuple(settings.sip_codecs), max_calls=settings.sip_max_calls,
+        user=settings.sip_user, mode=settings.sip_mode.value, registrar=settings.sip_registrar,
+        auth_user=settings.sip_auth_user, password=_secret(settings.sip_password), realm=settings.sip_realm,
+        register_expires_s=settings.sip_register_expires_s, transfer_mode=settings.sip_transfer_mode.value,
+        ring_ms=settings.sip_ring_ms)
+
+
+def build_lines(settings: Settings) -> list[ServedLine]:
+    """The phone lines that listen on their own ports (the media stream is served by the web app)."""
+    lines: list[ServedLine] = []
+    if settings.sip_enabled:
+        lines.append(SipLine(sip_config(settings)))
+    return lines
+
+
 def build_tts(settings: Settings) -> ResilientTts:
     cache = TtsCache(settings.data_dir / "tts-cache")
     espeak = EspeakTtsEngine()
@@ -348,7 +369,19 @@ class Voice:
     engines: VoiceEngines
     runner: CallRunner
     line: MediaStreamLine
+    served: list[ServedLine] = field(default_factory=list)  # SIP, AudioSocket: lines with listeners of their own
     prerendered: bool = False
+
+    async def start_lines(self) -> None:
+        for line in self.served:
+            await line.start(self.runner)  # a line that cannot bind reports it in /readyz; the others still start
+
+    async def close_lines(self) -> None:
+        for line in self.served:
+            try:
+                await line.close()
+            except Exception as exc:  # noqa: BLE001 - one line's shutdown error must not keep the others up
+                log.error("line %s did not close cleanly: %s", line.name, exc)
 
     async def prerender(self, kb: KnowledgeBase) -> None:
         """Fill the TTS cache with the fixed prompts and every item's spoken summary (runs in the background)."""
@@ -384,8 +417,8 @@ class Voice:
             status = engines.tts.status()
             body["tts"] = {"primary": status.primary, "fallback": status.fallback,
                            "primary_available": status.primary_available}
-        line = self.line.status()
-        body["lines"] = {self.line.name: {"state": line.state.value, "detail": line.detail}}
+        body["lines"] = {line.name: {"state": status.state.value, "detail": status.detail}
+                         for line in (self.line, *self.served) for status in (line.status(),)}
         return body
 
 
@@ -431,7 +464,8 @@ class Hotline:
         engines = await start_voice_engines(self.settings, asr, tts)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
                             CallbackTickets(self.database, self.sms), sms=self.sms)
-        self.voice = Voice(self.settings, engines, runner, self.line)
+        self.voice = Voice(self.settings, engines, runner, self.line, build_lines(self.settings))
+        await self.voice.start_lines()
         return self.voice
 
     def close(self) -> None:

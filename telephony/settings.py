@@ -41,6 +41,19 @@ class SmsGatewayChoice(StrEnum):
     TENCENT = "tencent"  # Tencent Cloud SMS (approved templates only)
 
 
+class SipMode(StrEnum):
+    TRUNK = "trunk"        # accept INVITEs from a carrier trunk, a PBX or a SIP load balancer (no registration)
+    REGISTER = "register"  # register as an extension of a PBX and take the calls it routes there
+
+
+class SipTransferMode(StrEnum):
+    REFER = "refer"    # blind transfer: the peer (PBX, trunk) is asked to call the target itself (RFC 3515)
+    BRIDGE = "bridge"  # the hotline calls the target on a second leg and bridges the two (works without REFER)
+
+
+SIP_CODECS = ("PCMU", "PCMA", "G722")
+
+
 class Environment(StrEnum):
     LOCAL = "local"
     PRODUCTION = "production"
@@ -148,6 +161,33 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = Field(default=None, description="Validates X-Twilio-Signature when set")
     recordings: bool = True
 
+    # SIP line (docs/telephony.md): a trunk or PBX extension on pjsua2, its RTP ports and codecs.
+    sip_enabled: bool = False
+    sip_mode: SipMode = SipMode.TRUNK
+    sip_host: str = Field(default="127.0.0.1", description="Address SIP and RTP bind to (and put in SDP)")
+    sip_public_address: str | None = Field(default=None, description="Address to advertise in SDP/Contact behind NAT")
+    sip_port: int = Field(default=5060, ge=1, le=65535)
+    sip_transport: str = Field(default="udp", pattern="^(udp|tcp)$")
+    sip_rtp_port: int = Field(default=40000, ge=1024, le=65534, description="First RTP port")
+    sip_rtp_port_range: int = Field(default=1000, ge=4, le=30000, description="RTP ports from sip_rtp_port on")
+    sip_codecs: list[str] = Field(default_factory=lambda: ["PCMU", "PCMA"],
+                                  description="Offered in this order; PCMU, PCMA and G722 are known")
+    sip_max_calls: int = Field(default=30, ge=1, le=500, description="More INVITEs than this get 486 Busy Here")
+    sip_user: str = Field(default="hotline", description="User part of this agent's SIP URI")
+    sip_registrar: str | None = Field(default=None, description="sip:pbx.example:5060 (mode register)")
+    sip_auth_user: str | None = None
+    sip_password: SecretStr | None = None
+    sip_realm: str = "*"
+    sip_register_expires_s: int = Field(default=300, ge=60, le=86400)
+    sip_transfer_mode: SipTransferMode = SipTransferMode.REFER
+    sip_ring_ms: int = Field(default=0, ge=0, le=10000, description="180 Ringing this long before answering")
+
+    # Asterisk AudioSocket line (docs/telephony.md): Asterisk connects to this TCP server per call.
+    audiosocket_enabled: bool = False
+    audiosocket_host: str = "127.0.0.1"
+    audiosocket_port: int = Field(default=9092, ge=1, le=65535)
+    audiosocket_max_calls: int = Field(default=30, ge=1, le=500)
+
     @field_validator("centre_phone")
     @classmethod
     def _phone_format(cls, value: str) -> str:
@@ -184,6 +224,7 @@ class Settings(BaseSettings):
         if self.asr_engine is AsrChoice.FUNASR_SERVER and not self.asr_server_url:
             raise ValueError("asr_engine=funasr-server needs HOTLINE_ASR_SERVER_URL")
         self._check_sms_gateway()
+        self._check_sip()
         if self.environment is Environment.PRODUCTION:
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
@@ -210,6 +251,22 @@ class Settings(BaseSettings):
             raise ValueError("HOTLINE_SMS_RECEIPT_TOKEN must be at least 16 characters")
         if self.sms_per_number_per_hour > self.sms_per_number_per_day:
             raise ValueError("sms_per_number_per_hour cannot exceed sms_per_number_per_day")
+
+    def _check_sip(self) -> None:
+        unknown = [codec for codec in self.sip_codecs if codec.upper() not in SIP_CODECS]
+        if unknown or not self.sip_codecs:
+            raise ValueError(f"sip_codecs must be a non-empty list of {', '.join(SIP_CODECS)}; got {self.sip_codecs}")
+        self.sip_codecs = [codec.upper() for codec in self.sip_codecs]
+        if self.sip_rtp_port + self.sip_rtp_port_range > 65536:
+            raise ValueError("sip_rtp_port + sip_rtp_port_range must stay below 65536")
+        if self.sip_mode is SipMode.REGISTER and self.sip_enabled:
+            if not self.sip_registrar or not self.sip_registrar.startswith(("sip:", "sips:")):
+                raise ValueError("sip_mode=register needs HOTLINE_SIP_REGISTRAR as a sip: URI, e.g. sip:pbx:5060")
+            if not self.sip_auth_user or self.sip_password is None:
+                raise ValueError("sip_mode=register needs HOTLINE_SIP_AUTH_USER and HOTLINE_SIP_PASSWORD")
+        if (self.sip_enabled and self.audiosocket_enabled and self.sip_host == self.audiosocket_host
+                and self.sip_port == self.audiosocket_port and self.sip_transport == "tcp"):
+            raise ValueError("the SIP and AudioSocket lines cannot share one TCP port")
 
     @property
     def resolved_database_url(self) -> str:

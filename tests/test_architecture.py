@@ -121,7 +121,7 @@ CONCRETE_ENGINES = {
     "TtsCache", "SileroModel", "SileroVad", "HybridRetriever", "AnswerEngine", "LlmComposer", "CuratedComposer",
     "VectorIndex", "chroma_client", "MultilingualUseEmbedding", "NgramHashEmbedding", "OpenAICompatibleEmbedding",
     "LocalModelEmbedding", "CallbackTickets", "OutboxOnlyGateway", "SmppGateway", "KannelGateway", "AliyunSmsGateway",
-    "TencentSmsGateway",
+    "TencentSmsGateway", "SipLine", "AudioSocketLine",
 }
 COMPOSITION_ROOT = "telephony.app"
 

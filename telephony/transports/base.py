@@ -24,3 +24,20 @@ class Line(Protocol):
     name: str
 
     def status(self) -> LineStatus: ...
+
+
+class CallHandler(Protocol):
+    """What a line hands each answered call to (the `CallRunner`)."""
+
+    async def run(self, line) -> str: ...
+
+
+class ServedLine(Line, Protocol):
+    """A line that owns its own listener (SIP agent, AudioSocket server): started once the voice engines are warm,
+    it hands every answered call to `calls.run(transport)`, and stops taking calls at `close()`."""
+
+    async def start(self, calls: CallHandler) -> None:
+        """Bind and listen (or register); a failure is kept in `status()`, never raised into the server."""
+
+    async def close(self) -> None:
+        """Stop taking calls, hang up the calls still on this line, release ports and threads."""

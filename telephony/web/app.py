@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
             stop.set()
             await _cancel(voice_task)
             await _cancel(watcher)
+            if hotline.voice is not None:
+                await hotline.voice.close_lines()
             await hotline.sms.dispatcher.close()
             hotline.close()
             log.info("hotline stopped")
