@@ -417,7 +417,8 @@ class Voice:
             status = engines.tts.status()
             body["tts"] = {"primary": status.primary, "fallback": status.fallback,
                            "primary_available": status.primary_available}
-        body["lines"] = {line.name: {"state": status.state.value, "detail": status.detail}
+        body["lines"] = {line.name: {"state": status.state.value, "detail": status.detail,
+                                     **({"counters": status.counters} if status.counters else {})}
                          for line in (self.line, *self.served) for status in (line.status(),)}
         return body
 

@@ -373,15 +373,19 @@ def bench_turn_latency(
                                                   "text (how turns behave with a correct transcript)")] = "model",
     keep: Annotated[bool, typer.Option("--keep", help="Keep the run's folder (database, recordings, TTS cache) "
                                                       "and print where it is")] = False,
+    line: Annotated[str, typer.Option(help="'media-stream': the Twilio-compatible websocket; 'sip': real SIP and "
+                                           "RTP on loopback (pjsua2 callers)")] = "media-stream",
 ) -> None:
-    """Simulated callers in real time over the Media Streams websocket: end of speech → first reply audio."""
+    """Simulated callers in real time over the Media Streams websocket or SIP: end of speech → first reply audio."""
     from telephony.bench.turn_latency import run_turn_latency
 
     configure_logging("WARNING")
     if transcripts not in ("model", "known"):
         raise typer.BadParameter("--transcripts is 'model' or 'known'")
+    if line not in ("media-stream", "sip"):
+        raise typer.BadParameter("--line is 'media-stream' or 'sip'")
     result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known",
-                              asr_engines, keep_workdir=keep)
+                              asr_engines, keep_workdir=keep, line=line)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

@@ -81,8 +81,8 @@ def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 120) -> 
 
 
 def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: str | None,
-                  known_transcripts: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
+                  known_transcripts: bool = False, sip: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**(sip or {}), **os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
            "HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_MEDIA_STREAM_TOKEN": token, "HOTLINE_PORT": str(port),
            "HOTLINE_HOST": "127.0.0.1", "HOTLINE_KB_WATCH": "false", "HOTLINE_LOG_LEVEL": "WARNING",
            "HOTLINE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}"}
@@ -94,14 +94,17 @@ def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: st
     return subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600) -> None:
+def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600, line: str = "media-stream") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
         try:
             voice = httpx.get(f"{base}/readyz", timeout=2).json().get("voice", {})
-            if voice.get("asr") == "ready" and voice.get("tts_prerendered"):
+            state = voice.get("lines", {}).get(line, {})
+            if state.get("state") == "failed":
+                raise RuntimeError(f"the {line} line failed: {state.get('detail')}")
+            if voice.get("asr") == "ready" and voice.get("tts_prerendered") and state.get("state") == "listening":
                 return
             if str(voice.get("asr", "")).startswith(("unavailable", "failed")):
                 raise RuntimeError(f"server voice engines failed: {voice}")
@@ -143,13 +146,14 @@ def peak_overlap(reports: list[CallReport]) -> int:
 
 def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_call: int = 2,
                      asr_model: Path | None = None, ramp_s: float | None = None, asr_server: bool = False,
-                     known_transcripts: bool = False, asr_engines: int = 1, keep_workdir: bool = False) -> dict:
+                     known_transcripts: bool = False, asr_engines: int = 1, keep_workdir: bool = False,
+                     line: str = "media-stream") -> dict:
     """Run the benchmark in a fresh folder (server data, database, recordings; about 150 MB), removed afterwards
     unless `keep_workdir`: then its path is in the result as `workdir`."""
     workdir = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
     try:
         result = _run_in(workdir, concurrency, calls, turns_per_call, asr_model, ramp_s, asr_server, known_transcripts,
-                         asr_engines)
+                         asr_engines, line)
     finally:
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -159,7 +163,7 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
 
 
 def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: int, asr_model: Path | None,
-            ramp_s: float | None, asr_server: bool, known_transcripts: bool, asr_engines: int) -> dict:
+            ramp_s: float | None, asr_server: bool, known_transcripts: bool, asr_engines: int, line: str) -> dict:
     from voice.testing.tiny_models import build_tiny_paraformer
 
     calls = calls or max(10, concurrency)
@@ -175,12 +179,21 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
         asr_process = _start_asr_server(model, asr_port, asr_engines)
         _wait_port(asr_port, asr_process)
         asr_url = f"ws://127.0.0.1:{asr_port}"
-    process = _start_server(workdir, model, token, port, asr_url, known_transcripts)
+    sip_port, rtp_port, caller_port, caller_rtp = _free_port(), 30000, _free_port(), 34000
+    sip = None
+    if line == "sip":
+        sip = {"HOTLINE_SIP_ENABLED": "true", "HOTLINE_SIP_PORT": str(sip_port), "HOTLINE_SIP_HOST": "127.0.0.1",
+               "HOTLINE_SIP_RTP_PORT": str(rtp_port), "HOTLINE_SIP_RTP_PORT_RANGE": str(4 * (concurrency + 8)),
+               "HOTLINE_SIP_MAX_CALLS": str(concurrency + 4)}
+    process = _start_server(workdir, model, token, port, asr_url, known_transcripts, sip)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process)
+        _wait_ready(base, process, line=line)
         idle_rss = _rss_mb(process.pid)
         peak = [idle_rss]
+        if line == "sip":
+            return _sip_run(workdir, process, base, questions, calls, concurrency, turns_per_call, ramp, sip_port,
+                            caller_port, caller_rtp, idle_rss, model, asr_model is None)
 
         async def measure() -> list[CallReport]:
             async def sample() -> None:
@@ -211,6 +224,56 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
                                         if asr_url else "in process")
     result["engines"]["asr_text"] = ("the known question (correct-transcript assumption); decoding still runs"
                                      if known_transcripts else "the model's own output")
+    return result
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: list[bytes], calls: int,
+             concurrency: int, turns_per_call: int, ramp: float, sip_port: int, caller_port: int, caller_rtp: int,
+             idle_rss: float, model: Path, tiny: bool) -> dict:
+    """The SIP mode: this process places the calls with its own pjsua2 endpoint; the server answers on its SIP line.
+    CPU is measured on both sides: the callers' process does nothing but SIP, RTP and G.711, so its CPU per call is
+    the SIP stack's cost; the server's is the whole hotline's."""
+    import threading
+
+    from telephony.bench.sip_caller import run_sip_calls
+
+    peak = [idle_rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):  # memory sampling interval
+            peak[0] = max(peak[0], _rss_mb(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    server_cpu, caller_cpu, started = _cpu_s(process.pid), time.process_time(), time.monotonic()
+    reports, caller_rtp_stats = run_sip_calls(f"sip:hotline@127.0.0.1:{sip_port}", questions, calls, concurrency,
+                                              turns_per_call, ramp, caller_port, caller_rtp)
+    wall_s = time.monotonic() - started
+    server_cpu, caller_cpu = _cpu_s(process.pid) - server_cpu, time.process_time() - caller_cpu
+    stop.set()
+    time.sleep(1.5)  # let the server close the last call records and count their RTP
+    line = httpx.get(f"{base}/readyz", timeout=5).json().get("voice", {}).get("lines", {}).get("sip", {})
+    result = _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, tiny)
+    call_seconds = sum(max(0.0, r.ended_at - r.started_at) for r in reports) or 1.0
+    counters = line.get("counters", {})
+    result["line"] = "sip"
+    result["rtp"] = {"server_received": counters.get("rtp_received"), "server_lost": counters.get("rtp_lost"),
+                     "server_discarded": counters.get("rtp_discarded"),
+                     "callers_received": caller_rtp_stats["received"], "callers_lost": caller_rtp_stats["lost"],
+                     "callers_discarded": caller_rtp_stats["discarded"], "refused_busy": counters.get("refused_busy")}
+    result["cpu"] = {
+        "server_cpu_s": round(server_cpu, 1), "callers_cpu_s": round(caller_cpu, 1),
+        "server_cores_per_call": round(server_cpu / call_seconds, 4),
+        "sip_stack_cores_per_call": round(caller_cpu / call_seconds, 4),
+        "note": "cores busy per simultaneous call: CPU seconds / call seconds; the callers' process runs only "
+                "pjsua2 (SIP, RTP, G.711, the conference bridge) and a voice detector, so its figure is the SIP "
+                "stack's own cost per call"}
     return result
 
 

@@ -18,6 +18,7 @@ class LineState(StrEnum):
 class LineStatus:
     state: LineState
     detail: str = ""
+    counters: dict[str, int] | None = None  # calls, refusals, RTP packets lost…: for monitoring and the benchmark
 
 
 class Line(Protocol):

@@ -93,8 +93,15 @@ class SipLine:
             detail = f"{c.calls_now} calls now, {c.calls_total} taken, {c.refused_busy} refused busy"
             if status.detail:
                 detail = f"{status.detail}; {detail}"
-            return LineStatus(status.state, detail)
+            return LineStatus(status.state, detail, self.counter_values())
         return status
+
+    def counter_values(self) -> dict[str, int]:
+        c = self.counters
+        return {"calls_now": c.calls_now, "calls_total": c.calls_total, "refused_busy": c.refused_busy,
+                "frames_in": c.frames_in, "frames_out": c.frames_out, "rtp_received": c.rtp_received,
+                "rtp_lost": c.rtp_lost, "rtp_discarded": c.rtp_discarded, "dtmf": c.dtmf,
+                **{f"transfers_{kind}": count for kind, count in c.transfers.items()}}
 
     def _set_status(self, state: LineState, detail: str = "") -> None:
         self._status = LineStatus(state, detail)
@@ -343,6 +350,9 @@ class _PjWorker:
         ep_config.medConfig.maxMediaPorts = 3 * (config.max_calls + 8) + 4
         ep_config.medConfig.noVad = True
         ep_config.medConfig.ecTailLen = 0
+        ep_config.medConfig.jbInit = 0
+        ep_config.medConfig.jbMinPre = 0
+        ep_config.medConfig.jbMaxPre = 6
         ep_config.logConfig.level = config.pjsip_log_level
         ep_config.logConfig.consoleLevel = config.pjsip_log_level
         endpoint.libInit(ep_config)
