@@ -57,7 +57,8 @@ from telephony.store import Database
 from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.auth import MediaStreamAuth
 from telephony.transports.base import ServedLine
-from telephony.transports.sip.agent import SipConfig, SipLine
+from telephony.transports.sip.agent import SipLine
+from telephony.transports.sip.config import SipConfig
 from telephony.transports.twilio.gateway import MediaStreamLine
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
 from voice.funasr import FunAsrEngine, FunAsrServerEngine

@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     sip_rtp_port_range: int = Field(default=1000, ge=4, le=30000, description="RTP ports from sip_rtp_port on")
     sip_codecs: list[str] = Field(default_factory=lambda: ["PCMU", "PCMA"],
                                   description="Offered in this order; PCMU, PCMA and G722 are known")
-    sip_max_calls: int = Field(default=30, ge=1, le=500, description="More INVITEs than this get 486 Busy Here")
+    sip_max_calls: int = Field(default=8, ge=1, le=400, description="Simultaneous SIP calls of this worker, in engine "
+                               "processes of 4 calls each on sip_port, sip_port+1, …; more INVITEs get 486 Busy Here")
     sip_user: str = Field(default="hotline", description="User part of this agent's SIP URI")
     sip_registrar: str | None = Field(default=None, description="sip:pbx.example:5060 (mode register)")
     sip_auth_user: str | None = None
@@ -259,6 +260,10 @@ class Settings(BaseSettings):
         self.sip_codecs = [codec.upper() for codec in self.sip_codecs]
         if self.sip_rtp_port + self.sip_rtp_port_range > 65536:
             raise ValueError("sip_rtp_port + sip_rtp_port_range must stay below 65536")
+        engines = -(-self.sip_max_calls // 4)
+        if self.sip_rtp_port_range < engines * 4 * 4:
+            raise ValueError(f"sip_rtp_port_range must be at least {engines * 16} for {self.sip_max_calls} calls "
+                             "(RTP and RTCP ports for each call, with room to reuse them)")
         if self.sip_mode is SipMode.REGISTER and self.sip_enabled:
             if not self.sip_registrar or not self.sip_registrar.startswith(("sip:", "sips:")):
                 raise ValueError("sip_mode=register needs HOTLINE_SIP_REGISTRAR as a sip: URI, e.g. sip:pbx:5060")

@@ -22,7 +22,7 @@ from tests.conftest import _free_port
 from tests.test_call_runner import ToneTts
 from tests.test_softphone import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, playwright_sync
 from tests.voicefixtures import synthesize_mandarin
-from voice.testing.fakes import ScriptedAsr
+from voice.testing.fakes import SequenceAsrEngine
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
 
@@ -30,31 +30,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (
 SCRIPT = ["社保卡丢了怎么办", "需要", "幺三八零零零零幺幺幺幺", "对"]
 WAV_RATE_HZ = 48000
 GAP_S = 3.5
-
-
-class SequenceAsrEngine:
-    """Recognises the caller's utterances as the script, one after another."""
-
-    name = "scripted-sequence"
-
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = list(texts)
-
-    async def warm_up(self) -> None:
-        return None
-
-    def open_stream(self, hotwords=()) -> ScriptedAsr:
-        engine = self
-
-        class Stream(ScriptedAsr):
-            async def finish(self):
-                self.final = engine.texts.pop(0) if engine.texts else ""
-                return await super().finish()
-
-        return Stream(partial="", final="")
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")

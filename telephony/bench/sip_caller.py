@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from telephony.bench.simulated_caller import VOICED_RMS, CallReport, TurnMeasurement, last_voiced_frame
+from telephony.transports.sip.endpoint import configure_logging, create_endpoint
 from telephony.transports.sip.frames import vector_bytes
 from voice.base import FRAME_BYTES, FRAME_MS
 
+CALLS_PER_PROCESS = 4  # PJSUA_MAX_CALLS of PyPI's pjsua2 builds
 REPLY_WAIT_S = 10.0
 INTERRUPT_AFTER_MS = 800
 
@@ -86,25 +88,53 @@ class _Script:
                     self.phase, self.heard_at = "interrupting", now
 
 
-def run_sip_calls(target: str, questions: list[bytes], calls: int, concurrency: int, turns_per_call: int,
-                  ramp_s: float, local_port: int, rtp_port: int) -> tuple[list[CallReport], dict]:
+def run_sip_callers(target: str, questions: list[bytes], calls: int, concurrency: int, turns_per_call: int,
+                    ramp_s: float, local_port: int, rtp_port: int) -> tuple[list[CallReport], dict, float]:
     """Place `calls` calls to `target` (sip:hotline@127.0.0.1:PORT), at most `concurrency` at once, arriving spread
-    over `ramp_s`; returns each call's report and the RTP counters of this side."""
+    over `ramp_s`. A pjsua2 endpoint holds 4 calls (PJSUA_MAX_CALLS of the PyPI builds), so the calls are shared
+    among ceil(concurrency / 4) caller processes. Returns the reports, the callers' RTP counters and their CPU time."""
+    import multiprocessing
+
+    arrivals = random.Random(7)
+    schedule = sorted((arrivals.uniform(0, ramp_s), index) for index in range(calls))
+    processes = max(1, -(-concurrency // CALLS_PER_PROCESS))
+    shares = [schedule[offset::processes] for offset in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        results = pool.starmap(run_sip_calls, [
+            (target, questions, share, min(CALLS_PER_PROCESS, concurrency), turns_per_call, 0,
+             rtp_port + number * 4 * (CALLS_PER_PROCESS + 4)) for number, share in enumerate(shares) if share])
+    reports = [report for part, _, _ in results for report in part]
+    rtp = {name: sum(part[name] for _, part, _ in results) for name in ("received", "lost", "discarded")}
+    return reports, rtp, sum(cpu for _, _, cpu in results)
+
+
+def run_sip_calls(target: str, questions: list[bytes], schedule: list[tuple[float, int]], concurrency: int,
+                  turns_per_call: int, local_port: int, rtp_port: int) -> tuple[list[CallReport], dict, float]:
+    """One caller process: the calls of `schedule` ((arrival s, index) pairs), at most `concurrency` at once."""
     import pjsua2 as pj
+
+    cpu_start = time.process_time()
 
     class Port(pj.AudioMediaPort):
         def __init__(self, script: _Script) -> None:
             super().__init__()
             self.script = script
 
+        # getattr: the bridge may call a port that Python is tearing down
         def onFrameRequested(self, frame) -> None:
+            script = getattr(self, "script", None)
+            if script is None:
+                frame.type, frame.size = pj.PJMEDIA_FRAME_TYPE_NONE, 0
+                return
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-            frame.buf = pj.ByteVector(self.script.next_frame(time.monotonic()))
+            frame.buf = pj.ByteVector(script.next_frame(time.monotonic()))
             frame.size = FRAME_BYTES
 
         def onFrameReceived(self, frame) -> None:
-            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-                self.script.heard(vector_bytes(frame.buf), time.monotonic())
+            script = getattr(self, "script", None)
+            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and script is not None:
+                script.heard(vector_bytes(frame.buf), time.monotonic())
 
     class Call(pj.Call):
         def __init__(self, account, script: _Script) -> None:
@@ -141,8 +171,7 @@ def run_sip_calls(target: str, questions: list[bytes], calls: int, concurrency: 
                 self.script.report.closed_by_server = self.script.phase != "done"
                 self.script.report.ended_at = time.monotonic()
 
-    endpoint = pj.Endpoint()
-    endpoint.libCreate()
+    endpoint = create_endpoint()
     config = pj.EpConfig()
     config.uaConfig.threadCnt = 0
     config.uaConfig.mainThreadOnly = False
@@ -155,7 +184,7 @@ def run_sip_calls(target: str, questions: list[bytes], calls: int, concurrency: 
     config.medConfig.jbInit = 0
     config.medConfig.jbMinPre = 0
     config.medConfig.jbMaxPre = 6
-    config.logConfig.level = config.logConfig.consoleLevel = 0
+    writer = configure_logging(config, 1)  # noqa: F841 - must outlive the endpoint
     endpoint.libInit(config)
     transport = pj.TransportConfig()
     transport.port, transport.boundAddress = local_port, "127.0.0.1"
@@ -173,10 +202,10 @@ def run_sip_calls(target: str, questions: list[bytes], calls: int, concurrency: 
     account = pj.Account()
     account.create(account_config, True)
 
-    arrivals = random.Random(7)
     start = time.monotonic()
-    schedule = sorted((arrivals.uniform(0, ramp_s), index) for index in range(calls))
     pending = list(schedule)
+    ramp_s = schedule[-1][0] if schedule else 0.0
+    calls = len(schedule)
     live: list[Call] = []
     finished: list[Call] = []
     reports: list[CallReport] = []
@@ -223,4 +252,6 @@ def run_sip_calls(target: str, questions: list[bytes], calls: int, concurrency: 
         del account
         gc.collect()
         endpoint.libDestroy()
-    return reports, rtp
+    for report in reports:
+        report.received_audio = bytearray()  # not needed by the benchmark; keeps the result small to pass back
+    return reports, rtp, time.process_time() - cpu_start

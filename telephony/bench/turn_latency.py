@@ -4,6 +4,7 @@ in real time; end of caller speech → first reply audio, per stage, under concu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -91,14 +92,15 @@ def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: st
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "serve"]
     if known_transcripts:
         command = [sys.executable, "-c", "from telephony.bench.known_questions import serve_known_questions as s; s()"]
-    return subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (workdir / "server.log").open("wb") as log:  # kept with --keep
+        return subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600, line: str = "media-stream") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError("server exited (its log is server.log in the run folder; keep it with --keep)")
         try:
             voice = httpx.get(f"{base}/readyz", timeout=2).json().get("voice", {})
             state = voice.get("lines", {}).get(line, {})
@@ -232,6 +234,15 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _server_cpu_s(pid: int) -> float:
+    """The server and its children alive now (the SIP engines)."""
+    total = _cpu_s(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            total += _cpu_s(int(child))
+    return total
+
+
 def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: list[bytes], calls: int,
              concurrency: int, turns_per_call: int, ramp: float, sip_port: int, caller_port: int, caller_rtp: int,
              idle_rss: float, model: Path, tiny: bool) -> dict:
@@ -240,22 +251,23 @@ def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: lis
     the SIP stack's cost; the server's is the whole hotline's."""
     import threading
 
-    from telephony.bench.sip_caller import run_sip_calls
+    from telephony.bench.sip_caller import run_sip_callers
 
     peak = [idle_rss]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):  # memory sampling interval
-            peak[0] = max(peak[0], _rss_mb(process.pid))
+            if process.poll() is None:
+                peak[0] = max(peak[0], _rss_mb(process.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    server_cpu, caller_cpu, started = _cpu_s(process.pid), time.process_time(), time.monotonic()
-    reports, caller_rtp_stats = run_sip_calls(f"sip:hotline@127.0.0.1:{sip_port}", questions, calls, concurrency,
-                                              turns_per_call, ramp, caller_port, caller_rtp)
+    server_cpu, started = _server_cpu_s(process.pid), time.monotonic()
+    reports, caller_rtp_stats, caller_cpu = run_sip_callers(f"sip:hotline@127.0.0.1:{sip_port}", questions, calls,
+                                                            concurrency, turns_per_call, ramp, caller_port, caller_rtp)
     wall_s = time.monotonic() - started
-    server_cpu, caller_cpu = _cpu_s(process.pid) - server_cpu, time.process_time() - caller_cpu
+    server_cpu = _server_cpu_s(process.pid) - server_cpu
     stop.set()
     time.sleep(1.5)  # let the server close the last call records and count their RTP
     line = httpx.get(f"{base}/readyz", timeout=5).json().get("voice", {}).get("lines", {}).get("sip", {})

@@ -54,3 +54,28 @@ class AudioClock:
 
     def __call__(self) -> float:
         return self.frames * FRAME_MS / 1000
+
+
+class SequenceAsrEngine:
+    """An `AsrEngine` that recognises a call's utterances as `texts`, one after another (shared by all its streams)."""
+
+    name = "scripted-sequence"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+
+    async def warm_up(self) -> None:
+        return None
+
+    def open_stream(self, hotwords=()) -> ScriptedAsr:
+        engine = self
+
+        class Stream(ScriptedAsr):
+            async def finish(self) -> Transcript:
+                self.final = engine.texts.pop(0) if engine.texts else ""
+                return await super().finish()
+
+        return Stream(partial="", final="")
+
+    async def close(self) -> None:
+        return None
