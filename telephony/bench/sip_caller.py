@@ -88,11 +88,12 @@ class _Script:
                     self.phase, self.heard_at = "interrupting", now
 
 
-def run_sip_callers(target: str, questions: list[bytes], calls: int, concurrency: int, turns_per_call: int,
+def run_sip_callers(targets: list[str], questions: list[bytes], calls: int, concurrency: int, turns_per_call: int,
                     ramp_s: float, local_port: int, rtp_port: int) -> tuple[list[CallReport], dict, float]:
-    """Place `calls` calls to `target` (sip:hotline@127.0.0.1:PORT), at most `concurrency` at once, arriving spread
-    over `ramp_s`. A pjsua2 endpoint holds 4 calls (PJSUA_MAX_CALLS of the PyPI builds), so the calls are shared
-    among ceil(concurrency / 4) caller processes. Returns the reports, the callers' RTP counters and their CPU time."""
+    """Place `calls` calls, at most `concurrency` at once, arriving spread over `ramp_s`. A pjsua2 endpoint holds 4
+    calls (PJSUA_MAX_CALLS of the PyPI builds), so the calls are shared among ceil(concurrency / 4) caller processes;
+    caller process k calls `targets[k % len(targets)]` (the hotline's SIP engines, as a dispatcher would spread
+    them). Returns the reports, the callers' RTP counters and their CPU time."""
     import multiprocessing
 
     arrivals = random.Random(7)
@@ -102,7 +103,7 @@ def run_sip_callers(target: str, questions: list[bytes], calls: int, concurrency
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
         results = pool.starmap(run_sip_calls, [
-            (target, questions, share, min(CALLS_PER_PROCESS, concurrency), turns_per_call, 0,
+            (targets[number % len(targets)], questions, share, min(CALLS_PER_PROCESS, concurrency), turns_per_call, 0,
              rtp_port + number * 4 * (CALLS_PER_PROCESS + 4)) for number, share in enumerate(shares) if share])
     reports = [report for part, _, _ in results for report in part]
     rtp = {name: sum(part[name] for _, part, _ in results) for name in ("received", "lost", "discarded")}

@@ -55,6 +55,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _free_port_span(count: int) -> int:
+    """The first of `count` consecutive ports free for UDP and TCP on 127.0.0.1."""
+    for _ in range(200):
+        first = _free_port()
+        if first + count > 65000:
+            continue
+        try:
+            for port in range(first, first + count):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(socket.AF_INET, kind) as probe:
+                        probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -181,12 +198,13 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
         asr_process = _start_asr_server(model, asr_port, asr_engines)
         _wait_port(asr_port, asr_process)
         asr_url = f"ws://127.0.0.1:{asr_port}"
-    sip_port, rtp_port, caller_port, caller_rtp = _free_port(), 30000, _free_port(), 34000
+    engines = -(-concurrency // 4)  # 4 calls per SIP engine process (and per caller process)
+    sip_port, rtp_port, caller_port, caller_rtp = _free_port_span(engines), 30000, 0, 34000
     sip = None
     if line == "sip":
         sip = {"HOTLINE_SIP_ENABLED": "true", "HOTLINE_SIP_PORT": str(sip_port), "HOTLINE_SIP_HOST": "127.0.0.1",
-               "HOTLINE_SIP_RTP_PORT": str(rtp_port), "HOTLINE_SIP_RTP_PORT_RANGE": str(4 * (concurrency + 8)),
-               "HOTLINE_SIP_MAX_CALLS": str(concurrency + 4)}
+               "HOTLINE_SIP_RTP_PORT": str(rtp_port), "HOTLINE_SIP_RTP_PORT_RANGE": str(40 * engines),
+               "HOTLINE_SIP_MAX_CALLS": str(4 * engines)}
     process = _start_server(workdir, model, token, port, asr_url, known_transcripts, sip)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -194,7 +212,8 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
         idle_rss = _rss_mb(process.pid)
         peak = [idle_rss]
         if line == "sip":
-            return _sip_run(workdir, process, base, questions, calls, concurrency, turns_per_call, ramp, sip_port,
+            targets = [f"sip:hotline@127.0.0.1:{sip_port + index}" for index in range(engines)]
+            return _sip_run(workdir, process, base, questions, calls, concurrency, turns_per_call, ramp, targets,
                             caller_port, caller_rtp, idle_rss, model, asr_model is None)
 
         async def measure() -> list[CallReport]:
@@ -244,7 +263,7 @@ def _server_cpu_s(pid: int) -> float:
 
 
 def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: list[bytes], calls: int,
-             concurrency: int, turns_per_call: int, ramp: float, sip_port: int, caller_port: int, caller_rtp: int,
+             concurrency: int, turns_per_call: int, ramp: float, targets: list[str], caller_port: int, caller_rtp: int,
              idle_rss: float, model: Path, tiny: bool) -> dict:
     """The SIP mode: this process places the calls with its own pjsua2 endpoint; the server answers on its SIP line.
     CPU is measured on both sides: the callers' process does nothing but SIP, RTP and G.711, so its CPU per call is
@@ -264,8 +283,8 @@ def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: lis
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     server_cpu, started = _server_cpu_s(process.pid), time.monotonic()
-    reports, caller_rtp_stats, caller_cpu = run_sip_callers(f"sip:hotline@127.0.0.1:{sip_port}", questions, calls,
-                                                            concurrency, turns_per_call, ramp, caller_port, caller_rtp)
+    reports, caller_rtp_stats, caller_cpu = run_sip_callers(targets, questions, calls, concurrency, turns_per_call,
+                                                            ramp, caller_port, caller_rtp)
     wall_s = time.monotonic() - started
     server_cpu = _server_cpu_s(process.pid) - server_cpu
     stop.set()

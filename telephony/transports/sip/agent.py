@@ -179,7 +179,7 @@ class SipLine:
         return LineStatus(state, detail, counters)
 
     def counter_values(self) -> dict[str, int]:
-        totals = {"calls_now": 0, "calls_total": 0, "refused_busy": 0, "frames_in": 0, "frames_out": 0,
+        totals = {"calls_now": 0, "calls_total": 0, "refused_busy": 0, "rejected": 0, "frames_in": 0, "frames_out": 0,
                   "rtp_received": 0, "rtp_lost": 0, "rtp_discarded": 0, "dtmf": 0}
         for engine in self.engines:
             for source in (engine.counters_before, engine.counters):

@@ -42,11 +42,12 @@ if pj is not None:
             log.log(_LEVELS.get(entry.level, logging.DEBUG), "%s", entry.msg.rstrip())
 
 
-def create_endpoint():
-    """A created (not yet initialised) endpoint; call `configure_logging(ep_config, level)` before libInit."""
+def create_endpoint(endpoint_class=None):
+    """A created (not yet initialised) endpoint, of `endpoint_class` (a `pj.Endpoint` subclass) if given; call
+    `configure_logging(ep_config, level)` before libInit."""
     if pj is None:
         raise RuntimeError("pjsua2 is not installed (pip install pjsua2-python)")
-    endpoint = pj.Endpoint()
+    endpoint = (endpoint_class or pj.Endpoint)()
     with _stdout_to_stderr():
         endpoint.libCreate()
     return endpoint

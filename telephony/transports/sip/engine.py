@@ -127,6 +127,16 @@ class _Call(pj.Call):
             self.rtp = {"received": received.pkt, "lost": received.loss, "discarded": received.discard}
 
 
+class _Endpoint(pj.Endpoint):
+    engine: _Engine | None = None
+
+    def onRejectedIncomingCall(self, prm) -> None:
+        # pjsua refused an INVITE before any call existed: every call slot taken, or an offer it cannot answer.
+        engine = self.engine
+        if engine is not None:
+            engine.on_rejected(prm.statusCode, prm.reason)
+
+
 class _Account(pj.Account):
     def __init__(self, engine: _Engine) -> None:
         super().__init__()
@@ -153,7 +163,8 @@ class _Engine:
         self.calls: dict[int, _Call] = {}  # by pjsua call id, until disconnected
         self.released: list[_Call] = []  # disconnected: dropped on the next poll, not inside their own callback
         self.outgoing: dict[int, OutgoingAudio] = {}  # by call id, for the reader thread (audio bypasses the poll)
-        self.counters = {"calls_now": 0, "calls_total": 0, "refused_busy": 0, "frames_in": 0, "frames_out": 0,
+        self.counters = {"calls_now": 0, "calls_total": 0, "refused_busy": 0, "rejected": 0, "frames_in": 0,
+                         "frames_out": 0,
                          "rtp_received": 0, "rtp_lost": 0, "rtp_discarded": 0, "dtmf": 0}
         self.counters_sent = 0.0
 
@@ -199,7 +210,8 @@ class _Engine:
 
     def _start(self) -> None:
         config = self.config
-        endpoint = create_endpoint()
+        endpoint = create_endpoint(_Endpoint)
+        endpoint.engine = self
         self.endpoint = endpoint
         ep_config = pj.EpConfig()
         ep_config.uaConfig.threadCnt = 0  # the main thread polls; no PJSIP worker threads calling into Python
@@ -339,6 +351,13 @@ class _Engine:
             self.later(self.config.ring_ms / 1000, lambda: self._answer(call, 200))
         else:
             self._answer(call, 200)
+
+    def on_rejected(self, code: int, reason: str) -> None:
+        if code in (486, 503, 600):
+            self.counters["refused_busy"] += 1
+        else:
+            self.counters["rejected"] += 1
+        log.warning("INVITE rejected by the SIP stack: %d %s", code, reason)
 
     def _answer(self, call: _Call, code: int) -> None:
         if call.getId() not in self.calls or call.answered:
