@@ -55,6 +55,7 @@ from telephony.sms.outbox import SmsLimits, SmsOutbox
 from telephony.sms.service import SmsConfig, SmsService, TemplateLookup
 from telephony.store import Database
 from telephony.store.turns import TurnJournal, TurnWriter
+from telephony.transports.audiosocket.server import AudioSocketLine
 from telephony.transports.auth import MediaStreamAuth
 from telephony.transports.base import ServedLine
 from telephony.transports.sip.agent import SipLine
@@ -311,6 +312,9 @@ def build_lines(settings: Settings) -> list[ServedLine]:
     lines: list[ServedLine] = []
     if settings.sip_enabled:
         lines.append(SipLine(sip_config(settings)))
+    if settings.audiosocket_enabled:
+        lines.append(AudioSocketLine(settings.audiosocket_host, settings.audiosocket_port,
+                                     settings.audiosocket_max_calls))
     return lines
 
 
