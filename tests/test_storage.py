@@ -8,6 +8,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import make_url
 
 from telephony.errors import StorageError
 from telephony.store.database import MIGRATIONS_DIR
@@ -47,6 +48,25 @@ def test_migration_creates_every_table_and_is_idempotent(database: Database) -> 
     assert {"calls", "turns", "sms_messages", "sms_reports", "handoff_tickets", "users", "alembic_version"} <= tables
     database.migrate()  # a second run is a no-op, not an error
     assert set(inspect(database.engine).get_table_names()) == tables
+
+
+def test_workers_starting_together_on_one_postgresql_migrate_in_turn(fresh_postgres_url: str) -> None:
+    # Several workers share one PostgreSQL and start at once; unserialised, both would CREATE TABLE and one fail.
+    from concurrent.futures import ThreadPoolExecutor
+
+    # lock_timeout: a migration blocked behind another fails the test instead of hanging it
+    url = make_url(fresh_postgres_url).update_query_dict({"options": "-c lock_timeout=20000"})
+    databases = [Database(url.render_as_string(hide_password=False)) for _ in range(3)]
+    try:
+        with ThreadPoolExecutor(len(databases)) as pool:
+            list(pool.map(Database.migrate, databases))
+        tables = set(inspect(databases[0].engine).get_table_names())
+        assert {"calls", "turns", "alembic_version"} <= tables
+        with databases[0].engine.connect() as connection:
+            assert len(connection.execute(text("SELECT version_num FROM alembic_version")).all()) == 1
+    finally:
+        for database in databases:
+            database.close()
 
 
 def test_call_and_turns_round_trip(database: Database) -> None:

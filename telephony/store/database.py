@@ -41,6 +41,9 @@ def _existing_call(session: Session, call_id: str) -> Call:
     return call
 
 
+MIGRATION_LOCK_KEY = 0x686F746C696E65  # "hotline": the advisory lock the workers' migrations take turns on
+
+
 class Database:
     """One database (SQLite file or PostgreSQL), migrated to the newest schema on `migrate()`."""
 
@@ -61,11 +64,16 @@ class Database:
         return self.engine.dialect.name
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision.
+
+        On PostgreSQL the migration holds a transaction-scoped advisory lock, so workers that start together on one
+        database migrate one after the other (the second finds the schema current) instead of racing."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
             with self.engine.begin() as connection:
+                if self.dialect == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as exc:
