@@ -542,6 +542,72 @@ def sms_list(
         _print_sms(data, False)
 
 
+hours_app = typer.Typer(help="Office hours: when human agents are on duty (kb/office_hours.yaml)", no_args_is_help=True)
+app.add_typer(hours_app, name="hours")
+_HOURS_FILE_HELP = "Office-hours file (default: HOTLINE_OFFICE_HOURS_FILE, the shipped kb/office_hours.yaml)"
+
+
+@hours_app.command("check")
+def hours_check(
+    file: Annotated[Optional[Path], typer.Option("--file", help=_HOURS_FILE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Validate the office-hours calendar; exits 1 on errors, prints what is still to confirm as warnings."""
+    from telephony.handoff.office_hours import check
+
+    report = check(file or load_settings().office_hours_file)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        years = ", ".join(f"{year} ({state})" for year, state in report.years.items())
+        typer.echo(f"{report.path}: years {years or 'none'}")
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
+        for error in report.errors:
+            typer.echo(f"error: {error}")
+        typer.echo("OK" if report.ok else f"{len(report.errors)} error(s)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@hours_app.command("now")
+def hours_now(
+    at: Annotated[Optional[str], typer.Option("--at", help="ISO time, e.g. 2026-10-01T10:00+08:00 (without an "
+                                                           "offset: the calendar's time zone); default now")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help=_HOURS_FILE_HELP)] = None,
+) -> None:
+    """Whether an agent is on duty at a time, and when agents are next on duty."""
+    from datetime import datetime
+
+    from telephony.handoff.office_hours import OfficeHours, OfficeHoursError
+
+    try:
+        calendar = OfficeHours.load(file or load_settings().office_hours_file)
+    except OfficeHoursError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        typer.echo(f"{exc.path}: fix it (hotline hours check)", err=True)
+        raise typer.Exit(2) from None
+    try:
+        moment = datetime.fromisoformat(at) if at else datetime.now(calendar.timezone)
+    except ValueError:
+        raise typer.BadParameter(f"{at!r} is not an ISO time such as 2026-10-01T10:00", param_hint="--at") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=calendar.timezone)
+    local = calendar.local(moment)
+    day = calendar.day(local.date())
+    what = {"holiday": f"节假日（{day.name}）", "working_day": f"调休上班日（{day.name}）"}.get(day.kind.value, "")
+    typer.echo(f"{local:%Y-%m-%d %H:%M} {calendar.timezone.key} 星期{'一二三四五六日'[local.weekday()]}"
+               f"{'  ' + what if what else ''}：{'值班中' if calendar.is_open(moment) else '非值班时间'}")
+    if not day.known:
+        typer.echo(f"warning: {local.year} 年的放假安排不在日历中，按每周值班时间计算")
+    opening = calendar.next_opening(moment)
+    if opening is None:
+        typer.echo("下次上班：无（日历中没有值班时间）")
+    else:
+        typer.echo(f"下次上班：{opening:%Y-%m-%d %H:%M}（{calendar.describe_next_opening(moment)}）")
+
+
 def main() -> None:
     app()
 

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite file in data_dir when unset")
     kb_dir: Path = DEFAULT_ITEMS_DIR
+    office_hours_file: Path = DEFAULT_ITEMS_DIR.parent / "office_hours.yaml"  # agents' duty calendar (kb/)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
