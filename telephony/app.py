@@ -7,8 +7,8 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
@@ -45,6 +45,7 @@ from telephony.settings import (
     AsrChoice,
     EmbeddingBackend,
     Settings,
+    SipMode,
     SmsGatewayChoice,
     TtsChoice,
 )
@@ -297,11 +298,14 @@ def open_sms(settings: Settings, database: Database, gateway: SmsGateway | None 
 
 
 def sip_config(settings: Settings) -> SipConfig:
+    # The agent's SIP user: as set; else a PBX extension's number is its auth user, and a trunk's agent "hotline".
+    registering = settings.sip_mode is SipMode.REGISTER
+    user = settings.sip_user or (settings.sip_auth_user if registering else None) or "hotline"
     return SipConfig(
         host=settings.sip_host, port=settings.sip_port, transport=settings.sip_transport,
         public_address=settings.sip_public_address, rtp_port=settings.sip_rtp_port,
         rtp_port_range=settings.sip_rtp_port_range, codecs=tuple(settings.sip_codecs), max_calls=settings.sip_max_calls,
-        user=settings.sip_user, mode=settings.sip_mode.value, registrar=settings.sip_registrar,
+        user=user, mode=settings.sip_mode.value, registrar=settings.sip_registrar,
         auth_user=settings.sip_auth_user, password=_secret(settings.sip_password), realm=settings.sip_realm,
         register_expires_s=settings.sip_register_expires_s, transfer_mode=settings.sip_transfer_mode.value,
         ring_ms=settings.sip_ring_ms)

@@ -175,7 +175,8 @@ class Settings(BaseSettings):
                                   description="Offered in this order; PCMU, PCMA and G722 are known")
     sip_max_calls: int = Field(default=8, ge=1, le=400, description="Simultaneous SIP calls of this worker, in engine "
                                "processes of 4 calls each on sip_port, sip_port+1, …; more INVITEs get 486 Busy Here")
-    sip_user: str = Field(default="hotline", description="User part of this agent's SIP URI")
+    sip_user: str | None = Field(default=None, description="User part of this agent's SIP URI: 'hotline' on a "
+                                 "trunk; in register mode the extension, the auth user unless set")
     sip_registrar: str | None = Field(default=None, description="sip:pbx.example:5060 (mode register)")
     sip_auth_user: str | None = None
     sip_password: SecretStr | None = None

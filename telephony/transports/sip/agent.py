@@ -223,6 +223,8 @@ class SipLine:
         engine.process, engine.connection = process, ours
         engine.counters_before = _add(engine.counters_before, engine.counters)
         engine.counters = {}
+        # Before the reader runs: a registrar's answer may come right behind "ready" and must not be overwritten.
+        engine.state, engine.detail = "starting", f"port {engine.config.port}"
         reader = threading.Thread(target=self._read, args=(engine, ours, ready), name=f"sip-engine-{engine.index}",
                                   daemon=True)
         reader.start()
@@ -234,8 +236,8 @@ class SipLine:
             engine.state, engine.detail = "failed", error
             engine.send(("stop",))
             return
-        engine.state = "starting" if self.config.mode == "register" else "listening"
-        engine.detail = f"port {engine.config.port}"
+        if self.config.mode != "register":  # registered or failed comes from the engine's status messages
+            engine.state, engine.detail = "listening", f"port {engine.config.port}"
 
     def _read(self, engine: _EngineHandle, connection, ready: asyncio.Future) -> None:
         """Reader thread of one engine: every message goes to the loop, in order."""

@@ -253,7 +253,7 @@ class _Engine:
             media.publicAddress = config.public_address
         if config.mode == "register":
             registrar_host = config.registrar.split(":", 1)[1].split(";", 1)[0]
-            account_config.idUri = f"sip:{config.auth_user}@{registrar_host}"
+            account_config.idUri = f"sip:{config.user}@{registrar_host}"  # the extension; auth_user signs
             account_config.regConfig.registrarUri = config.registrar
             account_config.regConfig.timeoutSec = config.register_expires_s
             account_config.regConfig.retryIntervalSec = 30
