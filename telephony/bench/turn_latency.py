@@ -308,6 +308,9 @@ def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: lis
     return result
 
 
+DROPPED_FRAMES_TOLERANCE = 0.005  # a few frames at call start and end are normal; more means CPU starvation
+
+
 def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: int, wall_s: float,
             idle_rss: float, peak_rss: float, model: Path, tiny: bool) -> dict:
     latencies = [turn.latency_ms for report in reports for turn in report.turns if turn.latency_ms is not None]
@@ -331,6 +334,13 @@ def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: i
                 dropped_frames += max(0, match.frames_sent - received_frames)
     database.close()
     frames_sent = sum(report.frames_sent for report in reports)
+    unheard = [turn for report in reports for turn in report.turns if turn.latency_ms is None]
+    warnings = []
+    if dropped_frames > DROPPED_FRAMES_TOLERANCE * max(1, frames_sent):
+        warnings.append(f"{dropped_frames} of {frames_sent} caller frames never reached the server: this machine "
+                        "could not keep the callers and the hotline in real time, so the latencies are not valid")
+    if unheard:
+        warnings.append(f"{len(unheard)} turns got no reply the callers could time")
     return {
         "p50_ms": percentile(latencies, 0.5),
         "p95_ms": percentile(latencies, 0.95),
@@ -347,6 +357,7 @@ def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: i
         "memory_mb": {"server_idle": round(idle_rss, 1), "server_peak": round(peak_rss, 1),
                       "per_call": round((peak_rss - idle_rss) / max(1, concurrency), 2)},
         "wall_s": round(wall_s, 1),
+        "warnings": warnings,
         "engines": {"asr": f"tiny random streaming Paraformer ({model}): plumbing cost, not the real model's"
                     if tiny else f"FunASR model {model}", "tts": "espeak-ng, prerendered cache", "answers": "extractive"},
     }
