@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -286,10 +287,14 @@ def test_two_workers_on_one_postgresql_never_claim_the_same_message(fresh_postgr
             seed.enqueue(new_sms(f"pg-{number}", phone=f"138000{number:05d}"))
         claims: dict[str, list[int]] = {"a": [], "b": []}
 
+        start = threading.Barrier(2)
+
         def work(name: str, database: Database) -> None:
             outbox = SmsOutbox(database)
+            start.wait(30)
             while batch := outbox.claim(name, 3):
                 claims[name].extend(message.id for message in batch)
+                time.sleep(0.02)  # "sending" the batch: the other worker claims meanwhile, as real workers overlap
 
         threads = [threading.Thread(target=work, args=(name, database))
                    for name, database in zip(claims, databases, strict=True)]
