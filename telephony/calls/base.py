@@ -28,7 +28,15 @@ class KeyPressed:
     digit: str
 
 
-LineEvent = CallerAudio | KeyPressed
+@dataclass(frozen=True)
+class Transferred:
+    """The caller is with `target` now (a REFER was accepted, or a bridged leg answered): the assistant's part of the
+    call is over. The line yields it last; the call record ends as "transferred"."""
+
+    target: str
+
+
+LineEvent = CallerAudio | KeyPressed | Transferred
 
 
 @dataclass(frozen=True)

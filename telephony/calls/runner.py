@@ -12,7 +12,7 @@ from pathlib import Path
 
 from telephony.answers import Answers
 from telephony.calls import prompts
-from telephony.calls.base import CallerAudio, CallTransport, KeyPressed
+from telephony.calls.base import CallerAudio, CallTransport, KeyPressed, Transferred
 from telephony.calls.dialogue import (
     AfterAnswer,
     CallParty,
@@ -94,6 +94,7 @@ class _Call:
         self.turn_log: TurnLog | None = None
         self.dialogue: asyncio.Task | None = None
         self.end_reason = "caller_hangup"
+        self.transferred = False
 
     async def run(self) -> str:
         try:
@@ -104,6 +105,10 @@ class _Call:
                         await self.speech.push_audio(event.pcm16)
                     elif isinstance(event, KeyPressed):
                         await self.speech.push_dtmf(event.digit)
+                if isinstance(event, Transferred):
+                    log.info("call %s transferred to %s", self.call_id, event.target)
+                    self.transferred = True
+                    break
                 if self.dialogue is not None and self.dialogue.done():
                     break
         finally:
@@ -167,7 +172,9 @@ class _Call:
             self.turn_log.close()  # a turn answered but cut off before its reply was heard is still stored
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.turn_log.flush(), TURN_FLUSH_LIMIT_S)
-        if self.session is not None and self.session.end_reason:
+        if self.transferred:
+            self.end_reason = "transferred"
+        elif self.session is not None and self.session.end_reason:
             self.end_reason = self.session.end_reason
         elif dialogue is not None and dialogue.done() and not dialogue.cancelled() and dialogue.exception():
             log.error("call %s: dialogue failed: %r", self.call_id, dialogue.exception())

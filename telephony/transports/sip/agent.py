@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent, TransferUnavailable
+from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent, Transferred, TransferUnavailable
 from telephony.store.models import CallChannel
 from telephony.transports.base import CallHandler, LineState, LineStatus
 from telephony.transports.sip.config import SipConfig
@@ -55,8 +55,9 @@ class SipCallTransport:
             event = await self.queue.get()
             if event is None:
                 return
-            if event is _TRANSFERRED or self.transferred_to is not None:
-                continue  # with a person now: the assistant hears nothing more; the call ends when the caller leaves
+            if event is _TRANSFERRED:  # with a person now: the assistant's part ends, the engine keeps the call
+                yield Transferred(self.transferred_to or "")
+                return
             yield event  # type: ignore[misc]
 
     async def send_audio(self, pcm16: bytes) -> None:

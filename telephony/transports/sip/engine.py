@@ -93,6 +93,9 @@ class _FramePort(pj.AudioMediaPort):
         frame.size = len(data)
 
 
+_SERIALS = itertools.count(1)
+
+
 class _Call(pj.Call):
     def __init__(self, engine: _Engine, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
@@ -101,7 +104,12 @@ class _Call(pj.Call):
         self.caller = False  # a caller's leg (the hotline runs a dialogue on it), not a transfer leg
         self.out = OutgoingAudio()
         self.port: _FramePort | None = None
-        self.partner: _Call | None = None  # the other leg of a bridged transfer
+        # pjsua reuses call slots, and a pj.Call object that outlives its call hangs up (and steals) whichever call
+        # holds its slot next when it is destroyed: timers and waiting legs refer to calls by (slot, serial), never
+        # by object, and look them up in engine.calls.
+        self.serial = next(_SERIALS)
+        self.partner: _Call | None = None  # the other leg of a bridged transfer, once both are up
+        self.leg_for: tuple[int, int] | None = None  # a transfer leg: the caller it will join when answered
         self.bridged = False
         self.answered = False
         self.transfer_request: int | None = None  # waiting for the REFER's final NOTIFY
@@ -328,6 +336,11 @@ class _Engine:
     def later(self, delay_s: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay_s, next(self._sequence), callback))
 
+    def live(self, ref: tuple[int, int]) -> _Call | None:
+        """The call `ref` = (slot, serial) names, if it is still up (not a later call in the same slot)."""
+        call = self.calls.get(ref[0])
+        return call if call is not None and call.serial == ref[1] else None
+
     # -- calls --------------------------------------------------------------------------------------
 
     def on_incoming(self, call: _Call, invite: str) -> None:
@@ -348,7 +361,8 @@ class _Engine:
         self.outgoing[call_id] = call.out
         self._answer(call, 180)
         if self.config.ring_ms > 0:
-            self.later(self.config.ring_ms / 1000, lambda: self._answer(call, 200))
+            ref = (call_id, call.serial)
+            self.later(self.config.ring_ms / 1000, lambda: self._answer_ref(ref, 200))
         else:
             self._answer(call, 200)
 
@@ -359,9 +373,14 @@ class _Engine:
             self.counters["rejected"] += 1
         log.warning("INVITE rejected by the SIP stack: %d %s", code, reason)
 
+    def _answer_ref(self, ref: tuple[int, int], code: int) -> None:
+        call = self.live(ref)
+        if call is not None:  # else cancelled while ringing
+            self._answer(call, code)
+
     def _answer(self, call: _Call, code: int) -> None:
-        if call.getId() not in self.calls or call.answered:
-            return  # cancelled while ringing
+        if call.answered:
+            return
         parameters = pj.CallOpParam(True)
         parameters.statusCode = code
         try:
@@ -415,6 +434,11 @@ class _Engine:
         if call.transfer_request is not None:
             self.pipe.send(("done", call.transfer_request, "the call ended during the transfer"))
             call.transfer_request = None
+        if call.caller:  # a transfer leg still ringing for this caller is cancelled
+            for other in list(self.calls.values()):
+                if other.leg_for == (info.id, call.serial):
+                    self.hangup(other.getId(), 487)
+        call.leg_for = None
         partner = call.partner
         if partner is not None:
             call.partner = partner.partner = None
@@ -487,9 +511,13 @@ class _Engine:
             call.transfer_request = None
             self.pipe.send(("done", request, f"REFER to {uri} not sent: {exc.info().strip()}"))
             return
-        self.later(TRANSFER_TIMEOUT_S, lambda: self._transfer_timeout(call, request, uri))
+        ref = (key, call.serial)
+        self.later(TRANSFER_TIMEOUT_S, lambda: self._transfer_timeout(ref, request, uri))
 
-    def _transfer_timeout(self, call: _Call, request: int, uri: str) -> None:
+    def _transfer_timeout(self, ref: tuple[int, int], request: int, uri: str) -> None:
+        call = self.live(ref)
+        if call is None:
+            return  # it ended, and its end answered the request
         if call.transfer_request == request:
             call.transfer_request = None
             self.pipe.send(("done", request, f"no final answer to the REFER to {uri} in {TRANSFER_TIMEOUT_S:.0f} s"))
@@ -514,19 +542,21 @@ class _Engine:
     def _dial_leg(self, request: int, caller: _Call, uri: str) -> None:
         leg = _Call(self, self.account)
         leg.leg_request = request
-        leg.partner = caller
+        leg.leg_for = (caller.getId(), caller.serial)  # not yet a partner: a leg that fails leaves the caller be
         try:
             leg.makeCall(uri, pj.CallOpParam(True))
         except pj.Error as exc:
             self.pipe.send(("done", request, f"could not call {uri}: {exc.info().strip()}"))
             return
         self.calls[leg.getId()] = leg
-        self.later(TRANSFER_TIMEOUT_S, lambda: self._transfer_timeout(leg, request, uri))
+        ref = (leg.getId(), leg.serial)
+        self.later(TRANSFER_TIMEOUT_S, lambda: self._transfer_timeout(ref, request, uri))
 
     def _leg_answered(self, leg: _Call) -> None:
-        request, caller = leg.leg_request, leg.partner
-        leg.leg_request = None
-        if caller is None or caller.getId() not in self.calls:
+        request = leg.leg_request
+        caller = self.live(leg.leg_for) if leg.leg_for is not None else None
+        leg.leg_request, leg.leg_for = None, None
+        if caller is None:
             self.hangup(leg.getId(), 200)
             self.pipe.send(("done", request, "the caller left before the transfer target answered"))
             return
