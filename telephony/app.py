@@ -40,6 +40,7 @@ from telephony.calls.dialogue import DialogueConfig
 from telephony.calls.prerender import prerender_texts
 from telephony.calls.runner import CallConfig, CallRunner, VoiceEngines
 from telephony.handoff.callback import CallbackTickets
+from telephony.handoff.office_hours import OfficeHours, OfficeHoursError
 from telephony.settings import (
     NATIONAL_HOTLINE,
     AsrChoice,
@@ -311,6 +312,16 @@ def sip_config(settings: Settings) -> SipConfig:
         ring_ms=settings.sip_ring_ms)
 
 
+def load_office_hours(settings: Settings) -> OfficeHours | None:
+    """The agents' calendar, for ticket due times; a broken file is logged and tickets fall due at once (a caller's
+    handoff never fails on it; `hotline hours check` says what is wrong)."""
+    try:
+        return OfficeHours.load(settings.office_hours_file)
+    except OfficeHoursError as exc:
+        log.error("office hours not loaded, callback tickets fall due at once: %s", exc)
+        return None
+
+
 def build_lines(settings: Settings) -> list[ServedLine]:
     """The phone lines that listen on their own ports (the media stream is served by the web app)."""
     lines: list[ServedLine] = []
@@ -473,7 +484,8 @@ class Hotline:
     async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:
         engines = await start_voice_engines(self.settings, asr, tts)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
-                            CallbackTickets(self.database, self.sms), sms=self.sms)
+                            CallbackTickets(self.database, self.sms, office_hours=load_office_hours(self.settings)),
+                            sms=self.sms)
         self.voice = Voice(self.settings, engines, runner, self.line, build_lines(self.settings))
         await self.voice.start_lines()
         return self.voice

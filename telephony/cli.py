@@ -608,6 +608,139 @@ def hours_now(
         typer.echo(f"下次上班：{opening:%Y-%m-%d %H:%M}（{calendar.describe_next_opening(moment)}）")
 
 
+tickets_app = typer.Typer(help="Callback tickets: callers handed to people, for agents to call back",
+                          no_args_is_help=True)
+app.add_typer(tickets_app, name="tickets")
+users_app = typer.Typer(help="Staff accounts: agents, supervisors, editors, admins", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _open_database(settings: Settings):
+    from telephony.errors import StorageError
+    from telephony.store import Database
+
+    database = Database(settings.resolved_database_url)
+    try:
+        database.migrate()
+    except StorageError as exc:
+        database.close()
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    return database
+
+
+@tickets_app.command("list")
+def tickets_list(
+    state: Annotated[Optional[str], typer.Option("--status", help="open | assigned | attempted | resolved | "
+                                                                  "unreachable")] = None,
+    owner: Annotated[Optional[str], typer.Option("--owner", help="Only the tickets this username holds")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False,
+) -> None:
+    """Tickets, the earliest due first (numbers masked)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from telephony.errors import TelephonyError
+    from telephony.handoff.accounts import Accounts
+    from telephony.handoff.tickets import TicketDesk, ticket_summary
+    from telephony.store import HandoffStatus
+
+    try:
+        status = HandoffStatus(state) if state else None
+    except ValueError:
+        typer.echo(f"错误：未知状态 {state}（可选：{'、'.join(member.value for member in HandoffStatus)}）", err=True)
+        raise typer.Exit(2) from None
+    database = _open_database(load_settings())
+    try:
+        owner_id = Accounts(database).get(owner).id if owner else None
+        tickets = [ticket_summary(ticket) for ticket in TicketDesk(database).list(status, owner_id, limit=limit)]
+    except TelephonyError as exc:
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.close()
+    if as_json:
+        typer.echo(json.dumps(tickets, ensure_ascii=False))
+        return
+    if not tickets:
+        typer.echo("没有工单")
+    bureau_time = ZoneInfo("Asia/Shanghai")
+    for data in tickets:
+        due = datetime.fromisoformat(data["due_at"]).astimezone(bureau_time)
+        typer.echo(f"工单 #{data['id']}  {data['state']}  {data['trigger']}  到期 {due:%Y-%m-%d %H:%M}  "
+                   f"{data['number']}  已拨 {data['attempts']} 次  {data['owner'] or '未领取'}")
+        if data["question"]:
+            typer.echo(f"  问题：{data['question']}")
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name: letters, digits, '.', '_', '-'")],
+    name: Annotated[str, typer.Option("--name", help="Display name, e.g. 王小明")],
+    role: Annotated[str, typer.Option("--role", help="agent | supervisor | editor | admin")] = "agent",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line "
+                                                                          "of stdin instead of prompting")] = False,
+) -> None:
+    """Create a staff account; the password is asked twice (or read from stdin) and stored only as a hash."""
+    from telephony.errors import TelephonyError
+    from telephony.handoff.accounts import Accounts
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            typer.echo("错误：no password on stdin", err=True)
+            raise typer.Exit(2)
+    else:
+        password = typer.prompt("密码", hide_input=True, confirmation_prompt="再次输入密码")
+    database = _open_database(load_settings())
+    try:
+        account = Accounts(database).create(username, name, role, password)
+    except TelephonyError as exc:
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.close()
+    typer.echo(f"已创建用户 {account.username}（{account.display_name}，{account.role.value}）")
+
+
+@users_app.command("list")
+def users_list(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False) -> None:
+    """Staff accounts by username (never their passwords)."""
+    from telephony.handoff.accounts import Accounts
+
+    database = _open_database(load_settings())
+    try:
+        accounts = [account.to_json() for account in Accounts(database).list()]
+    finally:
+        database.close()
+    if as_json:
+        typer.echo(json.dumps(accounts, ensure_ascii=False))
+        return
+    if not accounts:
+        typer.echo("没有用户")
+    for data in accounts:
+        typer.echo(f"{data['username']}  {data['display_name']}  {data['role']}"
+                   + ("" if data["active"] else "  已停用"))
+
+
+@users_app.command("deactivate")
+def users_deactivate(username: Annotated[str, typer.Argument(help="The account to deactivate")]) -> None:
+    """Stop an account from signing in and taking tickets; its past work keeps its name."""
+    from telephony.errors import TelephonyError
+    from telephony.handoff.accounts import Accounts
+
+    database = _open_database(load_settings())
+    try:
+        account = Accounts(database).deactivate(username)
+    except TelephonyError as exc:
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.close()
+    typer.echo(f"已停用用户 {account.username}")
+
+
 def main() -> None:
     app()
 

@@ -3,6 +3,8 @@
 from telephony.store.database import Database
 from telephony.store.models import (
     Call,
+    CallbackAttempt,
+    CallbackOutcome,
     CallChannel,
     CallStatus,
     HandoffStatus,
@@ -17,6 +19,6 @@ from telephony.store.models import (
 )
 
 __all__ = [
-    "Call", "CallChannel", "CallStatus", "Database", "HandoffStatus", "HandoffTicket",
-    "SmsKind", "SmsMessage", "SmsReportLog", "SmsStatus", "Turn", "User", "UserRole",
+    "Call", "CallbackAttempt", "CallbackOutcome", "CallChannel", "CallStatus", "Database", "HandoffStatus",
+    "HandoffTicket", "SmsKind", "SmsMessage", "SmsReportLog", "SmsStatus", "Turn", "User", "UserRole",
 ]

@@ -1,10 +1,12 @@
-"""Tables: calls, turns, SMS messages, handoff tickets, users (SQLAlchemy 2 typed mappings)."""
+"""Tables: calls, turns, SMS messages, handoff tickets and their callback attempts, users (SQLAlchemy 2 typed
+mappings)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -65,10 +67,32 @@ class SmsKind(StrEnum):
 
 
 class HandoffStatus(StrEnum):
-    OPEN = "open"
-    CLAIMED = "claimed"
-    CALLBACK_SCHEDULED = "callback_scheduled"
-    CLOSED = "closed"
+    """open → assigned → attempted → resolved | unreachable, and assigned | attempted → open when an agent releases
+    the ticket; `telephony.handoff.tickets.TRANSITIONS` is the table (docs/handoff.md draws it)."""
+
+    OPEN = "open"  # waiting for an agent
+    ASSIGNED = "assigned"  # an agent claimed it and has not called yet
+    ATTEMPTED = "attempted"  # called at least once (`attempts`), not yet resolved
+    RESOLVED = "resolved"
+    UNREACHABLE = "unreachable"  # given up after the configured number of failed calls
+
+    @property
+    def final(self) -> bool:
+        return self in (HandoffStatus.RESOLVED, HandoffStatus.UNREACHABLE)
+
+
+class CallbackOutcome(StrEnum):
+    """How one call back to the caller went."""
+
+    REACHED = "reached"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    WRONG_NUMBER = "wrong_number"
+    OTHER = "other"
+
+    @property
+    def failed(self) -> bool:
+        return self is not CallbackOutcome.REACHED
 
 
 class UserRole(StrEnum):
@@ -194,12 +218,15 @@ class SmsReportLog(Base):
 
 
 class HandoffTicket(Base):
+    """A callback ticket: a caller handed to people, called back by an agent (lifecycle in handoff/tickets.py)."""
+
     __tablename__ = "handoff_tickets"
+    __table_args__ = (Index("ix_handoff_tickets_due", "status", "due_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     turn_id: Mapped[int | None] = mapped_column(ForeignKey("turns.id", ondelete="SET NULL"))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)  # the handoff's reason as the dialogue gave it (free text)
     status: Mapped[HandoffStatus] = mapped_column(
         _enum(HandoffStatus, "handoff_status"), default=HandoffStatus.OPEN, index=True
     )
@@ -208,5 +235,33 @@ class HandoffTicket(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # 0004: why the handoff happened as a short machine value (HandoffTrigger: key_0, asked_for_human, ...), when
+    # the callback is due (the next duty period's start after hours), what the agent reads before calling back,
+    # calls made, and a counter every change bumps (conditional updates compare it).
+    trigger: Mapped[str] = mapped_column(String(32), default="other", server_default="other")
+    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     call: Mapped[Call] = relationship(back_populates="handoff_tickets")
+    assigned_user: Mapped[User | None] = relationship()
+    callback_attempts: Mapped[list[CallbackAttempt]] = relationship(
+        back_populates="ticket", order_by="CallbackAttempt.id", cascade="all, delete-orphan"
+    )
+
+
+class CallbackAttempt(Base):
+    """One call an agent made to a ticket's caller (0004)."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("handoff_tickets.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    outcome: Mapped[CallbackOutcome] = mapped_column(_enum(CallbackOutcome, "callback_outcome"))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+    ticket: Mapped[HandoffTicket] = relationship(back_populates="callback_attempts")
