@@ -206,7 +206,9 @@ class SmsOutbox:
     def submitted(self, message_id: int, receipt: SmsReceipt) -> None:
         now = self.clock()
         with self.database.session() as session:
-            message = session.get(SmsMessage, message_id)
+            # FOR UPDATE: a delivery report that overtook this response may be committing now; without the lock
+            # this transaction would read "sending" and write "submitted" over the report's "delivered"
+            message = session.get(SmsMessage, message_id, with_for_update=True)
             if message is None:
                 return
             final = receipt.state in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.EXPIRED)
@@ -227,7 +229,7 @@ class SmsOutbox:
         now = self.clock()
         limits = self.limits
         with self.database.session() as session:
-            message = session.get(SmsMessage, message_id)
+            message = session.get(SmsMessage, message_id, with_for_update=True)
             if message is None:
                 return SmsStatus.FAILED
             message.last_error = str(error)

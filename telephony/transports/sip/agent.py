@@ -75,9 +75,14 @@ class SipCallTransport:
             uri = transfer_uri(target, self.peer_uri)
         except ValueError as exc:
             raise TransferUnavailable(str(exc)) from exc
-        await self.engine.transfer(self, uri)
-        self.transferred_to = uri
-        self.queue.put_nowait(_TRANSFERRED)
+        await self.engine.transfer(self, uri)  # on success the engine's reply has already marked the call
+
+    def _transferred(self, uri: str) -> None:
+        """The engine reports the transfer done. Called from the message handler, in the order the engine's
+        messages came, so a BYE that follows the REFER's final NOTIFY can never be read as the caller hanging up."""
+        if self.transferred_to is None:
+            self.transferred_to = uri
+            self.queue.put_nowait(_TRANSFERRED)
 
     async def hang_up(self) -> None:
         if self.ended:
@@ -109,6 +114,7 @@ class _EngineHandle:
     counters_before: dict = field(default_factory=dict)  # of earlier incarnations (restarts)
     calls: dict[int, SipCallTransport] = field(default_factory=dict)
     requests: dict[int, asyncio.Future] = field(default_factory=dict)
+    transfers: dict[int, tuple[SipCallTransport, str]] = field(default_factory=dict)  # request -> (call, target)
     restarts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,6 +132,7 @@ class _EngineHandle:
         request = next(self.line.requests)
         future = asyncio.get_running_loop().create_future()
         self.requests[request] = future
+        self.transfers[request] = (transport, uri)
         self.send(("transfer", request, transport.key, uri))
         try:
             error = await asyncio.wait_for(future, TRANSFER_TIMEOUT_S)
@@ -133,6 +140,7 @@ class _EngineHandle:
             error = f"the SIP engine did not answer the transfer to {uri}"
         finally:
             self.requests.pop(request, None)
+            self.transfers.pop(request, None)
         counters = self.line.transfers
         if error:
             counters["failed"] = counters.get("failed", 0) + 1
@@ -278,6 +286,9 @@ class SipLine:
         elif kind == "done":
             future = engine.requests.get(message[1])
             if future is not None and not future.done():
+                transfer = engine.transfers.get(message[1])
+                if transfer is not None and not message[2]:
+                    transfer[0]._transferred(transfer[1])
                 future.set_result(message[2])
         elif kind == "counters":
             engine.counters = message[1]
