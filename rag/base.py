@@ -21,6 +21,24 @@ class ClarifyKind(StrEnum):
     CONFIRM = "confirm"  # confirm the one service offered: 「您问的是不是A？」
     DETAILS = "details"  # a calculator asks for the numbers it needs
     REPEAT = "repeat"  # nothing with meaning was heard (noise, ASR garbage): 「我没听清，请您再说一遍」
+    REPHRASE = "rephrase"  # the caller turned every offered service down: 「请您换个说法，再讲一下」
+
+
+class HandoffCause(StrEnum):
+    """Why the engine hands the caller to a person (`Answer.handoff`); the phone dialogue records it as the
+    handoff's trigger, and says emergency numbers after hours for the two crises."""
+
+    ASKED_FOR_HUMAN = "asked_for_human"  # 「转人工」 in any words
+    LOW_CONFIDENCE = "low_confidence"  # the confidence gate is not sure enough to answer
+    OUT_OF_SCOPE = "out_of_scope"  # another office's business, or no social-insurance term at all
+    ABUSE = "abuse"  # insults and frustration
+    COMPLAINT = "complaint"  # a complaint about the bureau or this service
+    SELF_HARM = "self_harm"  # crisis: the caller speaks of ending their life
+    ACCIDENT = "accident"  # crisis: someone is being hurt now (a workplace accident happening as they call)
+
+    @property
+    def crisis(self) -> bool:
+        return self in (HandoffCause.SELF_HARM, HandoffCause.ACCIDENT)
 
 
 @dataclass(frozen=True)
@@ -90,10 +108,11 @@ class Answer:
     items: tuple[str, ...]
     confidence: float
     reason: str  # for people reading the turn log; no code parses it
-    clarify: ClarifyKind | None = None  # with Action.CLARIFY: what the caller is asked for (None: to say it again)
+    clarify: ClarifyKind | None = None  # with Action.CLARIFY: what the caller is asked for (None: which service)
     # The services a CHOICE or CONFIRM offers (the next reply may pick one), or with Action.ANSWER the alternative
     # an answer that named its service offers in one line (the next reply may switch to it: 「另一个」).
     offered_items: tuple[str, ...] = ()
+    handoff: HandoffCause | None = None  # with Action.HANDOFF: why (None from an answerer that does not say)
 
     @property
     def named(self) -> bool:
@@ -116,6 +135,7 @@ class Answer:
             "reason": self.reason,
             "clarify": self.clarify.value if self.clarify is not None else None,
             "offered_items": list(self.offered_items),
+            "handoff": self.handoff.value if self.handoff is not None else None,
         }
 
 

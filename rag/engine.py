@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
 from kb.schema import ServiceItem
 from rag import phrases
-from rag.base import Action, Answer, ClarifyKind, ConversationContext, Retriever, ScoredItem
+from rag.base import Action, Answer, ClarifyKind, ConversationContext, HandoffCause, Retriever, ScoredItem
 from rag.calculators import calculate
 from rag.confidence import ConfidenceModel, score_lead
 from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, validate_question
@@ -30,6 +31,55 @@ HUMAN_REQUEST = re.compile(
 # Insults and frustration: a person takes over (phrases.ABUSE acknowledges the feeling).
 ABUSE = re.compile(r"傻(?!眼)|笨|蠢|他妈的|去死|滚蛋|滚远|混蛋|王八蛋|废物|垃圾|破(系统|机器)|烦死了|烦不烦|气死|闭嘴|"
                    r"懒得跟你|没得用|没有用(?!过)|一点用都")
+
+# Complaints about the bureau, its staff or this line go to a person (phrases.COMPLAINT), and so does a complaint
+# with no object. A report about an employer or a labour dispute is not one: 「怎么投诉用人单位不交社保」 and
+# 「讨薪去哪里投诉」 ask where to report, the labour inspectorate's business (kb item referral-wage-arrears), and go
+# through retrieval like any question. So complaint words count when they are aimed at us (AGAINST_US), or when
+# nothing in the question is about an employer or how to report one (SERVICE_REPORT). A false positive costs a
+# person's time; a false negative would answer a complaint with a menu.
+COMPLAINT = re.compile(
+    r"投诉|举报|(?<![报转广公预通劝宣布忠警])告(你们|你|社保局|社保中心|人社局)|起诉(你们|社保局|人社局)|曝光|信访|上访|"
+    r"(打|拨|找|去|上)个?(12345|一二三四五|幺二三四五|市长热线|政务热线|政务服务热线)|"
+    r"态度(太|很|真|非常|极其|好)?(差|恶劣|冷淡|蛮横|粗暴)|态度(很|太|真|非常)?不好|不作为|踢皮球|推来推去|推三阻四|推诿|"
+    r"刁难|吃拿卡要|乱收费")
+_US = (r"(你们|你|这边|社保局|社保中心|社保所|人社局|窗口|工作人员|办事员|办事的|经办|热线|客服|接线员|话务员|机器人|"
+       r"系统|智能助手)")
+_FAULTS = r"(态度|不作为|踢皮球|推来推去|推三阻四|推诿|刁难|吃拿卡要|乱收费)"
+AGAINST_US = re.compile(r"(投诉|举报|告|起诉|曝光)(一下)?(你们的?|这个|那个)?" + _US + "|"
+                        r"(你们|社保局|社保中心|人社局|窗口|工作人员|办事员|办事的)[^，。？！,]{0,10}" + _FAULTS)
+SERVICE_REPORT = re.compile(
+    r"用人单位|单位|公司|老板|企业|工厂|厂里|厂子|雇主|包工头|工头|用工|工地|店里|饭店|项目部|"
+    r"工资|讨薪|欠薪|辞退|开除|合同|劳动监察|监察|仲裁|"
+    r"(哪|哪里|哪儿|哪个部门|什么部门|哪个单位)[^，。？！,]{0,4}(投诉|举报)|(怎么|咋|如何|怎样)(去)?(投诉|举报)")
+
+# Crises go to a person at once; after hours the phone dialogue first says the emergency numbers. Both lists lean
+# towards a person: a caller in crisis heard as a service question is the failure that matters.
+# Self-harm: words of ending one's own life. 死 alone is not one (死亡待遇, 丧葬费, 人死了个人账户怎么办 are survivor-
+# benefit questions), and neither is 自杀 alone: callers ask whether a suicide is a work injury (it is not, 《工伤保险
+# 条例》 article 16) or what the family may claim, so 自杀, 跳楼 … count only as intent (我想自杀, 要跳楼, 不如自杀).
+CRISIS_SELF_HARM = re.compile(
+    r"不想活|活不下去|活不成了|活着没有?意思|活着还?有什么意思|活够了|想死(?!亡)|想去死|寻死|寻短见|轻生|死了算了|不如死了|"
+    r"还不如死|一死了之|了结自己|结束自己|结束生命|我(也|就|真)?去死|"
+    r"(想|要|准备|打算|干脆|不如|会|去|我)(去)?(自杀|自尽|跳楼|跳河|跳江|跳桥|割腕|上吊|喝农药|吃安眠药)")
+# Someone hurt now: a workplace accident as the caller speaks (「工地上有人摔下来了」, 「工友被机器卷进去了」). The same
+# words in the past (去年, 上个月, 当时) or with the after-care asked about (工伤认定, 报销, 待遇, 住院) are the service
+# questions of the injury items: 「上班受伤了，咋个申请工伤认定」.
+_HURT = (r"(摔下来|摔下去|掉下来|掉下去|跌下来|跌下去|摔倒|摔伤|摔断|坠落|卷进|绞进|夹住|夹断|夹到|"
+         r"压住|压断|压在|砸到|砸中|砸伤|砸断|砸死|轧断|切断|割断|触电|被电|电到|烧伤|烫伤|炸伤|"
+         r"爆炸|着火|晕倒|昏倒|晕过去|昏过去|昏迷|不省人事|倒地|受伤|受了伤|伤到|流血|出血|骨折|"
+         r"出车祸|被车撞|撞伤|中毒|窒息)")
+HURT = re.compile(_HURT)
+HURT_DONE = re.compile(_HURT + r"[^，。？！,]{0,3}了")
+EMERGENCY = re.compile(r"救命|救救(他|她|我|我们)|快叫救护车|帮我叫救护车|快打(120|幺二零|一二零)|血流不止|"
+                       r"止不住血|满身是血|一身是血|(一直|还|正)?在流血|没气了|没有气了|没有?呼吸了|喊不醒|叫不醒")
+HAPPENING_NOW = re.compile(r"现在|刚刚|刚才|正在|就在|这会儿?|眼下|马上|赶紧|快(点|来)")
+IN_THE_PAST = re.compile(r"去年|前年|上个?(月|星期|礼拜|周)|前几天|前些天|前段时间|前阵子|那年|那天|"
+                         r"那次|当时|以前|之前|年前|月前|天前|早就|已经好了")
+AFTER_CARE = re.compile(r"社保|保险|医保|养老|失业|退休|生育|工伤|工亡|因工|职业病|出差|认定|鉴定|申请|报销|能报|"
+                        r"报吗|报备|上报|事故报告|赔|待遇|补助|补偿|抚恤|丧葬|备案|备个案|医药费|医疗费|治疗|住院|"
+                        r"出院|休假|工资|证明|手续|材料|办理|领")
+
 FOLLOWUP_CUE = re.compile(r"^(那|那么|那个|还有|还要|另外|要是|如果)|^(要|需要)?(带|准备)|^(在哪|去哪|多久|多少钱|要钱吗|收费吗)")
 FOLLOWUP_MAX_CHARS = 16
 # Score leads (`score_lead`) below 1.0, the lead when there is no runner-up.
@@ -58,16 +108,33 @@ BOTH_REJECTED = re.compile(r"都不|两个都|也不是")  # 「都不是」 aft
 NEXT_CANDIDATES = 2  # offered once after the caller turns both choices down
 
 
+def is_complaint(text: str) -> bool:
+    """A complaint about the bureau or this service (or one with no object), not a report about an employer."""
+    return bool(COMPLAINT.search(text)) and bool(AGAINST_US.search(text) or not SERVICE_REPORT.search(text))
+
+
+def crisis(text: str) -> HandoffCause | None:
+    """SELF_HARM, ACCIDENT (someone hurt now), or None."""
+    if CRISIS_SELF_HARM.search(text):
+        return HandoffCause.SELF_HARM
+    if EMERGENCY.search(text):
+        return HandoffCause.ACCIDENT
+    if IN_THE_PAST.search(text) or AFTER_CARE.search(text) or not HURT.search(text):
+        return None
+    return HandoffCause.ACCIDENT if HAPPENING_NOW.search(text) or HURT_DONE.search(text) else None
+
+
 def _turns_down(reply: str) -> bool:
     """A short reply that turns the offered services down ("都不是", "不对")."""
     return bool(REJECT.search(reply)) and len(reply) <= CHOICE_REPLY_MAX_CHARS
 
 
 def reaches_the_gates(question: str, lexicon: Lexicon | None) -> bool:
-    """Whether the confidence gates decide this question. Rules come first: a request for a person, an insult and a
-    question naming nothing the hotline deals with are settled without the confidence model, and so is text with no
-    meaning at all (noise, fillers)."""
-    if HUMAN_REQUEST.search(question) or ABUSE.search(question) or says_nothing(question):
+    """Whether the confidence gates decide this question. Rules come first: a crisis, a complaint, a request for a
+    person, an insult and a question naming nothing the hotline deals with are settled without the confidence model,
+    and so is text with no meaning at all (noise, fillers)."""
+    if crisis(question) or is_complaint(question) or HUMAN_REQUEST.search(question) or ABUSE.search(question) \
+            or says_nothing(question):
         return False
     return lexicon is None or lexicon.in_domain(question)
 
@@ -88,10 +155,21 @@ class AnswerEngine:
     async def answer(self, question: str, context: ConversationContext | None = None) -> Answer:
         question = validate_question(question, self.policy.max_question_chars)
         context = context or ConversationContext()
+        # A crisis first (「我不想活了，转人工」 is one), then a complaint (its own queue), 转人工, insults.
+        cause = crisis(question)
+        if cause is HandoffCause.SELF_HARM:
+            return self._handoff(question, phrases.CRISIS_SELF_HARM, RULE_CONFIDENCE, "crisis: self-harm words", cause)
+        if cause is HandoffCause.ACCIDENT:
+            return self._handoff(question, phrases.CRISIS_ACCIDENT, RULE_CONFIDENCE,
+                                 "crisis: someone hurt now (an accident as the caller speaks)", cause)
+        if is_complaint(question):
+            return self._handoff(question, phrases.COMPLAINT, RULE_CONFIDENCE, "complaint about the service",
+                                 HandoffCause.COMPLAINT)
         if HUMAN_REQUEST.search(question):
-            return self._handoff(question, phrases.HANDOFF_REQUESTED, RULE_CONFIDENCE, "caller asked for a human")
+            return self._handoff(question, phrases.HANDOFF_REQUESTED, RULE_CONFIDENCE, "caller asked for a human",
+                                 HandoffCause.ASKED_FOR_HUMAN)
         if ABUSE.search(question):
-            return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language")
+            return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language", HandoffCause.ABUSE)
 
         if context.offers_a_switch:
             switched = self._resolve_switch(question, context)
@@ -136,15 +214,18 @@ class AnswerEngine:
         off_topic = self.lexicon.out_of_scope_term(question) if self.lexicon is not None else None
         if self.lexicon is not None and not self.lexicon.in_domain(question):
             if off_topic is not None:  # named another office's business: repeating it would not help
-                return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}")
+                return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}",
+                                     HandoffCause.OUT_OF_SCOPE)
             if FOLLOWUP_CUE.search(question) or len(question) <= 6:
                 return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), confidence,
                               "no service named and no earlier question to follow")
-            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, "out of scope: no social-insurance term")
+            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, "out of scope: no social-insurance term",
+                                 HandoffCause.OUT_OF_SCOPE)
 
         if (off_topic is not None and confidence < self.policy.high_confidence
                 and not self.lexicon.names_social_insurance(question)):
-            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}")
+            return self._handoff(question, phrases.OUT_OF_SCOPE, confidence, f"out of scope: mentions {off_topic}",
+                                 HandoffCause.OUT_OF_SCOPE)
 
         top = self.kb.get(ranked[0].item_id)
         assert top is not None, "retriever returned an item the KB does not hold"
@@ -152,7 +233,7 @@ class AnswerEngine:
             return self.curated.answer(question, top, confidence, self._reason("high", ranked, confidence))
         if confidence < self.policy.low_confidence:
             return self._handoff(question, phrases.NOT_SURE, confidence, self._reason("low", ranked, confidence),
-                                 items=tuple(scored.item_id for scored in ranked[:3]))
+                                 HandoffCause.LOW_CONFIDENCE, items=tuple(scored.item_id for scored in ranked[:3]))
         runner_up = self.kb.get(ranked[1].item_id) if len(ranked) > 1 else None
         if runner_up is not None and runner_up.id in top.ask_between and score_lead(ranked) <= CHOICE_LEAD:
             return self._choose(question, top, runner_up, confidence,
@@ -208,7 +289,7 @@ class AnswerEngine:
         elif _turns_down(reply):
             return self._next_candidates(reply, offered, asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
-                "caller rejected the offered services")
+                "caller rejected the offered services", ClarifyKind.REPHRASE)
         elif CONFIRM.search(reply) and len(items) == 1:
             picked = items[0]
         else:
@@ -231,7 +312,7 @@ class AnswerEngine:
         if BOTH_REJECTED.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
             return self._next_candidates(reply, (answered, *offered), asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
-                "caller rejected the answered and the offered service")
+                "caller rejected the answered and the offered service", ClarifyKind.REPHRASE)
         if not SWITCH.search(reply):
             return None
         ranked = self.retriever.retrieve(reply, limit=1)
@@ -289,8 +370,9 @@ class AnswerEngine:
                 f"(matched {top.matched_alias!r}){runner}")
 
     @staticmethod
-    def _handoff(question: str, spoken: str, confidence: float, reason: str, items: tuple[str, ...] = ()) -> Answer:
-        return Answer(question, Action.HANDOFF, spoken, "", (), items, confidence, reason)
+    def _handoff(question: str, spoken: str, confidence: float, reason: str, cause: HandoffCause,
+                 items: tuple[str, ...] = ()) -> Answer:
+        return Answer(question, Action.HANDOFF, spoken, "", (), items, confidence, reason, handoff=cause)
 
 
 __all__ = ["AnswerEngine", "item_citations"]

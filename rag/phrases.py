@@ -5,6 +5,11 @@ NOT_SURE = "抱歉，这个问题我没有把握答准确，为了不耽误您�
 EMPTY_QUESTION = "请问您想咨询哪方面的社保业务？比如社保卡、养老金、失业金、工伤。"
 OUT_OF_SCOPE = "抱歉，这个问题不在社保热线的服务范围内，我没法准确回答，帮您转人工服务。"
 ABUSE = "您的心情我理解，我帮您转人工服务，请稍候。"
+COMPLAINT = "好的，您要反映的问题，我帮您转人工服务，请稍候。"
+# Crises (rag/engine.py `crisis`): a person at once. After hours the phone dialogue follows these with the emergency
+# numbers (telephony/calls/prompts.py), so they promise help from staff, not a transfer this minute.
+CRISIS_SELF_HARM = "听您这么说，我很担心您，我请工作人员来帮您。"
+CRISIS_ACCIDENT = "有人受伤是急事，我请工作人员来帮您。"
 CONFIRM_ITEM = "您问的是不是“{title}”？"
 CHOOSE_ITEMS = "请问您问的是“{first}”，还是“{second}”？"
 CHOOSE_NEXT = "那您问的是“{first}”，还是“{second}”？都不是的话，请换个说法再讲一下。"

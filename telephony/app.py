@@ -56,6 +56,7 @@ from telephony.sms.gateways.local import OutboxOnlyGateway
 from telephony.sms.outbox import SmsLimits, SmsOutbox
 from telephony.sms.service import SmsConfig, SmsService, TemplateLookup
 from telephony.store import Database
+from telephony.store.models import utcnow
 from telephony.store.turns import TurnJournal, TurnWriter
 from telephony.transports.audiosocket.server import AudioSocketLine
 from telephony.transports.auth import MediaStreamAuth
@@ -322,6 +323,14 @@ def load_office_hours(settings: Settings) -> OfficeHours | None:
         return None
 
 
+def open_now(calendar: OfficeHours | None) -> Callable[[], bool] | None:
+    """Whether agents are on duty at this moment, asked by the dialogue when a caller is in crisis (after hours it says
+    the emergency numbers first); None without a calendar, which the dialogue takes as open."""
+    if calendar is None:
+        return None
+    return lambda: calendar.is_open(utcnow())
+
+
 def build_lines(settings: Settings) -> list[ServedLine]:
     """The phone lines that listen on their own ports (the media stream is served by the web app)."""
     lines: list[ServedLine] = []
@@ -483,9 +492,10 @@ class Hotline:
 
     async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:
         engines = await start_voice_engines(self.settings, asr, tts)
+        calendar = load_office_hours(self.settings)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
-                            CallbackTickets(self.database, self.sms, office_hours=load_office_hours(self.settings)),
-                            sms=self.sms)
+                            CallbackTickets(self.database, self.sms, office_hours=calendar), sms=self.sms,
+                            is_open=open_now(calendar))
         self.voice = Voice(self.settings, engines, runner, self.line, build_lines(self.settings))
         await self.voice.start_lines()
         return self.voice

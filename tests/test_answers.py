@@ -127,7 +127,7 @@ async def test_a_clarifying_choice_is_resolved_by_the_callers_reply(hotline: Hot
     rejected_again = await hotline.answers.ask("都不是", offered_again)
     assert rejected_again.action is Action.CLARIFY and rejected_again.items == ()
     assert "换个说法" in rejected_again.spoken
-    assert rejected_again.clarify is None and rejected_again.offered_items == ()
+    assert rejected_again.clarify is ClarifyKind.REPHRASE and rejected_again.offered_items == ()
     without_question = await hotline.answers.ask("都不是", ConversationContext(offered_item_ids=first.items))
     assert without_question.items == () and "换个说法" in without_question.spoken
 

@@ -10,11 +10,11 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from rag.base import Action, Answer, ConversationContext, ConversationTurn
+from rag.base import Action, Answer, ClarifyKind, ConversationContext, ConversationTurn, HandoffCause
 from rag.errors import InvalidQuestionError
 from telephony.calls import prompts
 from telephony.calls.sms_offer import ABSORBED, FlowReply, SmsOfferFlow
@@ -29,7 +29,7 @@ from telephony.calls.turn_log import (
     TurnSettled,
 )
 from telephony.errors import TelephonyError
-from telephony.handoff.base import HandoffRequest, HandoffTarget
+from telephony.handoff.base import HandoffRequest, HandoffTarget, HandoffTrigger
 from voice.base import TtsEngine, VoiceError
 from voice.session import (
     CallerSpeechStarted,
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 GOODBYE_INTENT = re.compile(r"^(没有了?|没了|没得了?|不用了?|没事了?|就这些|就这样|再见|拜拜|好的?谢谢|谢谢你?|可以了|行了|好了)")
 # Text an ASR gives for noise: nothing, or one syllable that is not an answer word.
 SHORT_ANSWER_WORDS = re.compile(r"^(是|对|嗯|好|不|没|要|行)$")
+# Two misunderstandings in a row go to a person: the second reply that would ask the caller to say it again (words
+# with no meaning, 「都不是」 with nothing left to offer, a question the engine refuses) hands off instead. Noise with
+# no words in it (empty text, one syllable) is asked again without counting: the caller may not have spoken at all.
+MISUNDERSTOOD_LIMIT = 2
+MISUNDERSTOOD = frozenset({ClarifyKind.REPEAT, ClarifyKind.REPHRASE})
 
 
 class DialogueState(StrEnum):
@@ -129,7 +134,8 @@ class CallSession:
                  config: DialogueConfig, handoff: HandoffTarget, *, observers: Sequence[TurnObserver] = (),
                  after_answer: AfterAnswer = ask_anything_else, hangup: Callable[[], Awaitable[None]] | None = None,
                  sms: SmsOfferFlow | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 is_open: Callable[[], bool] | None = None) -> None:
         self.party = party
         self.speech = speech
         self.tts = tts
@@ -142,6 +148,7 @@ class CallSession:
         self.sms = sms
         self.clock = clock
         self.sleep = sleep
+        self.is_open = is_open  # whether agents are on duty now (office hours); None: always
         self.state = DialogueState.GREETING
         self.end_reason: str | None = None
         self.last_spoken = ""
@@ -151,6 +158,7 @@ class CallSession:
         self._caller_mid_utterance = False
         self._conversation: list[ConversationTurn] = []
         self._heard: list[str] = []
+        self._misunderstood = 0  # replies in a row that asked the caller to say it again
 
     def _move(self, target: DialogueState) -> None:
         self.state = next_state(self.state, target)
@@ -266,7 +274,7 @@ class CallSession:
         if digit == "*":
             await self._respond_with(self.last_spoken or prompts.NOTHING_TO_REPEAT)
         elif digit == "0":
-            await self._hand_off(None, "caller pressed 0")
+            await self._hand_off(None, "caller pressed 0", HandoffTrigger.KEY_0)
 
     async def _on_utterance(self, event: UtteranceEnded) -> None:
         text = event.text.strip()
@@ -279,6 +287,7 @@ class CallSession:
         if self.sms is not None:
             reply = await self.sms.on_utterance(text)
             if reply is not None:
+                self._misunderstood = 0
                 await self._sms_reply(reply)
                 return
         if self._asked_anything_else and GOODBYE_INTENT.search(text):
@@ -289,17 +298,36 @@ class CallSession:
         self._emit(QuestionAsked(self.clock()))
         try:
             answer, version = await self.answers.ask_versioned(text, self.context())
-        except InvalidQuestionError:
+        except InvalidQuestionError as exc:
+            self._misunderstood += 1
+            if self._misunderstood >= MISUNDERSTOOD_LIMIT:
+                reason = f"misunderstood twice in a row: {exc}"
+                self._emit(TurnSettled("handoff", reason, prompts.MISUNDERSTOOD_HANDOFF))
+                await self._hand_off(None, reason, HandoffTrigger.MISUNDERSTOOD_TWICE,
+                                     spoken_first=prompts.MISUNDERSTOOD_HANDOFF)
+                return
             await self.say(prompts.REPEAT_PLEASE)
             self._move(DialogueState.LISTENING)
             return
-        self._emit(AnswerReady(answer, version, self.clock()))
+        kind = HandoffTrigger.of(answer.handoff)
+        if answer.action is Action.CLARIFY and answer.clarify in MISUNDERSTOOD:
+            self._misunderstood += 1
+            if self._misunderstood >= MISUNDERSTOOD_LIMIT:
+                answer = replace(answer, action=Action.HANDOFF, spoken=prompts.MISUNDERSTOOD_HANDOFF, clarify=None,
+                                 reason=f"misunderstood twice in a row: {answer.reason}")
+                kind = HandoffTrigger.MISUNDERSTOOD_TWICE
+        else:
+            self._misunderstood = 0
+        emergency = self._emergency_prompt(answer.handoff) if answer.action is Action.HANDOFF else ""
+        # The turn stores what the caller heard, the emergency numbers included.
+        heard = replace(answer, spoken=answer.spoken + emergency) if emergency else answer
+        self._emit(AnswerReady(heard, version, self.clock()))
         self.turns += 1
         self._conversation.append(answer.as_turn())
         self.speech.expect_reply(ReplyKind.SHORT if answer.action is Action.CLARIFY else ReplyKind.QUESTION)
         self._asked_anything_else = False
         if answer.action is Action.HANDOFF:
-            await self._hand_off(answer, answer.reason, spoken_first=answer.spoken)
+            await self._hand_off(answer, answer.reason, kind, spoken_first=answer.spoken, emergency=emergency)
             return
         follow = ""
         offer = self.sms.offer(answer) if self.sms is not None else None
@@ -327,15 +355,36 @@ class CallSession:
     def context(self) -> ConversationContext:
         return ConversationContext.from_turns(self._conversation)
 
-    async def _hand_off(self, answer: Answer | None, trigger: str, spoken_first: str = "") -> None:
-        """Say the handoff sentence at once; the handoff is arranged meanwhile, then its closing is said."""
+    def _agents_on_duty(self) -> bool:
+        if self.is_open is None:
+            return True
+        try:
+            return self.is_open()
+        except Exception:  # a broken calendar must not cost a caller in crisis the emergency numbers
+            log.exception("call %s: office hours unknown, taken as closed", self.party.call_id)
+            return False
+
+    def _emergency_prompt(self, cause: HandoffCause | None) -> str:
+        """After hours, a crisis hears the emergency numbers before the ticket's closing; in hours, nothing."""
+        if cause is None or not cause.crisis or self._agents_on_duty():
+            return ""
+        if cause is HandoffCause.SELF_HARM:
+            return prompts.CRISIS_SELF_HARM_AFTER_HOURS
+        return prompts.CRISIS_ACCIDENT_AFTER_HOURS
+
+    async def _hand_off(self, answer: Answer | None, trigger: str, kind: HandoffTrigger, spoken_first: str = "",
+                        emergency: str = "") -> None:
+        """Say the handoff sentence (and after hours a crisis's emergency numbers) at once; the handoff is arranged
+        meanwhile, then its closing is said."""
         self.end_reason = "handoff"
         if self.state is not DialogueState.ENDING:
             self._move(DialogueState.ENDING)
-        request = HandoffRequest(self.party.call_id, self.party.caller_number, trigger, answer, tuple(self._heard))
+        request = HandoffRequest(self.party.call_id, self.party.caller_number, trigger, answer, tuple(self._heard),
+                                 kind)
+        log.info("call %s: handoff (%s): %s", self.party.call_id, kind.value, trigger)
         arranging = asyncio.create_task(self.handoff.offer(request))
-        if spoken_first:
-            await self.say(spoken_first)
+        if spoken_first or emergency:
+            await self.say(spoken_first, emergency)
         outcome = await arranging
         await self.say(outcome.spoken)
         self._move(DialogueState.ENDED)

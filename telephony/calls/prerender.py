@@ -14,8 +14,9 @@ def fixed_prompts(centre_name: str) -> list[str]:
         prompts.GREETING.format(centre=centre_name), prompts.ANYTHING_ELSE, prompts.REPEAT_PLEASE,
         prompts.SILENCE_REPROMPT, prompts.SILENCE_GOODBYE, prompts.GOODBYE, prompts.MAX_LENGTH_GOODBYE,
         prompts.NOTHING_TO_REPEAT, prompts.HANDOFF_REGISTERED, prompts.VOICE_UNAVAILABLE,
+        prompts.MISUNDERSTOOD_HANDOFF, prompts.CRISIS_SELF_HARM_AFTER_HOURS, prompts.CRISIS_ACCIDENT_AFTER_HOURS,
         phrases.HANDOFF_REQUESTED, phrases.NOT_SURE, phrases.OUT_OF_SCOPE, phrases.EMPTY_QUESTION, phrases.REPHRASE,
-        phrases.NOT_HEARD,
+        phrases.NOT_HEARD, phrases.ABUSE, phrases.COMPLAINT, phrases.CRISIS_SELF_HARM, phrases.CRISIS_ACCIDENT,
     ]
 
 

@@ -10,6 +10,20 @@ MAX_LENGTH_GOODBYE = "本次通话时间比较长，先为您结束通话。还�
 NOTHING_TO_REPEAT = "请直接说出您要咨询的问题。"
 HANDOFF_REGISTERED = "已为您登记人工服务，工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
 VOICE_UNAVAILABLE = "抱歉，语音服务暂时不可用。已为您登记人工服务，工作人员会尽快回电，再见。"
+# The second reply in a row that would ask the caller to say it again hands off instead (dialogue.py).
+MISUNDERSTOOD_HANDOFF = "抱歉，我还是没听明白。为了不耽误您，我帮您转人工服务。"
+
+# A caller in crisis after hours hears these after the engine's reply and before the ticket's closing. National
+# numbers only: 110 police, 120 medical emergency, and 12356, the national psychological assistance hotline set up
+# by the National Health Commission (国家卫生健康委《关于应用“12356”全国统一心理援助热线电话号码的通知》, announced
+# 2024-12-25: in service around New Year 2025, every province connected by 2025-05-01; the notice asks for at least
+# 18 hours of service a day, not 24, hence 110 and 120 for danger to life). Sources: docs/handoff.md. Digits are
+# written as said (幺 for 1) so every TTS reads them one by one.
+CRISIS_SELF_HARM_AFTER_HOURS = ("现在不是上班时间，人工服务暂时没人接听。您要是心里很难受，"
+                                "请拨打全国统一的心理援助热线，幺二三五六，幺二三五六。"
+                                "如果有生命危险，请马上拨打幺幺零或者幺二零。")
+CRISIS_ACCIDENT_AFTER_HOURS = ("现在不是上班时间，人工服务暂时没人接听。有人受伤的，请马上拨打急救电话幺二零；"
+                               "现场还有危险的，请拨打报警电话幺幺零。")
 
 # The SMS offer (telephony/calls/sms_offer.py). Numbers are read digit by digit, grouped 3-4-4.
 SMS_OFFER = "需要把完整的办事指南和政策依据发到您的手机上吗？需要请说“需要”，或按1。"

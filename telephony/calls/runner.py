@@ -24,7 +24,7 @@ from telephony.calls.recording import CallRecorder, RecordingTransport
 from telephony.calls.sms_offer import OutboxSender, SmsOfferFlow
 from telephony.calls.turn_log import TurnLog
 from telephony.errors import StorageError
-from telephony.handoff.base import HandoffRequest, HandoffTarget
+from telephony.handoff.base import HandoffRequest, HandoffTarget, HandoffTrigger
 from telephony.sms.service import SmsService
 from telephony.store import CallStatus, Database
 from telephony.store.turns import TurnWriter
@@ -63,7 +63,7 @@ class CallRunner:
 
     def __init__(self, engines: VoiceEngines, config: CallConfig, answers: Answers, database: Database,
                  writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else,
-                 sms: SmsService | None = None) -> None:
+                 sms: SmsService | None = None, is_open: Callable[[], bool] | None = None) -> None:
         self.engines = engines
         self.config = config
         self.answers = answers
@@ -72,6 +72,7 @@ class CallRunner:
         self.handoff = handoff
         self.after_answer = after_answer
         self.sms = sms  # None: no SMS is offered
+        self.is_open = is_open  # whether agents are on duty now (the office-hours calendar); None: always
         self.active_calls = 0
 
     async def run(self, line: CallTransport) -> str:
@@ -146,7 +147,7 @@ class _Call:
         self.session = CallSession(
             CallParty(self.call_id, info.caller_number), self.speech, engines.tts, runner.answers,
             runner.config.dialogue, runner.handoff, observers=(self.turn_log,), after_answer=runner.after_answer,
-            hangup=self.line.hang_up, sms=sms)
+            hangup=self.line.hang_up, sms=sms, is_open=runner.is_open)
         self.dialogue = asyncio.create_task(self.session.run(), name=f"call-{self.call_id}")
 
     async def _apologise(self, asr_error: str) -> None:
@@ -159,7 +160,8 @@ class _Call:
             log.error("call %s: the apology could not be spoken: %s", self.call_id, exc)
         info = self.line.info
         await self.runner.handoff.offer(HandoffRequest(self.call_id, info.caller_number,
-                                                       f"ASR unavailable: {asr_error}"))
+                                                       f"ASR unavailable: {asr_error}",
+                                                       kind=HandoffTrigger.ASR_UNAVAILABLE))
         await self.line.hang_up()
 
     async def _close(self) -> None:

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
-from rag.base import Answer
+from rag.base import Answer, HandoffCause
+
+
+class HandoffTrigger(StrEnum):
+    """Why a caller was handed to people, as a short machine value (`HandoffRequest.kind`, `HandoffTicket.trigger`)."""
+
+    KEY_0 = "key_0"  # pressed 0
+    ASKED_FOR_HUMAN = "asked_for_human"  # 「转人工」 in any words
+    LOW_CONFIDENCE = "low_confidence"  # the answer gate was not sure enough to answer
+    MISUNDERSTOOD_TWICE = "misunderstood_twice"  # two replies in a row asked the caller to say it again
+    COMPLAINT = "complaint"  # about the bureau or this service
+    CRISIS = "crisis"  # self-harm words, or someone hurt now
+    OUT_OF_SCOPE = "out_of_scope"  # another office's business
+    ABUSE = "abuse"
+    ASR_UNAVAILABLE = "asr_unavailable"
+    OTHER = "other"
+
+    @classmethod
+    def of(cls, cause: HandoffCause | None) -> HandoffTrigger:
+        """The trigger of an answer engine's handoff; OTHER when the answerer did not say why."""
+        if cause is None:
+            return cls.OTHER
+        return cls.CRISIS if cause.crisis else cls(cause.value)
 
 
 @dataclass(frozen=True)
@@ -14,9 +37,10 @@ class HandoffRequest:
 
     call_id: str | None
     caller_number: str | None
-    trigger: str  # why: "caller pressed 0", "caller asked for a human", "ASR unavailable: ...", a gate's reason
+    trigger: str  # why, in words: "caller pressed 0", "ASR unavailable: ...", a gate's reason with its scores
     last_answer: Answer | None = None
     transcript: tuple[str, ...] = ()  # the caller's utterances so far, oldest first
+    kind: HandoffTrigger = HandoffTrigger.OTHER  # why, typed; OTHER: a ticket classifies `trigger` instead
 
 
 @dataclass(frozen=True)

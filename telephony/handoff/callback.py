@@ -11,7 +11,7 @@ from typing import Any
 
 from telephony.calls import prompts
 from telephony.errors import StorageError
-from telephony.handoff.base import HandoffOutcome, HandoffRequest
+from telephony.handoff.base import HandoffOutcome, HandoffRequest, HandoffTrigger
 from telephony.handoff.office_hours import OfficeHours
 from telephony.handoff.tickets import TicketDesk, classify_trigger
 from telephony.sms.base import SmsError
@@ -56,6 +56,13 @@ def ticket_context(call: Call, request: HandoffRequest) -> dict[str, Any]:
     }
 
 
+def request_trigger(request: HandoffRequest) -> HandoffTrigger:
+    """The ticket's trigger: the request's typed kind, else its prose classified (a request built without `kind`)."""
+    if request.kind is not HandoffTrigger.OTHER:
+        return request.kind
+    return classify_trigger(request.trigger)
+
+
 class CallbackTickets:
     """Implements `HandoffTarget` by opening a callback ticket that staff call back on: due at once in office hours
     (or without a calendar), else when the next duty period starts."""
@@ -84,7 +91,7 @@ class CallbackTickets:
         call = self.database.get_call(request.call_id)
         if call is None:
             raise StorageError(f"no call {request.call_id}")
-        return self.desk.open(request.call_id, request.trigger, trigger=classify_trigger(request.trigger),
+        return self.desk.open(request.call_id, request.trigger, trigger=request_trigger(request),
                               callback_number=request.caller_number, context=ticket_context(call, request))
 
     async def _confirm_by_sms(self, request: HandoffRequest, ticket_id: int) -> bool:

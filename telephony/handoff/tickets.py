@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from telephony.errors import StorageError, TelephonyError
 from telephony.handoff.accounts import CALLBACK_ROLES, require_active_user
+from telephony.handoff.base import HandoffTrigger
 from telephony.handoff.office_hours import OfficeHours
 from telephony.sms.compose import mask
 from telephony.store.database import Database
@@ -55,23 +55,8 @@ TRANSITIONS: dict[HandoffStatus, frozenset[HandoffStatus]] = {
 }
 
 
-class HandoffTrigger(StrEnum):
-    """Why a caller was handed to people, as a short machine value (`HandoffTicket.trigger`)."""
-
-    KEY_0 = "key_0"  # pressed 0
-    ASKED_FOR_HUMAN = "asked_for_human"  # 「转人工」
-    LOW_CONFIDENCE = "low_confidence"  # the answer gate was not sure enough to answer
-    MISUNDERSTOOD_TWICE = "misunderstood_twice"
-    COMPLAINT = "complaint"
-    CRISIS = "crisis"
-    OUT_OF_SCOPE = "out_of_scope"  # another office's business
-    ABUSE = "abuse"
-    ASR_UNAVAILABLE = "asr_unavailable"
-    OTHER = "other"
-
-
-# The dialogue hands over its reason as prose (HandoffRequest.trigger, Answer.reason); until the request carries a
-# typed trigger, these prefixes of the texts rag/engine.py and telephony/calls write map it to the machine value.
+# Reasons given as prose only (an old caller of `TicketDesk.open`, a `HandoffRequest` without `kind`): these prefixes
+# of the texts rag/engine.py and telephony/calls write map them to the machine value.
 _TRIGGER_PREFIXES: tuple[tuple[str, HandoffTrigger], ...] = (
     ("caller pressed 0", HandoffTrigger.KEY_0),
     ("caller asked for a human", HandoffTrigger.ASKED_FOR_HUMAN),
