@@ -38,13 +38,15 @@ from rag.vector import VectorIndex, chroma_client
 from telephony.answers import Answers, AnswerStack, TextConversations
 from telephony.calls.dialogue import DialogueConfig
 from telephony.calls.prerender import prerender_texts
-from telephony.calls.runner import CallConfig, CallRunner, VoiceEngines
+from telephony.calls.runner import CallConfig, CallRunner, PersonHandoff, VoiceEngines
+from telephony.handoff.acd import AgentQueue
 from telephony.handoff.callback import CallbackTickets
 from telephony.handoff.office_hours import OfficeHours, OfficeHoursError
 from telephony.settings import (
     NATIONAL_HOTLINE,
     AsrChoice,
     EmbeddingBackend,
+    HandoffMode,
     Settings,
     SipMode,
     SmsGatewayChoice,
@@ -331,6 +333,12 @@ def open_now(calendar: OfficeHours | None) -> Callable[[], bool] | None:
     return lambda: calendar.is_open(utcnow())
 
 
+def person_handoff(settings: Settings, agents: AgentQueue) -> PersonHandoff:
+    """How an in-hours handoff reaches a person (settings `handoff_*`, docs/handoff.md)."""
+    return PersonHandoff(settings.handoff_mode, agents if settings.handoff_mode is HandoffMode.DESK else None,
+                         settings.handoff_queue_timeout_s, settings.handoff_transfer_target)
+
+
 def build_lines(settings: Settings) -> list[ServedLine]:
     """The phone lines that listen on their own ports (the media stream is served by the web app)."""
     lines: list[ServedLine] = []
@@ -471,6 +479,7 @@ class Hotline:
     voice: Voice | None = None
     voice_error: str | None = None
     line: MediaStreamLine = field(default_factory=MediaStreamLine)
+    agents: AgentQueue = field(default_factory=AgentQueue)  # the desk's queue (handoff_mode=desk)
 
     @classmethod
     def open(cls, settings: Settings, database: Database | None = None, kb: KnowledgeBase | None = None,
@@ -488,14 +497,15 @@ class Hotline:
         twilio = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token is not None else None
         return cls(settings, database, builds, answers, journal, writer, TextConversations(answers, database, writer),
                    MediaStreamAuth(media_token, twilio),
-                   build_sms(settings, database, lambda: answers.kb, sms_gateway))
+                   build_sms(settings, database, lambda: answers.kb, sms_gateway),
+                   agents=AgentQueue(offer_timeout_s=settings.handoff_offer_timeout_s))
 
     async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:
         engines = await start_voice_engines(self.settings, asr, tts)
         calendar = load_office_hours(self.settings)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
                             CallbackTickets(self.database, self.sms, office_hours=calendar), sms=self.sms,
-                            is_open=open_now(calendar))
+                            is_open=open_now(calendar), person=person_handoff(self.settings, self.agents))
         self.voice = Voice(self.settings, engines, runner, self.line, build_lines(self.settings))
         await self.voice.start_lines()
         return self.voice

@@ -199,7 +199,8 @@ async def test_key_zero_opens_a_callback_ticket_on_the_callers_number(hotline: H
     stored = hotline.database.get_call(call.session.party.call_id)
     assert [(ticket.reason, ticket.callback_number) for ticket in stored.handoff_tickets] == [
         ("caller pressed 0", "caller-1")]
-    assert call.tts.said[-1] == prompts.HANDOFF_REGISTERED and stored.turns == []
+    [ticket] = stored.handoff_tickets
+    assert call.tts.said[-1] == prompts.HANDOFF_REGISTERED_NUMBER.format(ticket=ticket.id) and stored.turns == []
 
 
 def test_dialogue_state_table_rejects_illegal_moves() -> None:

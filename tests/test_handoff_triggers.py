@@ -191,6 +191,12 @@ async def run(hotline: Hotline, call: ScriptedCall):
     return reason, hotline.database.get_call(call.session.party.call_id)
 
 
+def registered(stored) -> str:
+    """The ticket's closing sentence, with the ticket's number read out."""
+    [ticket] = stored.handoff_tickets
+    return prompts.HANDOFF_REGISTERED_NUMBER.format(ticket=ticket.id)
+
+
 NOISE = "呃嗯那个就是呃"  # words with no meaning: the engine asks to hear it again
 
 
@@ -211,7 +217,7 @@ async def test_each_trigger_hands_off_once_and_the_ticket_records_it(hotline: Ho
     assert reason == "handoff" and call.hangups == ["hung up"]
     [ticket] = stored.handoff_tickets
     assert ticket.trigger == trigger.value and ticket.callback_number == "13800000000"
-    assert call.tts.said[-1] == prompts.HANDOFF_REGISTERED
+    assert call.tts.said[-1] == prompts.HANDOFF_REGISTERED_NUMBER.format(ticket=ticket.id)
     assert prompts.CRISIS_SELF_HARM_AFTER_HOURS not in call.tts.said  # no calendar: taken as open
     assert prompts.CRISIS_ACCIDENT_AFTER_HOURS not in call.tts.said
 
@@ -222,7 +228,7 @@ async def test_the_second_misunderstanding_in_a_row_goes_to_a_person(hotline: Ho
     reason, stored = await run(hotline, call)
     assert reason == "handoff"
     assert call.tts.said[1:] == [phrases.NOT_HEARD, prompts.REPEAT_PLEASE, prompts.MISUNDERSTOOD_HANDOFF,
-                                 prompts.HANDOFF_REGISTERED]
+                                 registered(stored)]
     assert [turn.action for turn in stored.turns] == ["clarify", "repeat", "handoff"]
     assert stored.turns[-1].spoken_text == prompts.MISUNDERSTOOD_HANDOFF
     assert stored.turns[-1].reason.startswith("misunderstood twice in a row")
@@ -255,7 +261,7 @@ async def test_after_hours_a_crisis_hears_the_emergency_numbers_before_the_ticke
     call = make_call(hotline, question, is_open=lambda: False)
     reason, stored = await run(hotline, call)
     assert reason == "handoff"
-    assert call.tts.said[1:] == [engine_says, emergency, prompts.HANDOFF_REGISTERED]
+    assert call.tts.said[1:] == [engine_says, emergency, registered(stored)]
     [ticket] = stored.handoff_tickets
     assert ticket.trigger == "crisis" and ticket.reason.startswith("crisis")
     assert stored.turns[0].spoken_text == engine_says + emergency  # the turn keeps what the caller heard
@@ -264,14 +270,14 @@ async def test_after_hours_a_crisis_hears_the_emergency_numbers_before_the_ticke
 async def test_in_hours_a_crisis_is_handed_off_like_any_request(hotline: Hotline) -> None:
     call = make_call(hotline, "我不想活了", is_open=lambda: True)
     reason, stored = await run(hotline, call)
-    assert call.tts.said[1:] == [phrases.CRISIS_SELF_HARM, prompts.HANDOFF_REGISTERED]
+    assert call.tts.said[1:] == [phrases.CRISIS_SELF_HARM, registered(stored)]
     assert [ticket.trigger for ticket in stored.handoff_tickets] == ["crisis"]
 
 
 async def test_after_hours_other_handoffs_get_no_emergency_numbers(hotline: Hotline) -> None:
     call = make_call(hotline, "我要投诉你们", is_open=lambda: False)
-    await run(hotline, call)
-    assert call.tts.said[1:] == [phrases.COMPLAINT, prompts.HANDOFF_REGISTERED]
+    _, stored = await run(hotline, call)
+    assert call.tts.said[1:] == [phrases.COMPLAINT, registered(stored)]
 
 
 async def test_an_unknown_hour_is_taken_as_closed_for_a_crisis(hotline: Hotline) -> None:

@@ -29,6 +29,7 @@ from telephony.calls.turn_log import (
     TurnSettled,
 )
 from telephony.errors import TelephonyError
+from telephony.handoff.acd import AgentOutcome, EndedBy
 from telephony.handoff.base import HandoffRequest, HandoffTarget, HandoffTrigger
 from voice.base import TtsEngine, VoiceError
 from voice.session import (
@@ -52,6 +53,9 @@ SHORT_ANSWER_WORDS = re.compile(r"^(是|对|嗯|好|不|没|要|行)$")
 # no words in it (empty text, one syllable) is asked again without counting: the caller may not have spoken at all.
 MISUNDERSTOOD_LIMIT = 2
 MISUNDERSTOOD = frozenset({ClarifyKind.REPEAT, ClarifyKind.REPHRASE})
+
+
+AgentLink = Callable[[HandoffRequest], Awaitable[AgentOutcome]]  # the call's way to a person (CallRunner builds it)
 
 
 class DialogueState(StrEnum):
@@ -135,7 +139,7 @@ class CallSession:
                  after_answer: AfterAnswer = ask_anything_else, hangup: Callable[[], Awaitable[None]] | None = None,
                  sms: SmsOfferFlow | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 is_open: Callable[[], bool] | None = None) -> None:
+                 is_open: Callable[[], bool] | None = None, agents: AgentLink | None = None) -> None:
         self.party = party
         self.speech = speech
         self.tts = tts
@@ -149,6 +153,7 @@ class CallSession:
         self.clock = clock
         self.sleep = sleep
         self.is_open = is_open  # whether agents are on duty now (office hours); None: always
+        self.agents = agents  # in hours, hands the live call to a person (the desk's queue, the PBX); None: tickets
         self.state = DialogueState.GREETING
         self.end_reason: str | None = None
         self.last_spoken = ""
@@ -190,6 +195,10 @@ class CallSession:
         result = await self.speech.play(self._audio(texts), first_audio)
         self._emit(ReplyEnded())
         return result
+
+    async def announce(self, text: str) -> PlaybackResult:
+        """Speak outside any turn (the queue's hold messages): the turn log hears nothing of it."""
+        return await self.speech.play(self._audio((text,)))
 
     # -- the dialogue ----------------------------------------------------------------------------
 
@@ -382,11 +391,24 @@ class CallSession:
         request = HandoffRequest(self.party.call_id, self.party.caller_number, trigger, answer, tuple(self._heard),
                                  kind)
         log.info("call %s: handoff (%s): %s", self.party.call_id, kind.value, trigger)
-        arranging = asyncio.create_task(self.handoff.offer(request))
+        live = self.agents is not None and not emergency and self._agents_on_duty()
+        arranging = None if live else asyncio.create_task(self.handoff.offer(request))
         if spoken_first or emergency:
             await self.say(spoken_first, emergency)
+        apology = ""
+        if self.agents is not None and live:
+            result = await self.agents(request)
+            if result.connected:  # a person had the caller: nothing more to say
+                self.end_reason = "agent" if result.agent else "transferred"
+                self._move(DialogueState.ENDED)
+                if result.ended_by is EndedBy.AGENT and self.hangup is not None:
+                    await self.hangup()
+                return
+            apology = result.apology
+            arranging = asyncio.create_task(self.handoff.offer(request))
+        assert arranging is not None
         outcome = await arranging
-        await self.say(outcome.spoken)
+        await self.say(apology, outcome.spoken)
         self._move(DialogueState.ENDED)
         if self.hangup is not None:
             await self.hangup()

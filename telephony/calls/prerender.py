@@ -15,6 +15,8 @@ def fixed_prompts(centre_name: str) -> list[str]:
         prompts.SILENCE_REPROMPT, prompts.SILENCE_GOODBYE, prompts.GOODBYE, prompts.MAX_LENGTH_GOODBYE,
         prompts.NOTHING_TO_REPEAT, prompts.HANDOFF_REGISTERED, prompts.VOICE_UNAVAILABLE,
         prompts.MISUNDERSTOOD_HANDOFF, prompts.CRISIS_SELF_HARM_AFTER_HOURS, prompts.CRISIS_ACCIDENT_AFTER_HOURS,
+        prompts.QUEUE_NEXT, *(prompts.QUEUE_POSITION.format(ahead=ahead) for ahead in range(1, 10)),
+        prompts.QUEUE_TIMEOUT, prompts.NO_AGENT, prompts.AGENT_LOST, prompts.TRANSFER_FAILED,
         phrases.HANDOFF_REQUESTED, phrases.NOT_SURE, phrases.OUT_OF_SCOPE, phrases.EMPTY_QUESTION, phrases.REPHRASE,
         phrases.NOT_HEARD, phrases.ABUSE, phrases.COMPLAINT, phrases.CRISIS_SELF_HARM, phrases.CRISIS_ACCIDENT,
     ]

@@ -40,3 +40,16 @@ SMS_LIMIT = "抱歉，这个号码今天的短信已经达到上限，暂时不�
 SMS_UNAVAILABLE = "抱歉，短信暂时发不出去。完整的办事指南可以拨打{phone}咨询。"
 HANDOFF_REGISTERED_SMS = ("已为您登记人工服务，登记号是{ticket}，登记号已用短信发到您的手机。工作人员会按您的来电号码尽快回电，"
                           "请保持电话畅通。再见。")
+
+# Waiting for an agent in office hours (telephony/handoff/acd.py): the place in the queue, refreshed every 30 s.
+QUEUE_POSITION = "正在为您转接人工服务，您前面还有{ahead}位来电，请稍候。"
+QUEUE_NEXT = "正在为您转接人工服务，马上就到您，请稍候。"
+# No agent took the call: what the caller hears before the callback ticket's sentence.
+QUEUE_TIMEOUT = "抱歉，工作人员都在忙，暂时无法接听。"
+NO_AGENT = "抱歉，现在没有工作人员可以接听。"
+AGENT_LOST = "抱歉，和工作人员的通话中断了。"
+TRANSFER_FAILED = "抱歉，暂时无法转接。"
+# The ticket's sentence when no SMS confirms its number, and when the line gave no caller ID to call back.
+HANDOFF_REGISTERED_NUMBER = "已为您登记人工服务，登记号是{ticket}。工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
+HANDOFF_NO_CALLER_ID = ("已为您登记人工服务，登记号是{ticket}。因为没有获取到您的来电号码，工作人员无法回电，"
+                        "请您在工作时间再次来电，并报出登记号。再见。")

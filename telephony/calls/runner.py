@@ -12,7 +12,7 @@ from pathlib import Path
 
 from telephony.answers import Answers
 from telephony.calls import prompts
-from telephony.calls.base import CallerAudio, CallTransport, KeyPressed, Transferred
+from telephony.calls.base import CallerAudio, CallTransport, KeyPressed, Transferred, TransferUnavailable
 from telephony.calls.dialogue import (
     AfterAnswer,
     CallParty,
@@ -24,7 +24,11 @@ from telephony.calls.recording import CallRecorder, RecordingTransport
 from telephony.calls.sms_offer import OutboxSender, SmsOfferFlow
 from telephony.calls.turn_log import TurnLog
 from telephony.errors import StorageError
+from telephony.handoff.acd import AgentOutcome, AgentQueue, CallerWait, QueuedCall, context_card
 from telephony.handoff.base import HandoffRequest, HandoffTarget, HandoffTrigger
+from telephony.handoff.callback import ticket_context
+from telephony.settings import HandoffMode
+from telephony.sms.compose import mask
 from telephony.sms.service import SmsService
 from telephony.store import CallStatus, Database
 from telephony.store.turns import TurnWriter
@@ -47,6 +51,16 @@ class CallConfig:
     recordings_dir: Path | None  # None: no recordings
 
 
+@dataclass(frozen=True)
+class PersonHandoff:
+    """How an in-hours handoff reaches a person: the hotline's own queue (`agents`, the desk) or the PBX."""
+
+    mode: HandoffMode = HandoffMode.TICKET
+    agents: AgentQueue | None = None  # mode desk
+    queue_timeout_s: float = 180.0
+    transfer_target: str | None = None  # mode pbx
+
+
 @dataclass
 class VoiceEngines:
     """The engines every call shares, warmed once at start. `asr` is None when no ASR could be loaded: calls then get
@@ -63,7 +77,8 @@ class CallRunner:
 
     def __init__(self, engines: VoiceEngines, config: CallConfig, answers: Answers, database: Database,
                  writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else,
-                 sms: SmsService | None = None, is_open: Callable[[], bool] | None = None) -> None:
+                 sms: SmsService | None = None, is_open: Callable[[], bool] | None = None,
+                 person: PersonHandoff | None = None) -> None:
         self.engines = engines
         self.config = config
         self.answers = answers
@@ -73,6 +88,7 @@ class CallRunner:
         self.after_answer = after_answer
         self.sms = sms  # None: no SMS is offered
         self.is_open = is_open  # whether agents are on duty now (the office-hours calendar); None: always
+        self.person = person or PersonHandoff()
         self.active_calls = 0
 
     async def run(self, line: CallTransport) -> str:
@@ -96,12 +112,15 @@ class _Call:
         self.dialogue: asyncio.Task | None = None
         self.end_reason = "caller_hangup"
         self.transferred = False
+        self.queued: QueuedCall | None = None  # waiting for or talking to an agent: the caller's audio goes there
 
     async def run(self) -> str:
         try:
             await self._start()
             async for event in self.line.events():
-                if self.speech is not None:
+                if self.queued is not None and isinstance(event, CallerAudio):
+                    self.queued.caller_audio(event.pcm16)
+                elif self.speech is not None:
                     if isinstance(event, CallerAudio):
                         await self.speech.push_audio(event.pcm16)
                     elif isinstance(event, KeyPressed):
@@ -147,8 +166,62 @@ class _Call:
         self.session = CallSession(
             CallParty(self.call_id, info.caller_number), self.speech, engines.tts, runner.answers,
             runner.config.dialogue, runner.handoff, observers=(self.turn_log,), after_answer=runner.after_answer,
-            hangup=self.line.hang_up, sms=sms, is_open=runner.is_open)
+            hangup=self.line.hang_up, sms=sms, is_open=runner.is_open,
+            agents=self._to_person if runner.person.mode is not HandoffMode.TICKET else None)
         self.dialogue = asyncio.create_task(self.session.run(), name=f"call-{self.call_id}")
+
+    async def _to_person(self, request: HandoffRequest) -> AgentOutcome:
+        """In hours: transfer to the PBX, or wait in the desk's queue (hold message, comfort tone) and talk to the
+        agent who accepts, the hotline bridging the audio. Not connected: the dialogue registers a ticket."""
+        person = self.runner.person
+        if person.mode is HandoffMode.PBX:
+            assert person.transfer_target is not None
+            try:
+                await self.line.transfer(person.transfer_target)
+            except TransferUnavailable as exc:
+                log.warning("call %s: transfer to %s failed: %s", self.call_id, person.transfer_target, exc)
+                return AgentOutcome(False, apology=prompts.TRANSFER_FAILED)
+            return AgentOutcome(True)
+        queue = person.agents
+        if queue is None or queue.signed_in() == 0:
+            return AgentOutcome(False, apology=prompts.NO_AGENT)
+        assert self.session is not None and self.speech is not None
+        card = await self._card(request)
+        self.queued = QueuedCall(self.call_id or self.line.info.line_call_id or "call", card, self.line.send_audio)
+        speech = self.speech
+
+        async def frames(chunks: list[bytes]):
+            for chunk in chunks:
+                yield chunk
+
+        try:
+            wait = CallerWait(queue, self.queued, self.session.announce, lambda chunks: speech.play(frames(chunks)),
+                              speech.stop_playback, person.queue_timeout_s)
+            return await wait.run()
+        finally:
+            self.queued = None
+
+    async def _card(self, request: HandoffRequest) -> dict:
+        call = None
+        if request.call_id is not None:
+            try:
+                call = await asyncio.to_thread(self.runner.database.get_call, request.call_id)
+            except StorageError as exc:
+                log.warning("call %s: context card without the stored turns: %s", self.call_id, exc)
+        if call is not None:
+            context = ticket_context(call, request)
+        else:
+            context = {"question": request.transcript[-1] if request.transcript else "",
+                       "transcript": list(request.transcript), "caller_number": None}
+            if request.caller_number:
+                context["caller_number"] = mask(request.caller_number)
+        kb = self.runner.answers.kb
+
+        def title(item_id: str) -> str | None:
+            item = kb.get(item_id)
+            return item.title if item is not None else None
+
+        return context_card(context, request, title)
 
     async def _apologise(self, asr_error: str) -> None:
         """No ASR: say so, leave a callback ticket, hang up. Never dead air."""

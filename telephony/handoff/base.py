@@ -31,6 +31,20 @@ class HandoffTrigger(StrEnum):
         return cls.CRISIS if cause.crisis else cls(cause.value)
 
 
+TRIGGER_LABELS: dict[HandoffTrigger, str] = {  # what the agent desk shows
+    HandoffTrigger.KEY_0: "来电人按0转人工",
+    HandoffTrigger.ASKED_FOR_HUMAN: "来电人要求转人工",
+    HandoffTrigger.LOW_CONFIDENCE: "助手没有把握回答",
+    HandoffTrigger.MISUNDERSTOOD_TWICE: "连续两次没听懂",
+    HandoffTrigger.COMPLAINT: "投诉或不满",
+    HandoffTrigger.CRISIS: "紧急情况（人身安全）",
+    HandoffTrigger.OUT_OF_SCOPE: "非本单位业务",
+    HandoffTrigger.ABUSE: "言语辱骂",
+    HandoffTrigger.ASR_UNAVAILABLE: "语音识别不可用",
+    HandoffTrigger.OTHER: "其他",
+}
+
+
 @dataclass(frozen=True)
 class HandoffRequest:
     """Everything a person needs before saying hello: a value, not the live call."""

@@ -82,9 +82,11 @@ class CallbackTickets:
         except StorageError as exc:
             log.error("call %s: handoff ticket not stored: %s", request.call_id, exc)
             return HandoffOutcome(prompts.HANDOFF_REGISTERED)
+        if not request.caller_number:  # AudioSocket or a withheld number: nobody can call back
+            return HandoffOutcome(prompts.HANDOFF_NO_CALLER_ID.format(ticket=ticket.id), ticket_id=ticket.id)
         if await self._confirm_by_sms(request, ticket.id):
             return HandoffOutcome(prompts.HANDOFF_REGISTERED_SMS.format(ticket=ticket.id), ticket_id=ticket.id)
-        return HandoffOutcome(prompts.HANDOFF_REGISTERED, ticket_id=ticket.id)
+        return HandoffOutcome(prompts.HANDOFF_REGISTERED_NUMBER.format(ticket=ticket.id), ticket_id=ticket.id)
 
     def _open(self, request: HandoffRequest) -> HandoffTicket:
         assert request.call_id is not None
