@@ -51,6 +51,12 @@ class SipTransferMode(StrEnum):
     BRIDGE = "bridge"  # the hotline calls the target on a second leg and bridges the two (works without REFER)
 
 
+class HandoffMode(StrEnum):
+    DESK = "desk"      # in hours: the hotline's own queue, agents answer at /desk in the browser
+    PBX = "pbx"        # in hours: transfer the call to handoff_transfer_target (SIP REFER or bridge, line permitting)
+    TICKET = "ticket"  # always a callback ticket
+
+
 SIP_CODECS = ("PCMU", "PCMA", "G722")
 
 
@@ -67,6 +73,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite file in data_dir when unset")
     kb_dir: Path = DEFAULT_ITEMS_DIR
     office_hours_file: Path = DEFAULT_ITEMS_DIR.parent / "office_hours.yaml"  # agents' duty calendar (kb/)
+    handoff_mode: HandoffMode = HandoffMode.DESK
+    handoff_queue_timeout_s: float = Field(default=180, ge=10, le=1800, description="How long a caller waits for an "
+                                           "agent before a callback ticket is registered instead")
+    handoff_offer_timeout_s: float = Field(default=20, ge=5, le=120, description="How long an offered call rings at "
+                                           "one agent's desk before it moves on and the agent is set away")
+    handoff_transfer_target: str | None = Field(default=None, description="handoff_mode=pbx: where calls go, an "
+                                                "extension or a SIP URI (the PBX's agent queue)")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -134,6 +147,10 @@ class Settings(BaseSettings):
     kb_watch: bool = Field(default=True, description="Switch to a newly published KB build automatically")
 
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin endpoints")
+    # Signs the agent desk's session cookie (docs/handoff.md "Signing in (staff)"); unset: a random key kept in
+    # data_dir/staff_session.key, shared by the workers on that data dir.
+    staff_session_secret: SecretStr | None = Field(
+        default=None, description="Key that signs staff session cookies (at least 32 characters)")
 
     # Voice: ASR, TTS, endpointing and the media-stream transport.
     asr_engine: AsrChoice = AsrChoice.FUNASR
@@ -228,6 +245,10 @@ class Settings(BaseSettings):
             raise ValueError("asr_engine=funasr-server needs HOTLINE_ASR_SERVER_URL")
         self._check_sms_gateway()
         self._check_sip()
+        if self.handoff_mode is HandoffMode.PBX and not self.handoff_transfer_target:
+            raise ValueError("handoff_mode=pbx needs HOTLINE_HANDOFF_TRANSFER_TARGET (an extension or a SIP URI)")
+        if self.staff_session_secret is not None and len(self.staff_session_secret.get_secret_value()) < 32:
+            raise ValueError("HOTLINE_STAFF_SESSION_SECRET must be at least 32 characters")
         if self.environment is Environment.PRODUCTION:
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 16:
                 raise ValueError("production needs HOTLINE_ADMIN_TOKEN of at least 16 characters")
