@@ -18,7 +18,8 @@ PY
 # espeak-ng: the offline Mandarin TTS fallback (and the tests' synthesized callers).
 apt_packages=(ca-certificates espeak-ng)
 if [ "$mode" = test ]; then
-  apt_packages+=(postgresql chromium kannel kannel-extras)  # kannel-extras: fakesmsc for the Kannel tests
+  # kannel-extras: fakesmsc for the Kannel tests; fonts-wqy-microhei: legible Chinese in the consoles' screenshots
+  apt_packages+=(postgresql chromium fonts-wqy-microhei kannel kannel-extras)
   # The SIP tests' real peers: a softphone (baresip), SIPp (sip-tester), the Kamailio dispatcher; sox for test audio.
   apt_packages+=(baresip-core sip-tester kamailio sox)
 fi

@@ -418,8 +418,11 @@ def context_card(context: dict[str, Any], request: HandoffRequest, titles: Calla
     spoken = answer.spoken if answer is not None else next(
         (line["text"] for line in reversed(transcript) if line["who"] == "assistant"), "")
     items = [{"id": item_id, "title": titles(item_id) or item_id} for item_id in context.get("item_ids", [])]
+    caller = context.get("caller_number") or ""
+    if not any(character.isdigit() for character in caller):  # the softphone's "softphone", a withheld number
+        caller = "无来电号码"
     return {
-        "caller": context.get("caller_number") or "未知号码",
+        "caller": caller,
         "trigger": request.kind.value,
         "trigger_label": TRIGGER_LABELS[request.kind],
         "reason": request.trigger,

@@ -13,7 +13,8 @@ from telephony.settings import Settings
 from telephony.sms.base import SmsGateway
 from telephony.web.deps import AppState
 from telephony.web.errors import install_error_handlers
-from telephony.web.routes import ask, kb_admin, ops, phone, sms
+from telephony.web.routes import ask, desk, desk_ws, kb_admin, ops, phone, sms
+from telephony.web.staff_auth import install_staff_sessions
 from voice.base import AsrEngine, TtsEngine
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
     )
     app.state.hotline_state = state
     install_error_handlers(app)
-    for module in (ops, ask, kb_admin, phone, sms):
+    install_staff_sessions(app, settings)
+    for module in (ops, ask, kb_admin, phone, sms, desk, desk_ws):
         app.include_router(module.router)
     return app

@@ -71,21 +71,23 @@ def _apply(queue: AgentQueue, seat: Seat, text: str) -> None:
 
 @router.websocket("/desk/ws")
 async def desk_socket(websocket: WebSocket) -> None:
-    if not websocket_origin_ok(websocket):
+    if not websocket_origin_ok(websocket):  # another site's page: refused at the handshake
         await websocket.close(CLOSE_FORBIDDEN, "origin not allowed")
         return
     try:
         staff = await asyncio.to_thread(load_staff, websocket, DESK_ROLES)
     except StaffAuthError as exc:
+        # Accepted, then closed: a handshake refused before accept reaches the page as 1006, without the reason
+        await websocket.accept()
         code = {401: CLOSE_NOT_SIGNED_IN, 403: CLOSE_FORBIDDEN}.get(exc.status, CLOSE_STARTING)
         await websocket.close(code, exc.detail)
         return
     hotline = app_state(websocket).hotline
+    await websocket.accept()
     if hotline is None:
-        await websocket.close(CLOSE_STARTING, "starting")
+        await websocket.close(CLOSE_STARTING, "系统正在启动，请稍后再试")
         return
     queue = hotline.agents
-    await websocket.accept()
     seat = Seat(staff.id, staff.username, staff.display_name)
     queue.sign_in(seat)
     sender = asyncio.create_task(_send(websocket, seat), name=f"desk-{staff.username}")
