@@ -65,7 +65,7 @@ from telephony.transports.auth import MediaStreamAuth
 from telephony.transports.base import ServedLine
 from telephony.transports.sip.agent import SipLine
 from telephony.transports.sip.config import SipConfig
-from telephony.transports.twilio.gateway import MediaStreamLine
+from telephony.transports.twilio.gateway import MediaStreamLine, TransferWebhook
 from voice.base import AsrEngine, AsrUnavailable, TtsEngine, VoiceError
 from voice.funasr import FunAsrEngine, FunAsrServerEngine
 from voice.session import EndpointConfig
@@ -339,6 +339,13 @@ def person_handoff(settings: Settings, agents: AgentQueue) -> PersonHandoff:
                          settings.handoff_queue_timeout_s, settings.handoff_transfer_target)
 
 
+def transfer_webhook(settings: Settings) -> TransferWebhook | None:
+    """The media-stream line's way to transfer a call (handoff_mode=pbx), when the bureau set one."""
+    if settings.twilio_transfer_webhook is None:
+        return None
+    return TransferWebhook(settings.twilio_transfer_webhook, _secret(settings.twilio_transfer_token) or None)
+
+
 def build_lines(settings: Settings) -> list[ServedLine]:
     """The phone lines that listen on their own ports (the media stream is served by the web app)."""
     lines: list[ServedLine] = []
@@ -498,6 +505,7 @@ class Hotline:
         return cls(settings, database, builds, answers, journal, writer, TextConversations(answers, database, writer),
                    MediaStreamAuth(media_token, twilio),
                    build_sms(settings, database, lambda: answers.kb, sms_gateway),
+                   line=MediaStreamLine(transfer_webhook(settings)),
                    agents=AgentQueue(offer_timeout_s=settings.handoff_offer_timeout_s))
 
     async def start_voice(self, asr: AsrEngine | None = None, tts: TtsEngine | None = None) -> Voice:

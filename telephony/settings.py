@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     media_stream_token: SecretStr | None = Field(
         default=None, description="Shared secret in the media-stream URL (?token=); random per start when unset")
     twilio_auth_token: SecretStr | None = Field(default=None, description="Validates X-Twilio-Signature when set")
+    twilio_transfer_webhook: str | None = Field(
+        default=None, description="handoff_mode=pbx on the media stream: the URL the hotline POSTs a transfer to "
+        "(the call's CallSid, the target and TwiML <Dial>); the gateway redirects the call and the stream stops")
+    twilio_transfer_token: SecretStr | None = Field(default=None, description="Sent as a bearer token to the webhook")
     recordings: bool = True
 
     # SIP line (docs/telephony.md): a trunk or PBX extension on pjsua2, its RTP ports and codecs.
@@ -247,6 +251,8 @@ class Settings(BaseSettings):
         self._check_sip()
         if self.handoff_mode is HandoffMode.PBX and not self.handoff_transfer_target:
             raise ValueError("handoff_mode=pbx needs HOTLINE_HANDOFF_TRANSFER_TARGET (an extension or a SIP URI)")
+        if self.twilio_transfer_webhook is not None and not re.match(r"https?://[^/\s]+", self.twilio_transfer_webhook):
+            raise ValueError("HOTLINE_TWILIO_TRANSFER_WEBHOOK must be an http(s) URL")
         if self.staff_session_secret is not None and len(self.staff_session_secret.get_secret_value()) < 32:
             raise ValueError("HOTLINE_STAFF_SESSION_SECRET must be at least 32 characters")
         if self.environment is Environment.PRODUCTION:

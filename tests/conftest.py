@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from telephony.settings import Settings
 
@@ -23,6 +24,22 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def office_calendar(path: Path, hours: list[str]) -> Path:
+    """The shipped office-hours calendar with the weekly hours replaced: every day `hours`, no holidays."""
+    shipped = Path(__file__).resolve().parent.parent / "kb" / "office_hours.yaml"
+    data = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    data["weekly"] = {day: list(hours) for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    data["unverified"] = []
+    data.pop("confirm", None)
+    for year in (2025, 2026, 2027, 2028):  # whatever year CI runs in, the calendar knows it
+        data["years"].setdefault(year, {"published": True, "holidays": [], "working_days": []})
+        data["years"][year]["published"] = True
+        data["years"][year]["holidays"] = []
+        data["years"][year]["working_days"] = []
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def _postgres_bin() -> Path | None:

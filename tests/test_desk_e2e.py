@@ -20,13 +20,12 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-import yaml
 
 from telephony.handoff.accounts import Accounts
 from telephony.settings import Settings
 from telephony.store import Database, HandoffStatus
 from telephony.web.app import create_app
-from tests.conftest import _free_port
+from tests.conftest import _free_port, office_calendar
 from tests.test_call_runner import ToneTts
 from tests.test_softphone import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, playwright_sync
 from tests.voicefixtures import synthesize_mandarin
@@ -34,7 +33,6 @@ from voice.testing.fakes import SequenceAsrEngine
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
 
-ROOT = Path(__file__).resolve().parent.parent
 WAV_RATE_HZ = 48000
 AGENT = ("agent01", "李坐席", "desk-password-01")
 # Audible speech: RMS of 16-bit PCM above this (silence and Chromium's comfort noise stay far below).
@@ -79,21 +77,6 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * WAV_RATE_HZ), dtype="<i2")
 
 
-def _calendar(path: Path, hours: list[str]) -> Path:
-    """The shipped calendar with the weekly hours replaced: every day `hours`."""
-    data = yaml.safe_load((ROOT / "kb" / "office_hours.yaml").read_text(encoding="utf-8"))
-    data["weekly"] = {day: list(hours) for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-    data["unverified"] = []
-    data.pop("confirm", None)
-    for year in (2025, 2026, 2027, 2028):  # whatever year CI runs in, the calendar knows it
-        data["years"].setdefault(year, {"published": True, "holidays": [], "working_days": []})
-        data["years"][year]["published"] = True
-        data["years"][year]["holidays"] = []
-        data["years"][year]["working_days"] = []
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
-
-
 @dataclass
 class Server:
     base: str
@@ -114,7 +97,7 @@ def _serve(tmp_path: Path, open_hours: list[str]) -> Iterator[Server]:
     settings = Settings(data_dir=tmp_path / "var", centre_phone="0773-0000000", sms_signature="测试社保",
                         tts_prerender=False, kb_watch=False, speculative_final=False, no_speech_timeout_ms=20000,
                         media_stream_token="test-media-token-0123456789",
-                        office_hours_file=_calendar(tmp_path / "hours.yaml", open_hours),
+                        office_hours_file=office_calendar(tmp_path / "hours.yaml", open_hours),
                         handoff_queue_timeout_s=120, handoff_offer_timeout_s=60)
     app = create_app(settings, asr=SequenceAsrEngine(["我要转人工"]), tts=ToneTts(wait_for=""))
     port = _free_port()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
+import httpx
 from fastapi import WebSocket, WebSocketDisconnect
 
-from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent, TransferUnavailable
+from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent, Transferred, TransferUnavailable
 from telephony.store.models import CallChannel
 from telephony.transports.base import LineState, LineStatus
 from telephony.transports.twilio.protocol import (
@@ -30,17 +33,47 @@ CALLER_PARAMETERS = ("from", "caller")
 CALLED_PARAMETERS = ("to", "called")
 
 
+@dataclass(frozen=True)
+class TransferWebhook:
+    """Where a media-stream call is transferred: the stream itself cannot move the call, the gateway's call control
+    can. The hotline POSTs JSON — call_sid, stream_sid, target, caller and `twiml` (a ready `<Response><Dial>`, for a
+    relay to pass to Twilio's Calls API as the call's new TwiML) — with an optional bearer token. A 2xx means the
+    gateway takes the call there (the stream then stops); anything else leaves the caller with the assistant."""
+
+    url: str
+    token: str | None = None
+    timeout_s: float = 5.0
+
+    async def request(self, call_sid: str, stream_sid: str, target: str, caller: str | None) -> None:
+        body = {"call_sid": call_sid, "stream_sid": stream_sid, "target": target, "caller": caller,
+                "twiml": f"<Response><Dial>{escape(target)}</Dial></Response>"}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                response = await client.post(self.url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransferUnavailable(f"transfer webhook unreachable: {type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise TransferUnavailable(f"transfer webhook answered {response.status_code}: {response.text[:200]}")
+
+
 class MediaStreamLine:
-    """The media-stream line of this worker: its counters for /readyz, shared by its connections."""
+    """The media-stream line of this worker: its counters for /readyz and its transfer webhook, shared by its
+    connections."""
 
     name = "media-stream"
 
-    def __init__(self) -> None:
+    def __init__(self, transfers: TransferWebhook | None = None) -> None:
         self.bad_messages = 0
+        self.transfers = transfers
+        self.transferred = 0
+        self.transfer_failures = 0
 
     def status(self) -> LineStatus:
-        detail = f"{self.bad_messages} malformed messages ignored" if self.bad_messages else ""
-        return LineStatus(LineState.LISTENING, detail)
+        parts = [f"{self.bad_messages} malformed messages ignored"] if self.bad_messages else []
+        if self.transfers is not None:
+            parts.append(f"transfers through the webhook: {self.transferred} done, {self.transfer_failures} failed")
+        return LineStatus(LineState.LISTENING, "; ".join(parts))
 
 
 class MediaStreamTransport:
@@ -54,6 +87,7 @@ class MediaStreamTransport:
         self.info = CallInfo(channel)
         self.stream_sid = ""
         self.closed = False
+        self.transferred_to: str | None = None  # the webhook took the call there: the assistant's part is over
 
     async def _messages(self) -> AsyncIterator[Media | Dtmf | Start | Stop]:
         while True:
@@ -94,6 +128,8 @@ class MediaStreamTransport:
 
     async def events(self) -> AsyncIterator[LineEvent]:
         async for event in self._messages():
+            if self.transferred_to is not None:  # the gateway is moving the call; what still arrives isn't ours
+                break
             if isinstance(event, Media):
                 yield CallerAudio(ulaw_decode(event.payload))
             elif isinstance(event, Dtmf):
@@ -102,6 +138,8 @@ class MediaStreamTransport:
                 return
             else:
                 log.warning("stream %s: second start event ignored", self.stream_sid)
+        if self.transferred_to is not None:
+            yield Transferred(self.transferred_to)
 
     async def _send(self, text: str) -> None:
         if self.closed:
@@ -112,14 +150,27 @@ class MediaStreamTransport:
             self.closed = True
 
     async def send_audio(self, pcm16: bytes) -> None:
+        if self.transferred_to is not None:
+            return
         await self._send(media_message(self.stream_sid, ulaw_encode(pcm16)))
 
     async def clear(self) -> None:
         await self._send(clear_message(self.stream_sid))
 
     async def transfer(self, target: str) -> None:
-        # Twilio transfers through its REST API (a TwiML <Dial>); the handoff issue adds a configurable webhook.
-        raise TransferUnavailable(f"the media-stream line cannot transfer to {target}: no transfer webhook is set")
+        webhook = self.line.transfers
+        if webhook is None:
+            raise TransferUnavailable(f"the media-stream line cannot transfer to {target}: no transfer webhook is set "
+                                      "(HOTLINE_TWILIO_TRANSFER_WEBHOOK)")
+        if self.closed:
+            raise TransferUnavailable("the caller has already hung up")
+        try:
+            await webhook.request(self.info.line_call_id or "", self.stream_sid, target, self.info.caller_number)
+        except TransferUnavailable:
+            self.line.transfer_failures += 1
+            raise
+        self.line.transferred += 1
+        self.transferred_to = target
 
     async def hang_up(self) -> None:
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
