@@ -378,6 +378,39 @@ def test_unknown_ticket_is_404(env: Env) -> None:
         assert response.json()["detail"] == "回访单 999 不存在"
 
 
+# -- notes on a call taken at the desk -------------------------------------------------------------------
+
+
+def test_the_agent_who_took_a_call_keeps_signed_notes_on_it(env: Env) -> None:
+    alice, _ = env.user("alice"), env.user("bob")
+    env.user("sue", UserRole.SUPERVISOR)
+    call = env.call()
+    assert env.database.set_call_agent(call, alice) is True
+    assert env.database.set_call_agent("no-such-call", alice) is False
+
+    headers = signed_in(env.client, "alice")
+    first = env.client.post(f"/desk/api/calls/{call}/notes", json={"note": "咨询养老保险转移"}, headers=headers)
+    assert first.status_code == 200, first.text
+    second = env.client.post(f"/desk/api/calls/{call}/notes", json={"note": "  已口头答复  "}, headers=headers)
+    lines = second.json()["notes"].split("\n")
+    assert [line.split("] ", 1)[1] for line in lines] == ["咨询养老保险转移", "已口头答复"]
+    assert all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\dZ alice\] ", line) for line in lines)
+    assert env.client.post(f"/desk/api/calls/{call}/notes", json={"note": " "}, headers=headers).json()["detail"] \
+        == "请填写备注内容"
+    assert env.client.post("/desk/api/calls/nope/notes", json={"note": "x"}, headers=headers).status_code == 404
+
+    bob = signed_in(env.client, "bob")  # another agent: not their call
+    refused = env.client.post(f"/desk/api/calls/{call}/notes", json={"note": "我来补充"}, headers=bob)
+    assert refused.status_code == 403 and refused.json()["detail"] == "这通来电不是您接听的，不能添加备注"
+    sue = signed_in(env.client, "sue")  # a supervisor may add to any call's notes
+    assert env.client.post(f"/desk/api/calls/{call}/notes", json={"note": "已抽检"}, headers=sue).status_code == 200
+    stored = env.database.get_call(call)
+    assert stored.agent_id == alice and stored.agent_notes.count("\n") == 2 and "sue] 已抽检" in stored.agent_notes
+
+    env.client.cookies.clear()  # no session: nothing is written
+    assert env.client.post(f"/desk/api/calls/{call}/notes", json={"note": "x"}).status_code == 401
+
+
 # -- guides by SMS ---------------------------------------------------------------------------------------
 
 

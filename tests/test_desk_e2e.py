@@ -202,6 +202,9 @@ def test_in_hours_the_caller_reaches_an_agent_and_both_hear_each_other(in_hours:
             time.sleep(8)  # both keep talking: eight seconds of each side's speech crosses the bridge
             to_agent = _received_pcm(desk, connected_at, binary=True)
             to_caller = _received_pcm(phone, connected_at + 500, binary=False)
+            desk.locator("#notes").fill("来电人咨询养老保险转移，已口头答复")
+            desk.get_by_role("button", name="保存为通话备注").click()
+            desk.get_by_text("已保存到本次通话记录").wait_for(timeout=WAIT_MS)
             desk.screenshot(path=str(data / "desk-talking.png"))
             assert to_agent.size > 8000 * 4 and _rms(to_agent) > SPEECH_RMS, (to_agent.size, _rms(to_agent))
             assert to_caller.size > 8000 * 4 and _rms(to_caller) > SPEECH_RMS, (to_caller.size, _rms(to_caller))
@@ -227,6 +230,9 @@ def test_in_hours_the_caller_reaches_an_agent_and_both_hear_each_other(in_hours:
     [call] = calls
     assert call.end_reason == "agent"  # talked to a person: no callback ticket
     assert in_hours.database.get_call(call.id).handoff_tickets == []
+    agent = Accounts(in_hours.database).get(AGENT[0])
+    assert call.agent_id == agent.id  # the record names who took it, with their signed note
+    assert call.agent_notes.endswith(f"{AGENT[0]}] 来电人咨询养老保险转移，已口头答复")
 
 
 def test_after_hours_a_ticket_is_left_and_the_agent_closes_it(after_hours: Server, wavs) -> None:

@@ -112,6 +112,33 @@ def database_at_0001(empty_database: Database):
     return empty_database
 
 
+def test_migration_0005_adds_the_agent_and_notes_and_keeps_every_turn(empty_database: Database) -> None:
+    db = empty_database
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+    with db.engine.begin() as connection:
+        connection.execute(text("INSERT INTO calls (id, channel, status, started_at) "
+                                "VALUES ('c5', 'sip', 'ended', CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO turns (call_id, seq, created_at, caller_text, spoken_text, sms_text, item_ids, citations, "
+            "confidence, action, reason, timings_ms) VALUES ('c5', 1, CURRENT_TIMESTAMP, '转人工', '', '', '[]', "
+            "'[]', 0.5, 'handoff', 'caller asked', '{}')"))
+    db.migrate()  # a rebuilt `calls` table would have cascaded to the turn
+    stored = db.get_call("c5")
+    assert [turn.caller_text for turn in stored.turns] == ["转人工"]
+    assert stored.agent_id is None and stored.agent_notes == ""
+    with db.session() as session:
+        agent = User(username="agent1", display_name="坐席一", role=UserRole.AGENT)
+        session.add(agent)
+        session.flush()
+        agent_id = agent.id
+    assert db.set_call_agent("c5", agent_id) is True
+    assert db.get_call("c5").agent_id == agent_id
+
+
 def test_migration_0002_adds_offered_items_and_carries_pending_choices_over(database_at_0001: Database) -> None:
     db = database_at_0001
     assert "offered_item_ids" not in {column["name"] for column in inspect(db.engine).get_columns("turns")}

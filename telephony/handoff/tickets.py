@@ -371,6 +371,34 @@ class TicketDesk:
         return note
 
 
+class UnknownCallError(TicketError):
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"no call {call_id}")
+        self.call_id = call_id
+
+
+class NotCallAgentError(TicketError):
+    def __init__(self, call_id: str, username: str) -> None:
+        super().__init__(f"call {call_id} was not taken by {username}: only its agent (or a supervisor) adds notes")
+        self.call_id, self.username = call_id, username
+
+
+def add_call_note(database: Database, call_id: str, user_id: int, note: str,
+                  now: dt.datetime | None = None) -> str:
+    """Append a dated, signed line to the notes of a call an agent took at the desk (during it or after); returns
+    all the call's notes. Only the call's agent, a supervisor or an admin may."""
+    note = TicketDesk._checked_note(note, required=True)
+    with database.session() as session:
+        user = require_active_user(session, user_id)
+        call = session.scalar(select(Call).where(Call.id == call_id).with_for_update())
+        if call is None:
+            raise UnknownCallError(call_id)
+        if call.agent_id != user.id and user.role not in RELEASE_OVERRIDE_ROLES:
+            raise NotCallAgentError(call_id, user.username)
+        call.agent_notes = _append(call.agent_notes or "", now or utcnow(), user.username, note)
+        return call.agent_notes
+
+
 def _append(notes: str, now: dt.datetime, username: str, note: str) -> str:
     if not note:
         return notes

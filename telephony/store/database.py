@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from telephony.errors import StorageError
-from telephony.store.models import Call, CallChannel, CallStatus, HandoffTicket, Turn
+from telephony.store.models import Call, CallChannel, CallStatus, Turn
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger(__name__)
@@ -135,12 +135,14 @@ class Database:
             call.recording_caller_path = caller_path
             call.recording_assistant_path = assistant_path
 
-    def open_handoff_ticket(self, call_id: str, reason: str, callback_number: str | None = None) -> HandoffTicket:
+    def set_call_agent(self, call_id: str, user_id: int) -> bool:
+        """The agent who accepted the call at the desk; False when there is no such call record."""
         with self.session() as session:
-            _existing_call(session, call_id)
-            ticket = HandoffTicket(call_id=call_id, reason=reason, callback_number=callback_number)
-            session.add(ticket)
-        return ticket
+            call = session.get(Call, call_id)
+            if call is None:
+                return False
+            call.agent_id = user_id
+            return True
 
     def get_call(self, call_id: str) -> Call | None:
         with self.session() as session:

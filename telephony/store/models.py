@@ -127,6 +127,8 @@ class Call(Base):
     kb_version: Mapped[str | None] = mapped_column(String(64))
     recording_caller_path: Mapped[str | None] = mapped_column(String(512))
     recording_assistant_path: Mapped[str | None] = mapped_column(String(512))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))  # who took it (desk)
+    agent_notes: Mapped[str] = mapped_column(Text, default="", server_default="")  # dated, signed lines
 
     turns: Mapped[list[Turn]] = relationship(back_populates="call", order_by="Turn.seq", cascade="all, delete-orphan")
     sms_messages: Mapped[list[SmsMessage]] = relationship(back_populates="call")

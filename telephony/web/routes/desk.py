@@ -32,12 +32,15 @@ from telephony.handoff.tickets import (
     MAX_NOTE_CHARS,
     InvalidTicketTransition,
     NotAllowedError,
+    NotCallAgentError,
     NotTicketOwnerError,
     TicketAlreadyClaimed,
     TicketChangedError,
     TicketDesk,
     TicketError,
+    UnknownCallError,
     UnknownTicketError,
+    add_call_note,
 )
 from telephony.sms.base import SmsError
 from telephony.sms.compose import GuideTooLongError, InvalidNumberError, mask
@@ -491,6 +494,29 @@ async def add_note(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
     if isinstance(note, JSONResponse):
         return note
     return await _ticket_operation(hotline, ticket_id, lambda desk: desk.add_note(ticket_id, staff.id, note))
+
+
+@router.post("/desk/api/calls/{call_id}/notes")
+async def add_call_notes(call_id: str, staff: DeskStaff, hotline: HotlineDep,
+                         body: NoteBody | None = None) -> JSONResponse:
+    """Notes on a call the agent took at the desk (during it or after): a dated, signed line appended to the call's
+    record, where supervisors read them → {call_id, notes}."""
+    note = _note(body, "请填写备注内容")
+    if isinstance(note, JSONResponse):
+        return note
+    try:
+        notes = await asyncio.to_thread(add_call_note, hotline.database, call_id, staff.id, note)
+    except UnknownCallError:
+        return staff_error(404, "找不到这通来电的记录，备注未保存")
+    except NotCallAgentError:
+        return staff_error(403, "这通来电不是您接听的，不能添加备注")
+    except AccountError:
+        return staff_error(401, ACCOUNT_GONE)
+    except StorageError as exc:
+        log.error("desk: call %s notes: %s", call_id, exc)
+        return staff_error(503, DATABASE_DOWN)
+    log.info("desk: %s added a note to call %s", staff.username, call_id)
+    return JSONResponse({"call_id": call_id, "notes": notes})
 
 
 # -- guides by SMS -------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from telephony.handoff.acd import AgentQueue, DeskError, Seat
+from telephony.errors import StorageError
+from telephony.handoff.acd import AgentQueue, DeskError, QueuedCall, Seat
 from telephony.web.deps import app_state
 from telephony.web.staff_auth import DESK_ROLES, StaffAuthError, load_staff, websocket_origin_ok
 
@@ -41,8 +42,9 @@ async def _send(websocket: WebSocket, seat: Seat) -> None:
             await websocket.send_text(json.dumps(message, ensure_ascii=False))
 
 
-def _apply(queue: AgentQueue, seat: Seat, text: str) -> None:
-    """One control message from the desk; `DeskError` for a request that cannot be carried out now."""
+def _apply(queue: AgentQueue, seat: Seat, text: str) -> QueuedCall | None:
+    """One control message from the desk (the call, when it was accepted); `DeskError` for a request that cannot be
+    carried out now."""
     if len(text) > MAX_TEXT_CHARS:
         raise DeskError("消息过长")
     try:
@@ -58,7 +60,7 @@ def _apply(queue: AgentQueue, seat: Seat, text: str) -> None:
         call_id = message.get("call_id")
         if not isinstance(call_id, str):
             raise DeskError("接听请求缺少来电编号")
-        queue.accept(seat, call_id)
+        return queue.accept(seat, call_id)
     elif kind == "hold":
         queue.hold(seat, True)
     elif kind == "resume":
@@ -67,6 +69,16 @@ def _apply(queue: AgentQueue, seat: Seat, text: str) -> None:
         queue.hang_up(seat)
     else:
         raise DeskError(f"无法识别的操作：{str(kind)[:40]}")
+    return None
+
+
+async def _record_agent(hotline, call: QueuedCall, seat: Seat) -> None:
+    """The call's record names the agent who took it (their notes and the supervisors' review need it)."""
+    try:
+        if not await asyncio.to_thread(hotline.database.set_call_agent, call.call_id, seat.user_id):
+            log.warning("call %s: no call record to name agent %s in", call.call_id, seat.username)
+    except StorageError as exc:
+        log.error("call %s: agent %s not recorded: %s", call.call_id, seat.username, exc)
 
 
 @router.websocket("/desk/ws")
@@ -104,9 +116,12 @@ async def desk_socket(websocket: WebSocket) -> None:
                 await queue.agent_audio(seat, audio)
             elif text is not None:
                 try:
-                    _apply(queue, seat, text)
+                    accepted = _apply(queue, seat, text)
                 except DeskError as exc:
                     seat.post({"type": "error", "message": str(exc)})
+                else:
+                    if accepted is not None:
+                        await _record_agent(hotline, accepted, seat)
             if sender.done():
                 break
     except WebSocketDisconnect:
