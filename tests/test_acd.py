@@ -270,3 +270,23 @@ def test_the_context_card_reads_the_conversation_in_order() -> None:
     assert card["sms"] == [{"item_id": "unemployment-benefit", "title": "失业保险金申领", "state": "submitted",
                             "to": "138****0000"}]
     assert card["answer"] == "请问您问的是失业保险金申领，还是…" and card["confidence"] == 0.4
+
+
+async def test_the_queue_status_counts_agents_by_state_and_the_longest_wait() -> None:
+    clock = Clock()
+    queue = AgentQueue(clock=clock)
+    li, wang = Seat(1, "li", "李"), Seat(2, "wang", "王")
+    queue.sign_in(li)
+    queue.sign_in(wang)
+    queue.set_ready(li, True)
+    queue.enqueue(queued("call-1"))  # offered to li
+    clock.now += 4
+    queue.enqueue(queued("call-2"))  # nobody else is ready: waits
+    clock.now += 3
+    status = queue.status()
+    assert status["agents_signed_in"] == 2
+    assert status["agents"] == {"away": 1, "ready": 0, "offered": 1, "talking": 0, "held": 0}
+    assert status["calls_waiting"] == 2 and status["longest_wait_s"] == 7.0
+    assert status["counters"]["queued"] == 2
+    queue.accept(li, "call-1")
+    assert queue.status()["agents"]["talking"] == 1 and queue.status()["calls_waiting"] == 1

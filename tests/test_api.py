@@ -24,6 +24,10 @@ def test_health_and_readiness_report_engines(client: TestClient) -> None:
     assert body["status"] == "ready"
     assert body["engines"]["answers"] == "extractive (no LLM key set)"
     assert body["kb"]["items"] >= 1 and len(body["kb"]["version"]) == 12
+    assert body["handoff"] == {"mode": "desk", "queue": {
+        "agents_signed_in": 0, "agents": {"away": 0, "ready": 0, "offered": 0, "talking": 0, "held": 0},
+        "calls_waiting": 0, "longest_wait_s": 0.0,
+        "counters": {"queued": 0, "connected": 0, "timed_out": 0, "abandoned": 0, "offers_unanswered": 0}}}
 
 
 def test_lost_card_question_gets_the_item_citations_and_phone(client: TestClient, settings: Settings) -> None:

@@ -131,6 +131,16 @@ class AgentQueue:
     def signed_in(self) -> int:
         return len(self.seats)
 
+    def status(self) -> dict[str, Any]:
+        """This worker's queue for /readyz: agents by state, calls waiting, and the counters since start."""
+        agents = {state.value: 0 for state in SeatState}
+        for seat in self.seats.values():
+            agents[seat.state.value] += 1
+        oldest = min((call.enqueued_at for call in self.waiting), default=None)
+        return {"agents_signed_in": len(self.seats), "agents": agents, "calls_waiting": len(self.waiting),
+                "longest_wait_s": round(self.clock() - oldest, 1) if oldest is not None else 0.0,
+                "counters": dict(self.counters)}
+
     def position(self, call: QueuedCall) -> int:
         """1 for the call at the head; 0 once it has left the queue."""
         for index, waiting in enumerate(self.waiting, 1):
@@ -144,12 +154,6 @@ class AgentQueue:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [self.card(call) for call in self.waiting]
-
-    def status(self) -> dict[str, Any]:
-        states = [seat.state.value for seat in self.seats.values()]
-        return {"agents": len(states), "ready": states.count("ready"),
-                "talking": states.count("talking") + states.count("held"), "waiting": len(self.waiting),
-                **self.counters}
 
     # -- agents ------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from telephony.app import engine_choices
+from telephony.settings import HandoffMode
 from telephony.web.deps import StateDep
 
 router = APIRouter(tags=["ops"])
@@ -34,5 +35,8 @@ async def readyz(state: StateDep) -> JSONResponse:
         "voice": voice,
         "kb": {"items": len(hotline.answers.kb), "version": hotline.answers.kb_version},
         "sms": {"gateway": hotline.sms.gateway_name, "state": hotline.sms.dispatcher.gateway.status()},
+        "handoff": {"mode": hotline.settings.handoff_mode.value},
     }
+    if hotline.settings.handoff_mode is HandoffMode.DESK:
+        body["handoff"]["queue"] = hotline.agents.status()  # this worker's desk queue
     return JSONResponse(status_code=200, content=body)
