@@ -1,5 +1,5 @@
-"""Personal data in free text (transcripts, SMS text, exports): 身份证号, mobile numbers and bank card numbers, found and
-masked for roles without the right to see them.
+"""Personal data in free text (transcripts, SMS text, exports): 身份证号, mobile numbers and bank card numbers,
+found and masked for roles without the right to see them.
 
 A caller reads these out, so the ASR writes them in Arabic digits, in Chinese digits (幺三八…, 两, 洞) or a mix, with
 spaces, dashes or commas between groups. A run of such characters is read as one digit string, then classified:
