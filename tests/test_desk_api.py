@@ -176,15 +176,33 @@ def test_sign_in_form_needs_the_csrf_token(env: Env) -> None:
     assert env.client.get("/desk/api/me").status_code == 401
 
 
-def test_deactivated_and_editor_accounts_cannot_sign_in(env: Env) -> None:
+def test_deactivated_accounts_cannot_sign_in_and_editors_cannot_use_the_desk(env: Env) -> None:
     env.user("gone")
     Accounts(env.database).deactivate("gone")
-    env.user("writer", UserRole.EDITOR)
+    env.user("writer", UserRole.KB_EDITOR)
     deactivated = login(env.client, "gone")
     assert deactivated.status_code == 403 and "账号已停用，请联系管理员" in deactivated.text
-    editor = login(env.client, "writer")
-    assert editor.status_code == 403 and "您的账号没有坐席权限" in editor.text
     assert env.client.get("/desk/api/me").status_code == 401
+    # One sign-in for all staff: a KB editor lands on the KB changes page, and the desk refuses them.
+    editor = login(env.client, "writer")
+    assert editor.status_code == 303 and editor.headers["location"] == "/review/kb"
+    me = env.client.get("/desk/api/me")
+    assert me.status_code == 403 and me.json()["detail"] == "您的账号没有坐席权限"
+    page = env.client.get("/desk", follow_redirects=False)
+    assert page.status_code == 403 and "您的账号没有坐席权限" in page.text
+
+
+def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(env: Env) -> None:
+    env.user("alice")
+    for asked, landed in (("/desk?tab=tickets", "/desk?tab=tickets"), ("https://evil.example/x", "/desk"),
+                          ("//evil.example", "/desk"), ("/api/admin/kb/reload", "/desk")):
+        env.client.cookies.clear()
+        page = env.client.get("/desk/login", params={"next": asked})
+        token = CSRF_IN_PAGE.search(page.text).group(1)
+        response = env.client.post("/desk/login", data={"username": "alice", "password": PASSWORD,
+                                                         "csrf_token": token, "next": asked},
+                                   follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == landed, asked
 
 
 def test_supervisor_and_admin_may_use_the_desk(env: Env) -> None:
@@ -221,7 +239,7 @@ def test_a_role_taken_away_closes_the_desk(env: Env) -> None:
     user_id = env.user("alice")
     signed_in(env.client, "alice")
     with env.database.session() as session:
-        session.execute(update(User).where(User.id == user_id).values(role=UserRole.EDITOR))
+        session.execute(update(User).where(User.id == user_id).values(role=UserRole.KB_EDITOR))
     response = env.client.get("/desk/api/me")
     assert response.status_code == 403 and response.json()["detail"] == "您的账号没有坐席权限"
 

@@ -95,7 +95,7 @@ def accounts(database: Database) -> Accounts:
 
 @pytest.fixture
 def staff(accounts: Accounts) -> dict[str, int]:
-    people = {"wang": UserRole.AGENT, "li": UserRole.AGENT, "zhao": UserRole.SUPERVISOR, "qian": UserRole.EDITOR}
+    people = {"wang": UserRole.AGENT, "li": UserRole.AGENT, "zhao": UserRole.SUPERVISOR, "qian": UserRole.KB_EDITOR}
     return {name: accounts.create(name, f"{name}坐席", role, "correct horse 1").id for name, role in people.items()}
 
 
@@ -216,7 +216,7 @@ def test_unknown_tickets_and_users_and_editors_are_refused(desk: TicketDesk, acc
         desk.add_note(9999, staff["wang"], "x")
     with pytest.raises(UnknownUserError, match="no user id 4242"):
         desk.claim(ticket_id, 4242)
-    with pytest.raises(NotAllowedError, match="user qian is editor"):
+    with pytest.raises(NotAllowedError, match="user qian is kb_editor"):
         desk.claim(ticket_id, staff["qian"])
     accounts.deactivate("li")
     with pytest.raises(InactiveUserError, match="user 'li' is deactivated"):
@@ -436,7 +436,7 @@ def test_accounts_hash_verify_and_deactivate(accounts: Accounts, caplog: pytest.
 
 @pytest.mark.parametrize(("username", "role", "password", "message"), [
     ("wang", "agent", "short", "the password is too short"),
-    ("wang", "boss", "long enough 1", "role 'boss' is not one of: agent, supervisor, editor, admin"),
+    ("wang", "boss", "long enough 1", "role 'boss' is not one of: agent, supervisor, kb_editor, admin"),
     ("王", "agent", "long enough 1", "username '王'"),
     ("taken", "agent", "long enough 1", "username 'taken' is taken"),
 ])

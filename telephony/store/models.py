@@ -1,5 +1,6 @@
-"""Tables: calls, turns, SMS messages, handoff tickets and their callback attempts, users (SQLAlchemy 2 typed
-mappings)."""
+"""Tables: calls, turns, SMS messages, handoff tickets and their callback attempts, users, and the supervisors' call
+review (review rows and their search index, QA marks, the daily QA sample, proposed KB changes, the audit log)
+(SQLAlchemy 2 typed mappings)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,10 @@ class CallbackOutcome(StrEnum):
 
 
 class UserRole(StrEnum):
-    AGENT = "agent"
-    SUPERVISOR = "supervisor"
-    EDITOR = "editor"
-    ADMIN = "admin"
+    AGENT = "agent"  # takes handed-off calls and callback tickets (/desk)
+    SUPERVISOR = "supervisor"  # reviews calls, marks turns, proposes KB changes (/review); also works the desk
+    KB_EDITOR = "kb_editor"  # reviews and applies proposed KB changes (/review/kb); before 0006: "editor"
+    ADMIN = "admin"  # everything, and the accounts (/admin)
 
 
 class User(Base):
@@ -267,3 +268,138 @@ class CallbackAttempt(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
     ticket: Mapped[HandoffTicket] = relationship(back_populates="callback_attempts")
+
+
+class CallOutcome(StrEnum):
+    """How a call ended, for review (computed when the call is indexed; telephony.review.index)."""
+
+    ANSWERED = "answered"  # the first substantive reply was an answer
+    CLARIFIED = "clarified"  # answered after one or more clarifying questions
+    HANDED_OFF = "handed_off"  # went to a person: transfer, desk, or a callback ticket
+    ABANDONED = "abandoned"  # ended with no answer and no handoff
+
+
+class CallReview(Base):
+    """One ended call as the review list shows and filters it: a summary computed once from its turns when the call
+    is indexed. `doc_id` is the row id of the full-text index over `search_text` (jieba tokens of the transcript):
+    an FTS5 table on SQLite, a GIN-indexed tsvector on PostgreSQL (telephony.review.search)."""
+
+    __tablename__ = "call_reviews"
+    __table_args__ = (
+        Index("ix_call_reviews_started", "started_at"),
+        Index("ix_call_reviews_outcome_started", "outcome", "started_at"),
+    )
+
+    doc_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), unique=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    channel: Mapped[str] = mapped_column(String(24))
+    outcome: Mapped[CallOutcome] = mapped_column(_enum(CallOutcome, "call_outcome"))
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    min_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)  # over answer and clarify turns
+    first_question: Mapped[str] = mapped_column(Text, default="")
+    item_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    categories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    latencies_ms: Mapped[list[float]] = mapped_column(JSON, default=list)  # voice-to-voice, per spoken turn
+    search_text: Mapped[str] = mapped_column(Text, default="")
+    indexed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CallReviewItem(Base):
+    """The items (and their categories) a call's turns answered or offered: the item and category filters."""
+
+    __tablename__ = "call_review_items"
+    __table_args__ = (Index("ix_call_review_items_category", "category", "doc_id"),)
+
+    doc_id: Mapped[int] = mapped_column(ForeignKey("call_reviews.doc_id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), default="")
+
+
+Index("ix_call_review_items_item", CallReviewItem.item_id, CallReviewItem.doc_id)
+
+
+class QaLabel(StrEnum):
+    CORRECT = "correct"
+    WRONG_ANSWER = "wrong_answer"
+    INCOMPLETE = "incomplete"
+    SHOULD_HAVE_HANDED_OFF = "should_have_handed_off"
+    ASR_ERROR = "asr_error"
+
+
+class QaMarkRow(Base):
+    """A supervisor's QA mark on one turn (the latest mark replaces the earlier one; the audit log keeps both)."""
+
+    __tablename__ = "qa_marks"
+    __table_args__ = (UniqueConstraint("call_id", "turn_seq", name="uq_qa_marks_turn"),
+                      Index("ix_qa_marks_marked_at", "marked_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    turn_seq: Mapped[int] = mapped_column(Integer)
+    label: Mapped[QaLabel] = mapped_column(_enum(QaLabel, "qa_label"))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewer: Mapped[str] = mapped_column(String(64))
+    marked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QaSample(Base):
+    """The calls drawn at random for QA on one day (China time), so accuracy is measured on a fair sample."""
+
+    __tablename__ = "qa_samples"
+
+    day: Mapped[dt.date] = mapped_column(primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True)
+    drawn_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KbChangeKind(StrEnum):
+    ADD_QUESTION = "add_question"  # the caller's words become a question of an existing item
+    NEW_ITEM = "new_item"  # a draft of a new item
+
+
+class KbChangeStatus(StrEnum):
+    PROPOSED = "proposed"
+    APPLIED = "applied"  # written to the item files and built into a published KB version
+    REJECTED = "rejected"
+
+
+class KbChange(Base):
+    """A change to the KB proposed from a reviewed turn; a KB editor applies it through the KB build or rejects it."""
+
+    __tablename__ = "kb_changes"
+    __table_args__ = (Index("ix_kb_changes_status", "status", "proposed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[KbChangeKind] = mapped_column(_enum(KbChangeKind, "kb_change_kind"))
+    status: Mapped[KbChangeStatus] = mapped_column(_enum(KbChangeStatus, "kb_change_status"),
+                                                   default=KbChangeStatus.PROPOSED)
+    item_id: Mapped[str] = mapped_column(String(128))  # the item to extend, or the new item's id
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"question": ...} or the draft's fields
+    call_id: Mapped[str | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"))
+    turn_seq: Mapped[int | None] = mapped_column(Integer)
+    proposed_by: Mapped[str] = mapped_column(String(64))
+    proposed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+    kb_version: Mapped[str | None] = mapped_column(String(64))  # the build that first carried it
+
+
+class AuditEntry(Base):
+    """Who listened to, exported, unmasked or changed what, and when. Append-only: the database refuses UPDATE and
+    DELETE on this table (triggers in migration 0006), whatever the application does."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: the log outlives accounts
+    username: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # listen | export | unmask | qa_mark | kb_change | user | retention
+    target: Mapped[str] = mapped_column(String(200), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -90,6 +90,10 @@ class Staff:
     role: UserRole
     csrf_token: str
 
+    @property
+    def user_id(self) -> int:  # the audit log's Actor
+        return self.id
+
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "username": self.username, "display_name": self.display_name,
                 "role": self.role.value}
@@ -270,7 +274,7 @@ def signed_in_user_id(connection: HTTPConnection) -> int | None:
 
 
 def load_staff(connection: HTTPConnection, roles: Iterable[UserRole | str] = DESK_ROLES,
-               check_csrf: bool = True) -> Staff:
+               check_csrf: bool = True, denied: str = NO_DESK_ROLE) -> Staff:
     """The signed-in staff member, checked against the database now; `StaffAuthError` otherwise. Blocking (one
     query). For an HTTP request with an unsafe method the `X-CSRF-Token` header must match the session's token."""
     allowed = frozenset(UserRole(role) for role in roles)
@@ -297,11 +301,12 @@ def load_staff(connection: HTTPConnection, roles: Iterable[UserRole | str] = DES
         session.clear()
         raise StaffAuthError(401, ACCOUNT_GONE) from None
     if staff.role not in allowed:
-        raise StaffAuthError(403, NO_DESK_ROLE)
+        raise StaffAuthError(403, denied)
     return staff
 
 
-def staff_member(roles: Iterable[UserRole | str] = DESK_ROLES) -> Callable[[HTTPConnection], Staff]:
+def staff_member(roles: Iterable[UserRole | str] = DESK_ROLES,
+                 denied: str = NO_DESK_ROLE) -> Callable[[HTTPConnection], Staff]:
     """A dependency giving the signed-in `Staff` whose role is one of `roles`, for HTTP routes and websockets alike.
 
     HTTP: 401/403/503 JSON ({"error", "detail"}) through the handler `install_staff_sessions` adds; unsafe methods
@@ -311,7 +316,7 @@ def staff_member(roles: Iterable[UserRole | str] = DESK_ROLES) -> Callable[[HTTP
 
     def dependency(connection: HTTPConnection) -> Staff:  # sync: FastAPI runs it in a thread (one DB query)
         try:
-            return load_staff(connection, allowed)
+            return load_staff(connection, allowed, denied=denied)
         except StaffAuthError as exc:
             if connection.scope["type"] == "websocket":
                 code = WEBSOCKET_TRY_AGAIN_LATER if exc.status == 503 else WEBSOCKET_POLICY_VIOLATION

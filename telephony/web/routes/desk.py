@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
@@ -77,6 +77,8 @@ from telephony.web.staff_auth import (
     staff_member,
     start_session,
 )
+from telephony.web.staff_pages import ALL_ROLES, PAGE_HEADERS, home_page, render, safe_next
+from telephony.web.staff_pages import redirect as _redirect
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["desk"])
@@ -109,8 +111,7 @@ SMS_REFUSALS = {"number_hourly_limit": "该号码一小时内的短信已达上�
                 "number_daily_limit": "该号码今天的短信已达上限，请明天再试",
                 "number_blocked": "该号码今天多次发送失败，今天不再发送"}
 
-_PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-                 "Referrer-Policy": "same-origin"}
+_PAGE_HEADERS = PAGE_HEADERS
 _LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
               "base-uri 'none'")
 
@@ -118,52 +119,46 @@ _LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'
 # -- pages -----------------------------------------------------------------------------------------
 
 
-def render(template: str, values: dict[str, str]) -> str:
-    """Replace each {{name}} with its value, HTML-escaped (quotes too: values also go into attributes)."""
-    for name, value in values.items():
-        template = template.replace("{{" + name + "}}", html.escape(value, quote=True))
-    return template
-
-
-def login_page(request: Request, status: int = 200, error: str = "", username: str = "") -> HTMLResponse:
+def login_page(request: Request, status: int = 200, error: str = "", username: str = "",
+               next_page: str = "") -> HTMLResponse:
     page = render(LOGIN_PAGE.read_text(encoding="utf-8"), {
         "csrf_token": csrf_token(request), "error": error, "error_hidden": "" if error else "hidden",
-        "username": username})
+        "username": username, "next": next_page})
     return HTMLResponse(page, status_code=status, headers=_PAGE_HEADERS | {"Content-Security-Policy": _LOGIN_CSP})
 
 
-def _redirect(path: str) -> RedirectResponse:
-    return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/desk/login", response_class=HTMLResponse, include_in_schema=False)
-async def login_form(request: Request, reason: str | None = None) -> Response:
-    """The sign-in page (a signed-in agent goes straight to the desk)."""
+async def login_form(request: Request, reason: str | None = None, next: str | None = None) -> Response:
+    """The sign-in page for all staff (a signed-in member goes straight to `next` or their role's home page)."""
     try:
-        await asyncio.to_thread(load_staff, request)
-        return _redirect("/desk")
+        staff = await asyncio.to_thread(load_staff, request, ALL_ROLES)
+        return _redirect(safe_next(next) or home_page(staff.role))
     except StaffAuthError:
         pass
-    return login_page(request, error=LOGIN_NOTICES.get(reason or "", ""))
+    return login_page(request, error=LOGIN_NOTICES.get(reason or "", ""), next_page=safe_next(next) or "")
 
 
 @router.post("/desk/login", response_class=HTMLResponse, include_in_schema=False)
 async def login(request: Request) -> Response:
-    """Form post from the sign-in page: a fresh session and 303 to /desk, or the page again with why not."""
+    """Form post from the sign-in page: a fresh session and 303 to `next` or the role's home page (the desk for
+    agents, /review for supervisors, /review/kb for KB editors, /admin for admins), or the page again with why not."""
     form = await request.form()
     username = str(form.get("username") or "").strip()[:64]
     password = str(form.get("password") or "")
+    next_page = safe_next(str(form.get("next") or "")) or ""
     if not csrf_ok(request, str(form.get(CSRF_FIELD) or "")):
-        return login_page(request, 403, CSRF_FAILED, username)
+        return login_page(request, 403, CSRF_FAILED, username, next_page)
     hotline: Hotline | None = request.app.state.hotline_state.hotline
     if hotline is None:
-        return login_page(request, 503, STARTING, username)
+        return login_page(request, 503, STARTING, username, next_page)
     if not username or not password:
-        return login_page(request, 401, MISSING_CREDENTIALS, username)
+        return login_page(request, 401, MISSING_CREDENTIALS, username, next_page)
     throttle = login_throttle(request)
     if throttle.locked(username):
         log.warning("desk sign-in refused for %r: too many failures", username)
-        return login_page(request, 429, TOO_MANY_FAILURES, username)
+        return login_page(request, 429, TOO_MANY_FAILURES, username, next_page)
     try:
         if len(password) > MAX_PASSWORD_CHARS:
             raise WrongPasswordError(username)
@@ -173,22 +168,19 @@ async def login(request: Request) -> Response:
         log.warning("desk sign-in failed for %r from %s%s", username, request.client.host if request.client else "?",
                     " (now locked)" if locked else "")
         if locked:
-            return login_page(request, 429, TOO_MANY_FAILURES, username)
-        return login_page(request, 401, WRONG_CREDENTIALS, username)
+            return login_page(request, 429, TOO_MANY_FAILURES, username, next_page)
+        return login_page(request, 401, WRONG_CREDENTIALS, username, next_page)
     except InactiveUserError:
         log.warning("desk sign-in refused for %r: deactivated", username)
-        return login_page(request, 403, ACCOUNT_DEACTIVATED, username)
+        return login_page(request, 403, ACCOUNT_DEACTIVATED, username, next_page)
     except AccountError:
-        return login_page(request, 401, WRONG_CREDENTIALS, username)
+        return login_page(request, 401, WRONG_CREDENTIALS, username, next_page)
     except StorageError:
-        return login_page(request, 503, DATABASE_DOWN, username)
+        return login_page(request, 503, DATABASE_DOWN, username, next_page)
     throttle.succeeded(username)
-    if account.role not in DESK_ROLES:
-        log.warning("desk sign-in refused for %s: role %s", account.username, account.role.value)
-        return login_page(request, 403, NO_DESK_ROLE, username)
     start_session(request, account.id, account.username)
-    log.info("desk: %s signed in", account.username)
-    return _redirect("/desk")
+    log.info("staff: %s (%s) signed in", account.username, account.role.value)
+    return _redirect(next_page or home_page(account.role))
 
 
 @router.post("/desk/logout", include_in_schema=False)
