@@ -298,7 +298,7 @@ class CallReview(Base):
     outcome: Mapped[CallOutcome] = mapped_column(_enum(CallOutcome, "call_outcome"))
     end_reason: Mapped[str | None] = mapped_column(String(64))
     turns: Mapped[int] = mapped_column(Integer, default=0)
-    min_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)  # over answer and clarify turns
+    min_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)  # answer, clarify, handoff turns
     first_question: Mapped[str] = mapped_column(Text, default="")
     item_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     categories: Mapped[list[str]] = mapped_column(JSON, default=list)
