@@ -8,9 +8,11 @@ died mid-call: the record is kept up to its last turn, issue 17) — such a call
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -85,12 +87,12 @@ def _pending(session: Session, now: dt.datetime, limit: int) -> list[Call]:
     return list(session.scalars(query))
 
 
-def _add(session: Session, call: Call, categories: Mapping[str, str]) -> None:
-    review, items = summarize(call, call.turns, categories)
-    session.add(review)
-    session.flush()
+def _add(session: Session, calls: Sequence[Call], categories: Mapping[str, str]) -> None:
+    summaries = [summarize(call, call.turns, categories) for call in calls]
+    session.add_all(review for review, _items in summaries)
+    session.flush()  # one INSERT … RETURNING for the batch gives every doc_id
     session.add_all(CallReviewItem(doc_id=review.doc_id, item_id=item_id, category=categories.get(item_id, ""))
-                    for item_id in items)
+                    for review, items in summaries for item_id in items)
     session.flush()
 
 
@@ -104,8 +106,7 @@ def index_pending(database: Database, categories: Mapping[str, str], now: dt.dat
             return 0
         try:
             with session.begin_nested():
-                for call in calls:
-                    _add(session, call, categories)
+                _add(session, calls, categories)
             return len(calls)
         except IntegrityError:
             pass  # another worker indexed some of them: go one by one, skipping those
@@ -116,7 +117,7 @@ def index_pending(database: Database, categories: Mapping[str, str], now: dt.dat
                 call = session.get(Call, call_id, options=[selectinload(Call.turns)])
                 if call is not None and session.scalar(
                         select(CallReview.doc_id).where(CallReview.call_id == call_id)) is None:
-                    _add(session, call, categories)
+                    _add(session, [call], categories)
                     done += 1
         except IntegrityError:
             continue
@@ -142,4 +143,26 @@ def reindex(database: Database, call_id: str, categories: Mapping[str, str]) -> 
             session.flush()
         call = session.get(Call, call_id, options=[selectinload(Call.turns)])
         if call is not None:
-            _add(session, call, categories)
+            _add(session, [call], categories)
+
+
+async def run_indexer(database: Database, categories: Callable[[], Mapping[str, str]], stop: asyncio.Event,
+                      sample_size: int = 0, interval_s: float = 5.0) -> None:
+    """The server's background task: index finished calls every `interval_s`, and once a day draw yesterday's QA
+    sample (`sample_size` calls). A database error is logged and tried again next round; it never ends the task."""
+    from telephony.review.store import LOCAL_TIME, ReviewStore
+
+    sampled: dt.date | None = None
+    while not stop.is_set():
+        try:
+            while await asyncio.to_thread(index_pending, database, categories()) >= BATCH:
+                if stop.is_set():
+                    return
+            yesterday = dt.datetime.now(LOCAL_TIME).date() - dt.timedelta(days=1)
+            if sample_size and sampled != yesterday:
+                await asyncio.to_thread(ReviewStore(database).draw_sample, yesterday, sample_size)
+                sampled = yesterday
+        except Exception as exc:  # noqa: BLE001 - the next round tries again; the server must not lose this task
+            log.warning("review index: %s", exc)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

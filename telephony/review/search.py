@@ -37,24 +37,26 @@ class SearchQueryError(ValueError):
 jieba.setLogLevel(60)  # its "Building prefix dict" chatter on stderr
 
 
-@lru_cache(maxsize=65536)
-def _segment_for_index(sentence: str) -> tuple[str, ...]:
-    return tuple(jieba.cut_for_search(sentence))
+@lru_cache(maxsize=16384)
+def _text_tokens(raw: str) -> tuple[str, ...]:
+    """The index words of one text (cached: the replies of an item repeat call after call)."""
+    words: dict[str, None] = {}
+    for sentence in re.split(r"[。！？!?；;，,\s]+", mask_personal(raw)):
+        if not sentence:
+            continue
+        for token in jieba.cut_for_search(sentence):
+            token = token.strip().lower()
+            if token and _WORD.fullmatch(token):
+                words[token] = None
+    return tuple(words)
 
 
 def index_tokens(texts: Iterable[str]) -> str:
     """The `search_text` of a transcript: its distinct words (search mode), lower-cased, space-separated."""
     words: dict[str, None] = {}
     for raw in texts:
-        if not raw:
-            continue
-        for sentence in re.split(r"[。！？!?；;，,\s]+", mask_personal(raw)):
-            if not sentence:
-                continue
-            for token in _segment_for_index(sentence):
-                token = token.strip().lower()
-                if token and _WORD.fullmatch(token) and "*" not in token:
-                    words[token] = None
+        if raw:
+            words.update(dict.fromkeys(_text_tokens(raw)))
     return " ".join(words)
 
 
