@@ -674,34 +674,82 @@ def tickets_list(
             typer.echo(f"  问题：{data['question']}")
 
 
-@users_app.command("add")
-def users_add(
-    username: Annotated[str, typer.Argument(help="Sign-in name: letters, digits, '.', '_', '-'")],
-    name: Annotated[str, typer.Option("--name", help="Display name, e.g. 王小明")],
-    role: Annotated[str, typer.Option("--role", help="agent | supervisor | editor | admin")] = "agent",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line "
-                                                                          "of stdin instead of prompting")] = False,
-) -> None:
-    """Create a staff account; the password is asked twice (or read from stdin) and stored only as a hash."""
-    from telephony.errors import TelephonyError
-    from telephony.handoff.accounts import Accounts
+ROLE_HELP = "agent (坐席) | supervisor (质检主管) | kb_editor (知识库编辑) | admin (管理员)"
+PASSWORD_STDIN_HELP = "Read the password from the first line of stdin instead of prompting"
 
+
+def _cli_operator():
+    """Who the audit log names for changes made with these commands."""
+    from telephony.review.audit import Operator
+
+    return Operator("cli")
+
+
+def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             typer.echo("错误：no password on stdin", err=True)
             raise typer.Exit(2)
-    else:
-        password = typer.prompt("密码", hide_input=True, confirmation_prompt="再次输入密码")
+        return password
+    return typer.prompt("密码", hide_input=True, confirmation_prompt="再次输入密码")
+
+
+def _account_change(change) -> object:
+    """Run `change(accounts, operator)` on the configured database; a refusal is one line on stderr, exit 1."""
+    from telephony.errors import TelephonyError
+    from telephony.handoff.accounts import Accounts
+
     database = _open_database(load_settings())
     try:
-        account = Accounts(database).create(username, name, role, password)
+        return change(Accounts(database), _cli_operator())
     except TelephonyError as exc:
         typer.echo(f"错误：{exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         database.close()
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name: letters, digits, '.', '_', '-'")],
+    name: Annotated[str, typer.Option("--name", help="Display name, e.g. 王小明")],
+    role: Annotated[str, typer.Option("--role", help=ROLE_HELP)] = "agent",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help=PASSWORD_STDIN_HELP)] = False,
+) -> None:
+    """Create a staff account; the password is asked twice (or read from stdin) and stored only as a hash. The first
+    admin is made this way (`--role admin`); after that admins manage accounts at /admin too."""
+    password = _read_password(password_stdin)
+    account = _account_change(lambda accounts, operator: accounts.create(username, name, role, password, operator))
     typer.echo(f"已创建用户 {account.username}（{account.display_name}，{account.role.value}）")
+
+
+@users_app.command("reset-password")
+def users_reset_password(
+    username: Annotated[str, typer.Argument(help="The account whose password is replaced")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help=PASSWORD_STDIN_HELP)] = False,
+) -> None:
+    """Set a new password (asked twice, or read from stdin); sessions already signed in run out within 12 hours."""
+    password = _read_password(password_stdin)
+    account = _account_change(lambda accounts, operator: accounts.reset_password(username, password, operator))
+    typer.echo(f"已重置用户 {account.username} 的密码")
+
+
+@users_app.command("role")
+def users_role(
+    username: Annotated[str, typer.Argument(help="The account")],
+    role: Annotated[str, typer.Argument(help=ROLE_HELP)],
+) -> None:
+    """Change an account's role (it applies from the user's next request); the last active admin keeps theirs."""
+    account = _account_change(lambda accounts, operator: accounts.set_role(username, role, operator))
+    typer.echo(f"用户 {account.username} 的角色现在是 {account.role.value}")
+
+
+@users_app.command("reactivate")
+def users_reactivate(username: Annotated[str, typer.Argument(help="The account to reactivate")]) -> None:
+    """Let a deactivated account sign in again, with its old password and role."""
+    account = _account_change(lambda accounts, operator: accounts.reactivate(username, operator))
+    typer.echo(f"已恢复用户 {account.username}")
 
 
 @users_app.command("list")
@@ -727,18 +775,46 @@ def users_list(as_json: Annotated[bool, typer.Option("--json", help="Print a JSO
 @users_app.command("deactivate")
 def users_deactivate(username: Annotated[str, typer.Argument(help="The account to deactivate")]) -> None:
     """Stop an account from signing in and taking tickets; its past work keeps its name."""
-    from telephony.errors import TelephonyError
-    from telephony.handoff.accounts import Accounts
+    account = _account_change(lambda accounts, operator: accounts.deactivate(username, operator))
+    typer.echo(f"已停用用户 {account.username}")
 
-    database = _open_database(load_settings())
+
+@app.command("retention")
+def retention_command(
+    days: Annotated[Optional[int], typer.Option("--days", min=1, help="Keep this many days instead of "
+                                                                        "HOTLINE_RETENTION_DAYS")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Delete the recordings and transcripts of calls older than the retention period (docs/review.md
+    "Retention"); the server also does it daily. The audit log records each run and is never purged."""
+    from telephony.errors import TelephonyError
+    from telephony.review.retention import purge
+
+    settings = load_settings()
+    database = _open_database(settings)
     try:
-        account = Accounts(database).deactivate(username)
+        report = purge(database, settings, dry_run=dry_run, days=days, actor=_cli_operator())
     except TelephonyError as exc:
         typer.echo(f"错误：{exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         database.close()
-    typer.echo(f"已停用用户 {account.username}")
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    elif report.skipped:
+        typer.echo("另一个进程正在清理，本次未执行")
+    else:
+        verb = "将删除" if dry_run else "已删除"
+        typer.echo(f"保留期 {report.days} 天：{report.cutoff:%Y-%m-%d %H:%M} UTC 之前开始的通话")
+        typer.echo(f"{verb}通话 {report.calls} 通、对话轮次 {report.turns} 条、录音文件 {report.recordings} 个"
+                   f"（另有无主录音 {report.orphan_recordings} 个）；短信内容清除 {report.sms_blanked} 条")
+        if report.kept_open_tickets:
+            typer.echo(f"有 {report.kept_open_tickets} 通过期通话的回访单尚未办结，暂时保留")
+    if report.file_errors:
+        for line in report.file_errors[:10]:
+            typer.echo(f"警告：录音文件未能删除：{line}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from kb.loader import DEFAULT_ITEMS_DIR
 
 PHONE_PATTERN = re.compile(r"^\+?[0-9][0-9-]{2,19}$")
 NATIONAL_HOTLINE = "12333"
+MAX_RETENTION_DAYS = 3650
 
 
 class EmbeddingBackend(StrEnum):
@@ -182,6 +183,12 @@ class Settings(BaseSettings):
         "(the call's CallSid, the target and TwiML <Dial>); the gateway redirects the call and the stream stops")
     twilio_transfer_token: SecretStr | None = Field(default=None, description="Sent as a bearer token to the webhook")
     recordings: bool = True
+    # Retention (docs/review.md "Retention"): calls older than this lose their recordings and transcripts, checked
+    # daily at retention_run_at (China time) by the server and on demand by `hotline retention`.
+    retention_days: int = Field(default=180, description="Keep recordings and transcripts this many days (at least "
+                                "1; there is no 'keep forever')")
+    retention_run_at: str = Field(default="03:00", description="When the server runs the daily purge, HH:MM "
+                                  "Asia/Shanghai")
 
     # SIP line (docs/telephony.md): a trunk or PBX extension on pjsua2, its RTP ports and codecs.
     sip_enabled: bool = False
@@ -227,6 +234,24 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_days(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("retention_days must be at least 1 (days recordings and transcripts are kept); "
+                             "there is no 'keep forever' setting")
+        if value > MAX_RETENTION_DAYS:
+            raise ValueError(f"retention_days must be at most {MAX_RETENTION_DAYS} (ten years)")
+        return value
+
+    @field_validator("retention_run_at")
+    @classmethod
+    def _retention_run_at(cls, value: str) -> str:
+        match = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", value.strip())
+        if not match:
+            raise ValueError("retention_run_at must be a time of day HH:MM, e.g. 03:00")
+        return f"{int(match.group(1)):02d}:{match.group(2)}"
 
     @field_validator("sms_signature")
     @classmethod

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from telephony.app import Hotline, engine_choices
+from telephony.review import retention
 from telephony.settings import Settings
 from telephony.sms.base import SmsGateway
 from telephony.web.deps import AppState
 from telephony.web.errors import install_error_handlers
-from telephony.web.routes import ask, desk, desk_ws, kb_admin, ops, phone, sms
+from telephony.web.routes import admin, ask, desk, desk_ws, kb_admin, ops, phone, sms
 from telephony.web.staff_auth import install_staff_sessions
 from voice.base import AsrEngine, TtsEngine
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
         stop = asyncio.Event()
         watcher = (asyncio.create_task(kb_admin.watch_builds(hotline.answers, hotline.builds, stop))
                    if settings.kb_watch else None)
+        purger = asyncio.create_task(retention.run_daily(hotline.database, settings, stop), name="retention")
         try:
             yield
         finally:
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
             stop.set()
             await _cancel(voice_task)
             await _cancel(watcher)
+            await _cancel(purger)
             if hotline.voice is not None:
                 await hotline.voice.close_lines()
             await hotline.sms.dispatcher.close()
@@ -85,6 +88,6 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
     app.state.hotline_state = state
     install_error_handlers(app)
     install_staff_sessions(app, settings)
-    for module in (ops, ask, kb_admin, phone, sms, desk, desk_ws):
+    for module in (ops, ask, kb_admin, phone, sms, desk, desk_ws, admin):
         app.include_router(module.router)
     return app
