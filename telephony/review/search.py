@@ -3,8 +3,8 @@
 Chinese has no spaces, so neither SQLite's FTS5 tokenizers nor PostgreSQL's text parser can find words in it. The
 transcript is segmented here instead, with jieba's search mode (a long word and the shorter words inside it:
 工伤认定 → 工伤, 认定, 工伤认定), and stored as those tokens separated by spaces (`call_reviews.search_text`). Both
-databases then index plain words: an FTS5 table with the unicode61 tokenizer on SQLite, a GIN index over
-to_tsvector('simple', …) on PostgreSQL (migration 0006).
+databases then index plain words: an FTS5 table with the unicode61 tokenizer on SQLite, a GIN index over a
+stored to_tsvector('simple', search_text) column (`search_vector`) on PostgreSQL (migration 0006).
 
 A query is segmented the same way, in jieba's default mode; each word must match, either whole or as all the
 shorter words inside it (so 工伤认定 finds a call where the segmenter kept 工伤 and 认定 apart). Personal numbers
@@ -131,7 +131,7 @@ def matches(dialect: str, query: str) -> ColumnElement[bool]:
             text("call_search MATCH :fts_query").bindparams(fts_query=fts5_query(words)))
         return CallReview.doc_id.in_(hits)
     if dialect == "postgresql":
-        return func.to_tsvector(literal_column("'simple'::regconfig"), CallReview.search_text).op("@@")(
+        return literal_column("call_reviews.search_vector").op("@@")(
             func.to_tsquery(literal_column("'simple'::regconfig"), tsquery(words)))
     # Another database: a substring scan over the tokens (correct, not fast).
     clause = None
