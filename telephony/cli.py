@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from kb.check import check_knowledge_base
 from kb.errors import KbError
 from kb.loader import load_knowledge_base
 from rag.errors import InvalidQuestionError
@@ -114,11 +113,9 @@ def kb_check(
     except KbError as exc:
         typer.echo(f"错误：{exc}", err=True)
         raise typer.Exit(2) from None
-    from kb.sms_templates import DEFAULT_TEMPLATES_FILE
+    from telephony.kb_publish import check_items
 
-    report = check_knowledge_base(kb, signature=settings.sms_signature,
-                                  templates=settings.sms_templates_file or DEFAULT_TEMPLATES_FILE,
-                                  centre_phone=settings.centre_phone, guide_base_url=settings.sms_guide_base_url)
+    report = check_items(settings, kb)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -212,9 +209,9 @@ def eval_command(
 
 
 def passage_store(settings: Settings):
-    from kb.ingest import PassageStore
+    from telephony.kb_publish import passage_store as store
 
-    return PassageStore(settings.data_dir / "passages.jsonl")
+    return store(settings)
 
 
 @kb_app.command("ingest")
@@ -246,32 +243,21 @@ def kb_build(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
     """Check the KB, write a content-hashed build and publish it (a running server switches to it)."""
-    from kb.builds import BuildStore, calibration_file
-    from kb.lexicon import DEFAULT_LEXICON_FILE
-    from rag.calibration import load_calibration
-    from rag.errors import CalibrationError
+    from telephony.kb_publish import BuildRefused, build_and_publish
 
     settings = load_settings()
-    kb = load_knowledge_base(settings.kb_dir)
-    report = check_knowledge_base(kb, signature=settings.sms_signature)
-    if not report.ok:
-        for error in report.errors:
-            typer.echo(f"error: {error}", err=True)
-        typer.echo(f"not built: {len(report.errors)} error(s); fix them (hotline kb check) and build again", err=True)
-        raise typer.Exit(1)
-    calibration = calibration_file(settings.data_dir)
     try:
-        load_calibration(calibration)  # a build whose calibration does not load would never be served
-    except CalibrationError as exc:
-        typer.echo(f"not built: {exc}", err=True)
+        published = build_and_publish(settings, progress=progress)
+    except BuildRefused as exc:
+        for error in exc.errors:
+            typer.echo(f"error: {error}", err=True)
+        typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    store = BuildStore(settings.data_dir / "kb-builds")
-    previous = store.current()
-    manifest, written = store.build(kb, passage_store(settings).load(), DEFAULT_LEXICON_FILE, calibration,
-                                    progress=progress)
-    state = "built" if written else "unchanged, already built"
+    manifest = published.manifest
+    state = "built" if published.written else "unchanged, already built"
     typer.echo(f"version {manifest.version} ({state}): {len(manifest.item_hashes)} items, "
-               f"{manifest.passages} passages, calibration {calibration}; published (previous: {previous or 'none'})")
+               f"{manifest.passages} passages, calibration {published.calibration}; published "
+               f"(previous: {published.previous or 'none'})")
 
 
 @kb_app.command("diff")
@@ -333,6 +319,96 @@ def kb_hotwords(
         typer.echo(f"{word} {weight}")
 
 
+kb_changes_app = typer.Typer(help="KB changes proposed from reviewed calls (/review/kb): list, apply (check, build "
+                                  "and publish), reject", no_args_is_help=True)
+kb_app.add_typer(kb_changes_app, name="changes")
+KB_CHANGE_KINDS = {"add_question": "加为常见问法", "new_item": "新建条目草稿"}
+KB_CHANGE_STATES = {"proposed": "待处理", "applied": "已应用", "rejected": "已驳回"}
+
+
+def _kb_change_run(action, username: str | None = None):
+    """Run `action(changes, operator)` on the configured database and KB; `username` (--as) must name an active KB
+    editor or admin. A refusal is printed (with the check's errors, if any) and exits 1."""
+    from telephony.errors import TelephonyError
+    from telephony.handoff.accounts import Accounts
+    from telephony.review.audit import Operator
+    from telephony.review.kb_changes import DECIDE_ROLES, KbChanges, KbCheckFailedError
+
+    settings = load_settings()
+    database = _open_database(settings)
+    try:
+        operator = None
+        if username is not None:
+            account = Accounts(database).get(username)
+            if not account.active:
+                typer.echo(f"错误：用户 {account.username} 已停用", err=True)
+                raise typer.Exit(1)
+            if account.role not in DECIDE_ROLES:
+                typer.echo(f"错误：用户 {account.username} 的角色是 {account.role.value}；只有知识库编辑（kb_editor）"
+                           "和管理员（admin）可以应用或驳回修改", err=True)
+                raise typer.Exit(1)
+            operator = Operator(account.username, account.id)
+        return action(KbChanges(database, settings), operator)
+    except KbCheckFailedError as exc:
+        for error in exc.errors:
+            typer.echo(f"error: {error}", err=True)
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    except TelephonyError as exc:
+        typer.echo(f"错误：{exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.close()
+
+
+@kb_changes_app.command("list")
+def kb_changes_list(
+    state: Annotated[Optional[str], typer.Option("--status", help="proposed | applied | rejected")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False,
+) -> None:
+    """Proposed changes first (oldest first), then decided ones (latest first); callers' words masked."""
+    rows, total = _kb_change_run(lambda changes, _operator: changes.list(state, limit=limit))
+    if as_json:
+        typer.echo(json.dumps([row.to_json() for row in rows], ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo("没有知识库修改")
+    for row in rows:
+        state_text = "应用中" if row.applying else KB_CHANGE_STATES.get(row.status, row.status)
+        source = f"通话 {row.call_id} 第 {row.turn_seq} 轮" if row.call_id else "通话已删除"
+        typer.echo(f"#{row.id}  {state_text}  {KB_CHANGE_KINDS.get(row.kind, row.kind)}  {row.item_id}"
+                   f"「{row.item_title}」  问法：{row.question}  {source}  提出：{row.proposed_by}"
+                   + (f"  版本 {row.kb_version}" if row.kb_version else "")
+                   + (f"  {row.decided_by}：{row.decision_note}" if row.decision_note else ""))
+    if total > len(rows):
+        typer.echo(f"（共 {total} 条，只列出 {len(rows)} 条）")
+
+
+@kb_changes_app.command("apply")
+def kb_changes_apply(
+    change_id: Annotated[int, typer.Argument(help="The change's number (kb changes list)")],
+    as_user: Annotated[str, typer.Option("--as", help="Your username: a kb_editor or admin (the audit log names "
+                                                      "it)")],
+) -> None:
+    """Write the change into the item files, check as `kb check` does, build and publish as `kb build` does
+    (running servers switch to the new version); a failed check puts the files back and leaves it proposed."""
+    row = _kb_change_run(lambda changes, operator: changes.apply(operator, change_id), as_user)
+    typer.echo(f"已应用修改 #{row.id}（{KB_CHANGE_KINDS.get(row.kind, row.kind)} {row.item_id}）：知识库版本 "
+               f"{row.kb_version} 已发布，正在运行的热线会自动切换")
+
+
+@kb_changes_app.command("reject")
+def kb_changes_reject(
+    change_id: Annotated[int, typer.Argument(help="The change's number (kb changes list)")],
+    as_user: Annotated[str, typer.Option("--as", help="Your username: a kb_editor or admin")],
+    note: Annotated[str, typer.Option("--note", help="Why (the supervisor who proposed it reads this)")],
+) -> None:
+    """Decline a proposed change, with the reason."""
+    row = _kb_change_run(lambda changes, operator: changes.reject(operator, change_id, note), as_user)
+    typer.echo(f"已驳回修改 #{row.id}：{row.decision_note}")
+
+
 @bench_app.command("retrieval")
 def bench_retrieval(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
@@ -386,6 +462,25 @@ def bench_turn_latency(
         raise typer.BadParameter("--line is 'media-stream' or 'sip'")
     result = run_turn_latency(concurrency, calls, turns, asr_model, ramp_s, asr_server, transcripts == "known",
                               asr_engines, keep_workdir=keep, line=line)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
+@bench_app.command("review")
+def bench_review(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    calls: Annotated[int, typer.Option(min=100, max=2_000_000, help="Calls to generate")] = 100_000,
+    turns_per_call: Annotated[float, typer.Option(min=1.0, max=10.0, help="Mean turns per call")] = 5.0,
+    database_url: Annotated[Optional[str], typer.Option(help="An empty database to fill (default: SQLite in a "
+                                                              "temporary folder)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, max=100, help="Timed runs of each query")] = 9,
+) -> None:
+    """The review list and search on a generated month of calls (100,000 calls, 500,000 turns): p50/max ms."""
+    from telephony.bench.review import run_review_bench
+
+    settings = load_settings()
+    configure_logging("WARNING")
+    result = run_review_bench(load_knowledge_base(settings.kb_dir), calls, turns_per_call,
+                              database_url=database_url, repeats=repeats)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 

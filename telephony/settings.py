@@ -183,6 +183,9 @@ class Settings(BaseSettings):
         "(the call's CallSid, the target and TwiML <Dial>); the gateway redirects the call and the stream stops")
     twilio_transfer_token: SecretStr | None = Field(default=None, description="Sent as a bearer token to the webhook")
     recordings: bool = True
+    # Call review (docs/review.md): calls drawn at random each day for QA, so accuracy is measured on a fair sample.
+    qa_sample_size: int = Field(default=20, ge=0, le=1000, description="Calls drawn for QA review per day (China "
+                                "time); 0 turns the daily sample off")
     # Retention (docs/review.md "Retention"): calls older than this lose their recordings and transcripts, checked
     # daily at retention_run_at (China time) by the server and on demand by `hotline retention`.
     retention_days: int = Field(default=180, description="Keep recordings and transcripts this many days (at least "

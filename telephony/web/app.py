@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from telephony.app import Hotline, engine_choices
+from telephony.review import index as review_index
 from telephony.review import retention
 from telephony.settings import Settings
 from telephony.sms.base import SmsGateway
 from telephony.web.deps import AppState
 from telephony.web.errors import install_error_handlers
-from telephony.web.routes import admin, ask, desk, desk_ws, kb_admin, ops, phone, sms
+from telephony.web.routes import (admin, ask, desk, desk_ws, kb_admin, kb_changes, ops, phone, review, review_reports,
+                                   sms)
 from telephony.web.staff_auth import install_staff_sessions
 from voice.base import AsrEngine, TtsEngine
 
@@ -65,6 +67,9 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
         watcher = (asyncio.create_task(kb_admin.watch_builds(hotline.answers, hotline.builds, stop))
                    if settings.kb_watch else None)
         purger = asyncio.create_task(retention.run_daily(hotline.database, settings, stop), name="retention")
+        indexer = asyncio.create_task(review_index.run_indexer(
+            hotline.database, lambda: {item.id: item.category for item in hotline.answers.kb.items}, stop,
+            settings.qa_sample_size), name="review-index")
         try:
             yield
         finally:
@@ -73,6 +78,7 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
             await _cancel(voice_task)
             await _cancel(watcher)
             await _cancel(purger)
+            await _cancel(indexer)
             if hotline.voice is not None:
                 await hotline.voice.close_lines()
             await hotline.sms.dispatcher.close()
@@ -88,6 +94,6 @@ def create_app(settings: Settings | None = None, voice: bool = True, asr: AsrEng
     app.state.hotline_state = state
     install_error_handlers(app)
     install_staff_sessions(app, settings)
-    for module in (ops, ask, kb_admin, phone, sms, desk, desk_ws, admin):
+    for module in (ops, ask, kb_admin, phone, sms, desk, desk_ws, admin, review_reports, review, kb_changes):
         app.include_router(module.router)
     return app
