@@ -171,6 +171,14 @@ def test_refusals_read_in_chinese_with_their_problems_listed(env: Env) -> None:
         "draft": {"id": "unemployed-side-job", "title": "领失业金期间打零工", "category": "失业保险",
                   "questions": [CALLER_WORDS], "spoken": "领失业金期间找到工作的要停发。"}})
     assert kept.status_code == 201 and "aliases" in kept.json()["draft"]["problems"]  # for an editor to complete
+    kept_id = kept.json()["id"]
+    unfinished = env.client.post(f"/review/api/kb-changes/{kept_id}/apply", headers=headers)
+    assert unfinished.status_code == 422 and "aliases：必填" in unfinished.json()["errors"]
+    edited = env.client.post(f"/review/api/kb-changes/{kept_id}/draft", headers=headers, json={
+        "draft": {"id": "unemployed-side-job", "title": "领失业金期间打零工", "category": "失业保险",
+                  "aliases": ["领失业金能打零工吗"]}})
+    assert edited.status_code == 200 and "aliases" in edited.json()["draft"]["problems"]  # still too few
+    assert edited.json()["draft"]["aliases"] == ["领失业金能打零工吗"]
     assert env.client.post("/review/api/kb-changes", headers=headers, json={"kind": "other"}).status_code == 422
 
     # The check fails after the edit (another item got the same question by hand): 409 with the check's errors.
