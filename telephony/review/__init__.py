@@ -1,2 +1,2 @@
-"""Supervisors' work on finished calls: the call list and search, QA marks on turns, and the KB-gap loop. Holds the
-values and the query seam now; the pages and the gap report come with the review issue."""
+"""Supervisors' work on finished calls: the review index and search, QA marks and the daily sample, privacy and the
+audit log, the KB-gap loop, the dashboard and gap report, retention (docs/review.md)."""

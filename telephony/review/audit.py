@@ -67,8 +67,7 @@ class AuditView:
     detail: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        at = self.at if self.at.tzinfo else self.at.replace(tzinfo=dt.UTC)
-        return {"id": self.id, "at": at.isoformat(), "username": self.username, "action": self.action,
+        return {"id": self.id, "at": self.at.isoformat(), "username": self.username, "action": self.action,
                 "target": self.target, "detail": self.detail}
 
 

@@ -30,10 +30,6 @@ ABANDONED_AFTER = dt.timedelta(hours=1)  # an "active" call this long after its 
 BATCH = 200
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def outcome_of(actions: Sequence[str], end_reason: str | None) -> CallOutcome:
     """handed_off: any handoff (or the call ended with a person); answered: the first substantive reply answered;
     clarified: an answer came after a clarifying question; abandoned: no answer and no handoff."""
@@ -53,11 +49,11 @@ def summarize(call: Call, turns: Sequence[Turn], categories: Mapping[str, str]) 
     for turn in turns:
         for item_id in (*(turn.item_ids or ()), *(turn.offered_item_ids or ())):
             items[item_id] = None
-    started = _aware(call.started_at)
+    started = call.started_at
     if call.ended_at is not None:
-        ended = _aware(call.ended_at)
+        ended = call.ended_at
     elif turns:
-        ended = _aware(turns[-1].created_at)
+        ended = turns[-1].created_at
     else:
         ended = started
     latencies = [float(turn.timings_ms["voice_to_voice_ms"]) for turn in turns
@@ -132,18 +128,6 @@ def index_all(database: Database, categories: Mapping[str, str], now: dt.datetim
         total += done
         if done == 0:
             return total
-
-
-def reindex(database: Database, call_id: str, categories: Mapping[str, str]) -> None:
-    """Summarise one call again (its turns changed: a journaled turn was replayed after the call was indexed)."""
-    with database.session() as session:
-        existing = session.scalar(select(CallReview).where(CallReview.call_id == call_id))
-        if existing is not None:
-            session.delete(existing)
-            session.flush()
-        call = session.get(Call, call_id, options=[selectinload(Call.turns)])
-        if call is not None:
-            _add(session, [call], categories)
 
 
 async def run_indexer(database: Database, categories: Callable[[], Mapping[str, str]], stop: asyncio.Event,

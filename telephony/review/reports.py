@@ -62,10 +62,6 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)  # SQLite reads back naive UTC
-
-
 def _check_range(start: dt.datetime, end: dt.datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise ReportError("start and end must be timezone-aware", "时间范围缺少时区")
@@ -387,7 +383,7 @@ def gap_report(database: Database, embed: Embed, days: int = 14, now: dt.datetim
                    Turn.item_ids, Turn.offered_item_ids)
             .join(Call, Call.id == Turn.call_id).where(window)
             .order_by(Turn.created_at.desc(), Turn.id.desc()).limit(cap)).all()
-    questions = [GapQuestion(call_id, seq, text.strip(), _aware(at).astimezone(dt.UTC), action, float(confidence),
+    questions = [GapQuestion(call_id, seq, text.strip(), at, action, float(confidence),
                              tuple(dict.fromkeys([*(items or ()), *(offered or ())])))
                  for call_id, seq, text, at, action, confidence, items, offered in rows if text.strip()]
     clusters = _clusters(questions, embed, similarity, limit_examples, item_titles or {})

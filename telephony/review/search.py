@@ -15,7 +15,7 @@ caller by their ID number, and a purge of the transcript leaves nothing behind i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 import jieba
@@ -97,30 +97,27 @@ def _fts5_quote(word: str) -> str:
     return '"' + word.replace('"', '""') + '"'
 
 
-def fts5_query(words: list[tuple[str, tuple[str, ...]]]) -> str:
-    """The FTS5 MATCH expression: every word, each whole or as all its inner words."""
-    clauses = []
-    for word, inner in words:
-        if inner:
-            clauses.append(f"({_fts5_quote(word)} OR ({' AND '.join(_fts5_quote(p) for p in inner)}))")
-        else:
-            clauses.append(_fts5_quote(word))
-    return " AND ".join(clauses)
-
-
 def _tsquery_quote(word: str) -> str:
     return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def tsquery(words: list[tuple[str, tuple[str, ...]]]) -> str:
-    """The PostgreSQL to_tsquery('simple', …) text of the same expression."""
+def _expression(words: list[tuple[str, tuple[str, ...]]], quote: Callable[[str], str], and_: str, or_: str) -> str:
+    """Every word, each whole or as all its inner words, in a dialect's syntax."""
     clauses = []
     for word, inner in words:
-        if inner:
-            clauses.append(f"({_tsquery_quote(word)} | ({' & '.join(_tsquery_quote(p) for p in inner)}))")
-        else:
-            clauses.append(_tsquery_quote(word))
-    return " & ".join(clauses)
+        whole = quote(word)
+        clauses.append(f"({whole}{or_}({and_.join(quote(p) for p in inner)}))" if inner else whole)
+    return and_.join(clauses)
+
+
+def fts5_query(words: list[tuple[str, tuple[str, ...]]]) -> str:
+    """The FTS5 MATCH expression."""
+    return _expression(words, _fts5_quote, " AND ", " OR ")
+
+
+def tsquery(words: list[tuple[str, tuple[str, ...]]]) -> str:
+    """The PostgreSQL to_tsquery('simple', …) text of the same expression."""
+    return _expression(words, _tsquery_quote, " & ", " | ")
 
 
 def matches(dialect: str, query: str) -> ColumnElement[bool]:

@@ -79,14 +79,7 @@ class NotIndexedYet(ReviewError):
     status = 409
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 def _iso(value: dt.datetime | None) -> str | None:
-    value = _aware(value)
     return value.isoformat() if value else None
 
 
@@ -276,32 +269,37 @@ class ReviewStore:
 
     def list_calls(self, query: CallQuery) -> CallPage:
         """One page of matching calls, newest first, and how many match."""
-        # The page's ids first, sorting only (started_at, doc_id) of every match; then those 50 rows in full (a
-        # search for a common word matches tens of thousands of calls: sorting whole rows would cost 10x more).
+        count_query = self._filtered(query, select(func.count()).select_from(CallReview))
+        with self.database.session() as session:
+            rows = self._page(session, query)
+            return CallPage(rows, session.scalar(count_query) or 0, query.page, query.page_size)
+
+    def iter_calls(self, query: CallQuery, limit: int = EXPORT_MAX_ROWS) -> Iterator[CallRow]:
+        """Every matching call, newest first, up to `limit` (the export), fetched a page at a time (no counts)."""
+        page, sent = 1, 0
+        while sent < limit:
+            with self.database.session() as session:
+                rows = self._page(session, CallQuery(**{**asdict(query), "page": page, "page_size": MAX_PAGE_SIZE}))
+            for row in rows[:limit - sent]:
+                yield row
+                sent += 1
+            if len(rows) < MAX_PAGE_SIZE:
+                return
+            page += 1
+
+    def _page(self, session: Session, query: CallQuery) -> list[CallRow]:
+        # The page's ids first, sorting only (started_at, doc_id) of every match; then those rows in full (a search
+        # for a common word matches tens of thousands of calls: sorting whole rows would cost 10x more).
         order = (CallReview.started_at.desc(), CallReview.doc_id.desc())
         ids_query = (self._filtered(query, select(CallReview.doc_id)).order_by(*order)
                      .limit(query.page_size).offset((query.page - 1) * query.page_size))
-        count_query = self._filtered(query, select(func.count()).select_from(CallReview))
-        with self.database.session() as session:
-            doc_ids = list(session.scalars(ids_query))
-            found = session.execute(
-                select(CallReview, Call.caller_number).join(Call, Call.id == CallReview.call_id)
-                .where(CallReview.doc_id.in_(doc_ids)).options(defer(CallReview.search_text))
-                .order_by(*order)).all() if doc_ids else []
-            total = session.scalar(count_query) or 0
-            return CallPage(self._rows(session, found), total, query.page, query.page_size)
-
-    def iter_calls(self, query: CallQuery, limit: int = EXPORT_MAX_ROWS) -> Iterator[CallRow]:
-        """Every matching call, newest first, up to `limit` (the export), fetched in pages."""
-        page, sent = 1, 0
-        while sent < limit:
-            chunk = self.list_calls(CallQuery(**{**asdict(query), "page": page, "page_size": MAX_PAGE_SIZE}))
-            for row in chunk.rows[:limit - sent]:
-                yield row
-                sent += 1
-            if len(chunk.rows) < MAX_PAGE_SIZE:
-                return
-            page += 1
+        doc_ids = list(session.scalars(ids_query))
+        if not doc_ids:
+            return []
+        found = session.execute(
+            select(CallReview, Call.caller_number).join(Call, Call.id == CallReview.call_id)
+            .where(CallReview.doc_id.in_(doc_ids)).options(defer(CallReview.search_text)).order_by(*order)).all()
+        return self._rows(session, found)
 
     @staticmethod
     def _rows(session: Session, found: list) -> list[CallRow]:
@@ -320,7 +318,7 @@ class ReviewStore:
                 ticket_state[call_id] = status.value
             marks = dict(session.execute(select(QaMarkRow.call_id, func.count()).where(
                 QaMarkRow.call_id.in_(call_ids)).group_by(QaMarkRow.call_id)).all())
-        return [CallRow(review.call_id, _aware(review.started_at), review.duration_s, review.channel,
+        return [CallRow(review.call_id, review.started_at, review.duration_s, review.channel,
                         review.outcome.value, review.turns, review.min_confidence, review.first_question,
                         list(review.item_ids or []), list(review.categories or []), number,
                         sms_state.get(review.call_id), ticket_state.get(review.call_id), marks.get(review.call_id, 0))
@@ -337,10 +335,10 @@ class ReviewStore:
             marks = {mark.turn_seq: {"label": mark.label.value, "comment": mark.comment, "reviewer": mark.reviewer,
                                      "marked_at": _iso(mark.marked_at)}
                      for mark in session.scalars(select(QaMarkRow).where(QaMarkRow.call_id == call_id))}
-            started = _aware(call.started_at)
+            started = call.started_at
             turns = [TurnDetail(
-                turn.seq, _aware(turn.created_at),
-                round(max(0.0, (_aware(turn.created_at) - started).total_seconds()), 3),
+                turn.seq, turn.created_at,
+                round(max(0.0, (turn.created_at - started).total_seconds()), 3),
                 turn.caller_text, turn.spoken_text, turn.sms_text, turn.action, turn.reason, turn.confidence,
                 list(turn.item_ids or []), list(turn.offered_item_ids or []), list(turn.citations or []),
                 dict(turn.timings_ms or {}), turn.sms_consent, turn.sms_to, turn.sms_message_id, marks.get(turn.seq))
@@ -359,7 +357,7 @@ class ReviewStore:
                 select(QaSample.day).where(QaSample.call_id == call_id).order_by(QaSample.day))]
             return CallDetail(
                 call.id, call.channel.value, call.caller_number, call.status.value, call.end_reason, started,
-                _aware(call.ended_at), call.kb_version, call.agent_notes or "",
+                call.ended_at, call.kb_version, call.agent_notes or "",
                 bool(call.recording_caller_path and call.recording_assistant_path),
                 review.outcome.value if review else None, turns, sms, tickets, sampled)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import DateTime
+from sqlalchemy.types import DateTime, TypeDecorator
 
 
 def utcnow() -> dt.datetime:
@@ -20,6 +20,25 @@ def utcnow() -> dt.datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware timestamp that reads back aware on every database: SQLite keeps no zone and hands back naive
+    values (written as UTC), and would store an aware non-UTC value's wall-clock fields as if they were UTC. Bound
+    values are converted to UTC, values read are marked UTC, so callers never see a naive datetime."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(dt.UTC)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -112,7 +131,7 @@ class User(Base):
     role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"))
     password_hash: Mapped[str | None] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(default=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Call(Base):
@@ -123,8 +142,8 @@ class Call(Base):
     caller_number: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[CallStatus] = mapped_column(_enum(CallStatus, "call_status"), default=CallStatus.ACTIVE)
     end_reason: Mapped[str | None] = mapped_column(String(64))
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     kb_version: Mapped[str | None] = mapped_column(String(64))
     recording_caller_path: Mapped[str | None] = mapped_column(String(512))
     recording_assistant_path: Mapped[str | None] = mapped_column(String(512))
@@ -143,7 +162,7 @@ class Turn(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     caller_text: Mapped[str] = mapped_column(Text)
     spoken_text: Mapped[str] = mapped_column(Text, default="")
     sms_text: Mapped[str] = mapped_column(Text, default="")
@@ -190,15 +209,15 @@ class SmsMessage(Base):
     part_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sends: Mapped[int] = mapped_column(Integer, default=0)  # times the gateway accepted it (「再发一遍」 adds one)
-    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
-    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
     call: Mapped[Call | None] = relationship(back_populates="sms_messages")
 
@@ -217,7 +236,7 @@ class SmsReportLog(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[int | None] = mapped_column(ForeignKey("sms_messages.id", ondelete="SET NULL"))
     outcome: Mapped[str] = mapped_column(String(24))  # applied | unknown | replayed | ignored
-    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class HandoffTicket(Base):
@@ -236,16 +255,16 @@ class HandoffTicket(Base):
     callback_number: Mapped[str | None] = mapped_column(String(32))
     assigned_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
     # 0004: why the handoff happened as a short machine value (HandoffTrigger: key_0, asked_for_human, ...), when
     # the callback is due (the next duty period's start after hours), what the agent reads before calling back,
     # calls made, and a counter every change bumps (conditional updates compare it).
     trigger: Mapped[str] = mapped_column(String(32), default="other", server_default="other")
-    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    due_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     call: Mapped[Call] = relationship(back_populates="handoff_tickets")
@@ -263,7 +282,7 @@ class CallbackAttempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("handoff_tickets.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     outcome: Mapped[CallbackOutcome] = mapped_column(_enum(CallbackOutcome, "callback_outcome"))
     note: Mapped[str] = mapped_column(Text, default="")
 
@@ -292,7 +311,7 @@ class CallReview(Base):
 
     doc_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), unique=True)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     channel: Mapped[str] = mapped_column(String(24))
     outcome: Mapped[CallOutcome] = mapped_column(_enum(CallOutcome, "call_outcome"))
@@ -304,7 +323,7 @@ class CallReview(Base):
     categories: Mapped[list[str]] = mapped_column(JSON, default=list)
     latencies_ms: Mapped[list[float]] = mapped_column(JSON, default=list)  # voice-to-voice, per spoken turn
     search_text: Mapped[str] = mapped_column(Text, default="")
-    indexed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    indexed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class CallReviewItem(Base):
@@ -343,7 +362,7 @@ class QaMarkRow(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reviewer: Mapped[str] = mapped_column(String(64))
-    marked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    marked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class QaSample(Base):
@@ -353,7 +372,7 @@ class QaSample(Base):
 
     day: Mapped[dt.date] = mapped_column(primary_key=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True)
-    drawn_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    drawn_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class KbChangeKind(StrEnum):
@@ -382,9 +401,9 @@ class KbChange(Base):
     call_id: Mapped[str | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"))
     turn_seq: Mapped[int | None] = mapped_column(Integer)
     proposed_by: Mapped[str] = mapped_column(String(64))
-    proposed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    proposed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     decided_by: Mapped[str | None] = mapped_column(String(64))
-    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     decision_note: Mapped[str] = mapped_column(Text, default="")
     kb_version: Mapped[str | None] = mapped_column(String(64))  # the build that first carried it
 
@@ -397,7 +416,7 @@ class AuditEntry(Base):
     __table_args__ = (Index("ix_audit_log_at", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     user_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: the log outlives accounts
     username: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))  # listen | export | unmask | qa_mark | kb_change | user | retention

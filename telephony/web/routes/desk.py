@@ -111,7 +111,6 @@ SMS_REFUSALS = {"number_hourly_limit": "该号码一小时内的短信已达上�
                 "number_daily_limit": "该号码今天的短信已达上限，请明天再试",
                 "number_blocked": "该号码今天多次发送失败，今天不再发送"}
 
-_PAGE_HEADERS = PAGE_HEADERS
 _LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
               "base-uri 'none'")
 
@@ -124,7 +123,7 @@ def login_page(request: Request, status: int = 200, error: str = "", username: s
     page = render(LOGIN_PAGE.read_text(encoding="utf-8"), {
         "csrf_token": csrf_token(request), "error": error, "error_hidden": "" if error else "hidden",
         "username": username, "next": next_page})
-    return HTMLResponse(page, status_code=status, headers=_PAGE_HEADERS | {"Content-Security-Policy": _LOGIN_CSP})
+    return HTMLResponse(page, status_code=status, headers=PAGE_HEADERS | {"Content-Security-Policy": _LOGIN_CSP})
 
 
 
@@ -210,14 +209,14 @@ async def desk_page(request: Request) -> Response:
             return _redirect("/desk/login" + reason)
         if exc.status == 403:
             return login_page(request, 403, exc.detail)
-        return HTMLResponse(html.escape(exc.detail), status_code=exc.status, headers=_PAGE_HEADERS)
+        return HTMLResponse(html.escape(exc.detail), status_code=exc.status, headers=PAGE_HEADERS)
     try:
         template = DESK_PAGE.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return HTMLResponse("坐席工作台页面尚未安装", status_code=503, headers=_PAGE_HEADERS)
+        return HTMLResponse("坐席工作台页面尚未安装", status_code=503, headers=PAGE_HEADERS)
     page = render(template, {"csrf_token": staff.csrf_token, "display_name": staff.display_name,
                              "username": staff.username, "role": staff.role.value})
-    return HTMLResponse(page, headers=_PAGE_HEADERS)
+    return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 # -- tickets as JSON ---------------------------------------------------------------------------------
