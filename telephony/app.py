@@ -384,7 +384,8 @@ def call_config(settings: Settings) -> CallConfig:
                                 complete_question_silence_ms=settings.complete_question_silence_ms,
                                 short_reply_silence_ms=settings.short_reply_silence_ms,
                                 max_utterance_ms=settings.max_utterance_ms,
-                                speculative_final=settings.speculative_final),
+                                speculative_final=settings.speculative_final,
+                                final_deadline_ms=settings.asr_final_deadline_ms),
         recordings_dir=settings.data_dir / "recordings" if settings.recordings else None,
     )
 

@@ -196,3 +196,55 @@ async def test_a_stream_without_the_capability_is_never_asked_for_a_speculative_
     assert (asr.peeks, asr.discards, asr.finishes) == (0, 0, 1)
     assert ended.timings.endpoint_wait_ms >= 700 - 32  # the unfinished partial needs the full silence
     await session.close()
+
+
+class StallingAsr(ScriptedAsr):
+    """An ASR whose final never comes while `stalled` is set (a wedged model or a server that stopped answering)."""
+
+    def __init__(self, partial: str, final: str) -> None:
+        super().__init__(partial, final)
+        self.stalled = True
+        self.finishes = 0
+
+    async def finish(self) -> Transcript:
+        self.finishes += 1
+        if self.stalled:
+            await asyncio.Event().wait()  # never set: only cancellation ends it
+        return await super().finish()
+
+
+async def test_a_final_that_misses_its_deadline_ends_the_turn_without_text_and_the_next_turn_is_heard(model) -> None:
+    asr = StallingAsr("", "社保卡丢了怎么办")
+    deadline = asyncio.Event()
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the watchdog's time, released by the test
+        waited.append(seconds)
+        await deadline.wait()
+
+    clock = AudioClock()
+    detector = SpeechDetector(SileroVad(model), DetectorConfig(min_silence_ms=250))
+    session = SpeechSession(detector, asr, RecordingSink(clock), EndpointConfig(final_deadline_ms=900), clock=clock,
+                            sleep=sleep)
+    question = padded(synthesize_mandarin("社保卡丢了怎么办"), 500, 0)
+    await push(session, clock, question)
+    for _ in range(100):  # the turn is declared over: the final is asked for and never comes
+        await push(session, clock, silence(20))
+        if asr.finishes:
+            break
+    assert asr.finishes == 1 and waited == [0.9]
+    assert not any(isinstance(event, UtteranceEnded) for event in list(session.events._queue))
+    deadline.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    ended = [event for event in list(session.events._queue) if isinstance(event, UtteranceEnded)]
+    assert [event.text for event in ended] == [""] and session.asr_overdue == 1 and session.asr_errors == 1
+    # The engine is back: the next turn goes through a fresh ASR task and is recognised.
+    asr.stalled = False
+    deadline = asyncio.Event()  # not released this time: the final must come on its own
+    while not session.events.empty():
+        session.events.get_nowait()
+    events = await utterance_after(session, clock, question)
+    assert [event.text for event in events if isinstance(event, UtteranceEnded)] == ["社保卡丢了怎么办"]
+    assert session.asr_overdue == 1
+    await session.close()

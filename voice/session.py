@@ -48,6 +48,11 @@ class EndpointConfig:
     pre_roll_ms: int = 400  # audio kept from before the VAD fired, so the first syllable reaches the ASR
     playback_lead_ms: int = 200  # how far ahead of real time audio is sent to the transport
     speculative_final: bool = True  # at the first pause, a final decode on a copy of the ASR cache (see _should_peek)
+    # The longest a caller waits, after the turn was declared over, for the ASR's final text. A final that is not
+    # there by then (a stalled model, a server that stopped answering) ends the turn with no text, so the dialogue
+    # speaks at once (asks again, then the keypad menu) instead of leaving the caller in silence; the ASR task that
+    # was stuck is abandoned and a fresh one takes the queued audio.
+    final_deadline_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class _Utterance:
     frames: int = 0
     peeked_at_voice: float | None = None  # voiced_until when a speculative final decode was asked for
     early_final: str | None = None  # that decode's text, when it read as a whole question
+    reported: bool = False  # its UtteranceEnded went out (from the final, or from the deadline without text)
 
 
 # The ASR task's work, in the order the audio path queued it.
@@ -174,7 +180,9 @@ class SpeechSession:
         self._partial = ""  # the ASR's latest partial of the current utterance (read by the ASR task only)
         self._playback = PacedPlayback(sink, config.playback_lead_ms, clock)
         self._carry = b""
+        self._watchdogs: set[asyncio.Task] = set()
         self.asr_errors = 0
+        self.asr_overdue = 0  # finals that missed `final_deadline_ms`: the turn ended without text
 
     def expect_reply(self, kind: ReplyKind) -> None:
         """The dialogue says what it expects next: after a clarifying question, a short reply."""
@@ -252,6 +260,27 @@ class SpeechSession:
         if self.asr.capabilities.expedite:
             self.asr.expedite()  # the final is awaited now: its remaining decodes go before other calls' partials
         self._asr_queue.put_nowait(AsrFinish(utterance, now, reason))
+        watchdog = asyncio.create_task(self._final_deadline(utterance, now, reason), name="speech-session-final")
+        self._watchdogs.add(watchdog)
+        watchdog.add_done_callback(self._watchdogs.discard)
+
+    async def _final_deadline(self, utterance: _Utterance, endpoint_at: float, reason: str) -> None:
+        """The final did not come in time: the turn ends without text and the stuck ASR task is replaced."""
+        await self.sleep(self.config.final_deadline_ms / 1000)
+        if utterance.reported:
+            return
+        utterance.reported = True
+        self.asr_errors += 1
+        self.asr_overdue += 1
+        log.warning("ASR final not ready %d ms after the end of the turn: the turn ends without text",
+                    self.config.final_deadline_ms)
+        stuck = self._asr_task
+        if stuck is not None and not stuck.done():
+            stuck.cancel()
+            self._asr_task = asyncio.create_task(self._run_asr(), name="speech-session-asr")
+        self._partial = ""
+        timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
+        self.events.put_nowait(UtteranceEnded("", reason, timings))
 
     async def push_dtmf(self, digit: str) -> None:
         """A keypad press interrupts the assistant like speech does (callers press keys to skip prompts)."""
@@ -310,6 +339,9 @@ class SpeechSession:
             log.warning("ASR final failed: %s", exc)
             text = ""
         self._partial = ""
+        if utterance.reported:  # the deadline already ended this turn without text; the late text is dropped
+            return
+        utterance.reported = True
         timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
         self.events.put_nowait(UtteranceEnded(text.strip(), reason, timings))
 
@@ -329,6 +361,8 @@ class SpeechSession:
         await self._playback.stop()
 
     async def close(self) -> None:
+        for watchdog in list(self._watchdogs):
+            watchdog.cancel()
         await self.stop_playback()
         if self._asr_task is not None:
             self._asr_queue.put_nowait(AsrClose())
