@@ -161,6 +161,27 @@ def test_bad_frames_are_survived_and_a_dropped_socket_closes_the_call(server: Ru
     assert server.readiness()["voice"]["bad_messages"] - before == 4
 
 
+def test_caller_audio_sent_before_the_start_message_is_the_start_of_the_recording(server: RunningServer) -> None:
+    early, after = 12, 25
+
+    async def call() -> None:
+        async with websockets.connect(server.stream_url(), max_size=1 << 20) as socket:
+            await socket.send(connected_message())
+            for index in range(early):  # a client that streams at once, before it names the call
+                await socket.send(inbound_media_message("MZearly", index, index * 20, ulaw_encode(bytes(320))))
+            await socket.send(start_message("MZearly", "CAearly", {"from": "early-bird"}))
+            for index in range(early, early + after):
+                await socket.send(inbound_media_message("MZearly", index, index * 20, ulaw_encode(bytes(320))))
+            await socket.recv()  # the greeting is playing
+            await asyncio.sleep(0.3)  # the frames reach the recorder before the line drops
+            socket.transport.abort()
+
+    asyncio.run(call())
+    stored = server.wait_for_call_end("early-bird")
+    with wave.open(stored.recording_caller_path, "rb") as recording:
+        assert recording.getnframes() == (early + after) * 160
+
+
 def test_keypad_zero_registers_a_callback_and_the_assistant_hangs_up(server: RunningServer) -> None:
     async def call() -> list[str]:
         events = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -27,6 +28,10 @@ from telephony.transports.twilio.protocol import (
 from voice.audio import ulaw_decode, ulaw_encode
 
 log = logging.getLogger(__name__)
+
+# Caller audio that arrives before the start message (a client that starts streaming at once) is kept for the call,
+# up to this many frames (2 s of 20 ms frames); beyond that the oldest go, so a client that never starts costs little.
+EARLY_MEDIA_FRAMES = 100
 
 # Custom parameters a TwiML <Stream> (or the softphone) passes the caller's number in.
 CALLER_PARAMETERS = ("from", "caller")
@@ -88,6 +93,8 @@ class MediaStreamTransport:
         self.stream_sid = ""
         self.closed = False
         self.transferred_to: str | None = None  # the webhook took the call there: the assistant's part is over
+        self.early_media: deque[bytes] = deque(maxlen=EARLY_MEDIA_FRAMES)  # μ-law before start, the call's first audio
+        self.early_media_dropped = 0
 
     async def _messages(self) -> AsyncIterator[Media | Dtmf | Start | Stop]:
         while True:
@@ -123,10 +130,18 @@ class MediaStreamTransport:
                 return True
             if isinstance(event, Stop):
                 return False
-            log.warning("media before start ignored")
+            if isinstance(event, Media):  # the caller's first audio: recorded and heard once the call starts
+                if len(self.early_media) == self.early_media.maxlen:
+                    self.early_media_dropped += 1
+                self.early_media.append(event.payload)
         return False
 
     async def events(self) -> AsyncIterator[LineEvent]:
+        if self.early_media_dropped:
+            log.warning("stream %s: %d frames of caller audio before the start message were more than %d kept",
+                        self.stream_sid, self.early_media_dropped, EARLY_MEDIA_FRAMES)
+        while self.early_media:
+            yield CallerAudio(ulaw_decode(self.early_media.popleft()))
         async for event in self._messages():
             if self.transferred_to is not None:  # the gateway is moving the call; what still arrives isn't ours
                 break
