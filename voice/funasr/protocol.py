@@ -33,7 +33,7 @@ def parse_chunk_size(value: Any) -> tuple[int, int, int] | None:
     parts = value.split(",") if isinstance(value, str) else value
     try:
         sizes = tuple(int(part) for part in parts)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return None
     if len(sizes) != 3 or sizes[1] <= 0 or min(sizes) < 0:
         return None
@@ -122,6 +122,8 @@ def _load_object(text: str) -> dict[str, Any]:
         message = json.loads(text)
     except json.JSONDecodeError as error:
         raise AsrProtocolError(f"text frame is not JSON: {error.msg} at character {error.pos}") from None
+    except (ValueError, RecursionError) as error:  # a number past the digit limit, nesting past the recursion limit
+        raise AsrProtocolError(f"text frame is not readable JSON: {type(error).__name__}: {str(error)[:200]}") from None
     if not isinstance(message, dict):
         raise AsrProtocolError(f"text frame must be a JSON object, got {type(message).__name__}")
     return message
@@ -163,7 +165,12 @@ def parse_client_message(text: str) -> StreamConfig | EndOfSpeech:
     if chunk_size is None:
         raise AsrProtocolError("chunk_size must be three non-negative integers like [5, 10, 5], "
                                f"got {message.get('chunk_size')!r}")
-    return StreamConfig(mode=mode, chunk_size=chunk_size, chunk_interval=int(message.get("chunk_interval", 10)),
+    try:
+        chunk_interval = int(message.get("chunk_interval", 10))
+    except (TypeError, ValueError, OverflowError):
+        given = repr(message.get("chunk_interval"))[:100]
+        raise AsrProtocolError(f"chunk_interval must be an integer, got {given}") from None
+    return StreamConfig(mode=mode, chunk_size=chunk_size, chunk_interval=chunk_interval,
                         wav_name=str(message.get("wav_name", "")), audio_fs=audio_fs,
                         hotwords=parse_hotwords(message.get("hotwords")),
                         is_speaking=message.get("is_speaking", True) is not False, **look_backs)

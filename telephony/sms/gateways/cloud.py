@@ -82,8 +82,9 @@ class CloudSmsGateway:
         """A report push's JSON array of objects; `ReportError` for anything else."""
         try:
             data = json.loads(request.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ReportError(f"{self.name} report: body is not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # also bytes not UTF-8 and nesting past the recursion limit
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise ReportError(f"{self.name} report: body is not JSON ({reason})") from None
         if not isinstance(data, list):
             raise ReportError(f"{self.name} report: expected a JSON array, got {type(data).__name__}")
         for index, entry in enumerate(data):

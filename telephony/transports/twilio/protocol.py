@@ -87,8 +87,8 @@ def parse_message(text: str | bytes) -> InboundEvent:
         raise MediaStreamProtocolError(f"message of {len(text)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MediaStreamProtocolError(f"not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # also bytes not UTF-8, numbers past the digit limit, deep nesting
+        raise MediaStreamProtocolError(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(message, dict):
         raise MediaStreamProtocolError("message must be a JSON object")
     event = message.get("event")
@@ -102,14 +102,22 @@ def parse_message(text: str | bytes) -> InboundEvent:
         parameters = start.get("customParameters") or {}
         if not isinstance(parameters, dict):
             raise MediaStreamProtocolError("'customParameters' must be an object")
+        tracks = start.get("tracks") or ["inbound"]
+        if not isinstance(tracks, list):
+            raise MediaStreamProtocolError("'tracks' must be a list")
+        try:
+            sample_rate_hz = int(media_format.get("sampleRate", SAMPLE_RATE_HZ))
+            channels = int(media_format.get("channels", 1))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MediaStreamProtocolError("'sampleRate' and 'channels' must be integers") from exc
         return Start(
             stream_sid=str(message.get("streamSid") or start.get("streamSid") or ""),
             call_sid=str(start.get("callSid", "")),
             account_sid=str(start.get("accountSid", "")),
-            tracks=tuple(str(track) for track in start.get("tracks") or ("inbound",)),
+            tracks=tuple(str(track) for track in tracks),
             encoding=str(media_format.get("encoding", AUDIO_ENCODING)),
-            sample_rate_hz=int(media_format.get("sampleRate", SAMPLE_RATE_HZ)),
-            channels=int(media_format.get("channels", 1)),
+            sample_rate_hz=sample_rate_hz,
+            channels=channels,
             custom_parameters={str(key): str(value) for key, value in parameters.items()},
         )
     if event == "media":
@@ -121,7 +129,7 @@ def parse_message(text: str | bytes) -> InboundEvent:
         try:
             chunk = int(media.get("chunk", 0))
             timestamp = int(media.get("timestamp", 0))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise MediaStreamProtocolError("media chunk and timestamp must be integers") from exc
         return Media(str(message.get("streamSid", "")), str(media.get("track", "inbound")), chunk, timestamp, payload)
     if event == "dtmf":

@@ -177,7 +177,7 @@ async def _body(request: Request, model: type[BodyT]) -> BodyT | JSONResponse:
     """The JSON body as `model`, or a Chinese 400/422 (the generic handler would answer in English)."""
     try:
         data = json.loads(await request.body() or b"{}")
-    except ValueError:  # json.JSONDecodeError, or bytes that are not UTF-8
+    except (ValueError, RecursionError):  # json.JSONDecodeError, bytes that are not UTF-8, nesting too deep
         return staff_error(400, BAD_REQUEST)
     try:
         return model.model_validate(data)

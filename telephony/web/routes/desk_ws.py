@@ -49,7 +49,7 @@ def _apply(queue: AgentQueue, seat: Seat, text: str) -> QueuedCall | None:
         raise DeskError("消息过长")
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested past the decoder's limit
         raise DeskError("无法识别的消息（不是JSON）") from None
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "ready":
