@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from kb.keypad_menu import KeypadMenuError, MenuFile, load_menu, menu_problems
 from kb.loader import KnowledgeBase
 from kb.schema import (
     REQUIRED_SECTIONS_REFERRAL,
@@ -69,10 +70,11 @@ def periods_overlap(a: ServiceItem, b: ServiceItem) -> bool:
 
 def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保", *,
                          templates: SmsTemplates | Path | None = DEFAULT_TEMPLATES_FILE,
-                         centre_phone: str | None = None, guide_base_url: str | None = None) -> CheckReport:
+                         centre_phone: str | None = None, guide_base_url: str | None = None,
+                         keypad_menu: MenuFile | Path | None = None) -> CheckReport:
     """Every rule below over `kb`. `templates` is the SMS template map (kb/sms_templates.yaml by default; None skips
     its checks); `centre_phone` and `guide_base_url`, when given, are checked against the template variable limits
-    too."""
+    too; `keypad_menu` (the keypad menu file, or its path; None skips it) is checked on its own and against `kb`."""
     report = CheckReport(items=len(kb.items))
     report.errors.extend(str(error) for error in kb.errors)
     channels = load_channels()
@@ -148,6 +150,13 @@ def check_knowledge_base(kb: KnowledgeBase, signature: str = "桂林社保", *,
             report.errors.append(f"caller question {question!r} is listed {len(owners)} times ({', '.join(sorted(owners))})")
     if templates is not None:
         _check_templates(kb, templates, report, centre_phone, guide_base_url)
+    if keypad_menu is not None:
+        try:
+            menu = load_menu(keypad_menu) if isinstance(keypad_menu, Path) else keypad_menu
+        except KeypadMenuError as exc:
+            report.errors.append(str(exc))
+        else:
+            report.errors.extend(menu_problems(menu, kb))
     return report
 
 

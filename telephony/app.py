@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from kb.builds import BuildStore, calibration_file
 from kb.ingest import Passage
+from kb.keypad_menu import KeypadMenuError, MenuFile, load_menu, resolve_menu
 from kb.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from kb.loader import KnowledgeBase, load_knowledge_base
 from kb.schema import ServiceItem
@@ -325,6 +326,16 @@ def load_office_hours(settings: Settings) -> OfficeHours | None:
         return None
 
 
+def load_keypad_menu(settings: Settings) -> MenuFile | None:
+    """The keypad menu (kb/keypad_menu.yaml unless HOTLINE_KEYPAD_MENU_FILE); a broken file is logged and calls go on
+    without it (no ASR: straight to a person; `hotline kb check` says what is wrong)."""
+    try:
+        return load_menu(settings.keypad_menu_file)
+    except KeypadMenuError as exc:
+        log.error("keypad menu not loaded, calls go on without it: %s", exc)
+        return None
+
+
 def open_now(calendar: OfficeHours | None) -> Callable[[], bool] | None:
     """Whether agents are on duty at this moment, asked by the dialogue when a caller is in crisis (after hours it says
     the emergency numbers first); None without a calendar, which the dialogue takes as open."""
@@ -392,8 +403,8 @@ def call_config(settings: Settings) -> CallConfig:
 
 async def start_voice_engines(settings: Settings, asr: AsrEngine | None = None,
                               tts: TtsEngine | None = None) -> VoiceEngines:
-    """Load and warm the engines every call shares. An ASR that cannot load leaves `asr` None (calls then get an
-    apology and a callback ticket), never a failed start."""
+    """Load and warm the engines every call shares. An ASR that cannot load leaves `asr` None (calls then get the
+    keypad menu), never a failed start."""
     vad_model = SileroModel()
     engines = VoiceEngines(new_vad=lambda: SileroVad(vad_model), tts=tts or build_tts(settings), asr=None)
     engine = asr or build_asr(settings)
@@ -402,7 +413,7 @@ async def start_voice_engines(settings: Settings, asr: AsrEngine | None = None,
         engines.asr = engine
     except AsrUnavailable as exc:
         engines.asr_error = str(exc)
-        log.error("voice: ASR unavailable, calls get an apology and a callback ticket: %s", exc)
+        log.error("voice: ASR unavailable, calls get the keypad menu: %s", exc)
     return engines
 
 
@@ -429,12 +440,15 @@ class Voice:
                 log.error("line %s did not close cleanly: %s", line.name, exc)
 
     async def prerender(self, kb: KnowledgeBase) -> None:
-        """Fill the TTS cache with the fixed prompts and every item's spoken summary (runs in the background)."""
+        """Fill the TTS cache with the fixed prompts, every item's spoken summary and the keypad menu (runs in the
+        background)."""
         tts = self.engines.tts
         if not isinstance(tts, ResilientTts):
             self.prerendered = True
             return
-        texts = prerender_texts(self.settings.centre_name, kb)
+        menu_file = self.runner.keypad_menu
+        menu = resolve_menu(menu_file, kb)[0] if menu_file is not None else None
+        texts = prerender_texts(self.settings.centre_name, kb, menu)
         try:
             probe = await tts.prerender(texts[:1])
             if probe.failed:
@@ -514,7 +528,8 @@ class Hotline:
         calendar = load_office_hours(self.settings)
         runner = CallRunner(engines, call_config(self.settings), self.answers, self.database, self.writer,
                             CallbackTickets(self.database, self.sms, office_hours=calendar), sms=self.sms,
-                            is_open=open_now(calendar), person=person_handoff(self.settings, self.agents))
+                            is_open=open_now(calendar), person=person_handoff(self.settings, self.agents),
+                            keypad_menu=load_keypad_menu(self.settings))
         self.voice = Voice(self.settings, engines, runner, self.line, build_lines(self.settings))
         await self.voice.start_lines()
         return self.voice

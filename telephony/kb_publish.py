@@ -43,11 +43,12 @@ class Published:
 
 def check_items(settings: Settings, kb: KnowledgeBase | None = None) -> CheckReport:
     """Every rule of `hotline kb check` over `kb` (default: the items in settings.kb_dir), with this deployment's
-    SMS signature, template map, centre phone and guide URL."""
+    SMS signature, template map, centre phone, guide URL and keypad menu."""
     kb = kb if kb is not None else load_knowledge_base(settings.kb_dir)
     return check_knowledge_base(kb, signature=settings.sms_signature,
                                 templates=settings.sms_templates_file or DEFAULT_TEMPLATES_FILE,
-                                centre_phone=settings.centre_phone, guide_base_url=settings.sms_guide_base_url)
+                                centre_phone=settings.centre_phone, guide_base_url=settings.sms_guide_base_url,
+                                keypad_menu=settings.keypad_menu_file)
 
 
 def build_store(settings: Settings) -> BuildStore:

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite file in data_dir when unset")
     kb_dir: Path = DEFAULT_ITEMS_DIR
     office_hours_file: Path = DEFAULT_ITEMS_DIR.parent / "office_hours.yaml"  # agents' duty calendar (kb/)
+    keypad_menu_file: Path = DEFAULT_ITEMS_DIR.parent / "keypad_menu.yaml"  # the keypad menu (docs/keypad_menu.md)
     handoff_mode: HandoffMode = HandoffMode.DESK
     handoff_queue_timeout_s: float = Field(default=180, ge=10, le=1800, description="How long a caller waits for an "
                                            "agent before a callback ticket is registered instead")

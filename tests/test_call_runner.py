@@ -5,19 +5,22 @@ engine and SQLite; the TTS double says each sentence as 20 ms of tone so playbac
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from kb.keypad_menu import load_menu
 from telephony.app import Hotline, call_config
 from telephony.calls import prompts
 from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent
+from telephony.calls.keypad import area_options, top_options
 from telephony.calls.runner import CallRunner, VoiceEngines
 from telephony.handoff.callback import CallbackTickets
 from telephony.settings import Settings
-from telephony.store import CallChannel, CallStatus
+from telephony.store import CallChannel, CallStatus, SmsKind
 from tests.voicefixtures import padded, synthesize_mandarin
 from voice.audio import silence
 from voice.base import FRAME_BYTES
@@ -148,21 +151,76 @@ async def test_a_question_on_another_line_is_answered_recorded_and_stored(settin
     hotline.close()
 
 
-async def test_without_asr_the_caller_hears_an_apology_gets_a_ticket_and_is_recorded(settings: Settings,
-                                                                                     vad_model: SileroModel) -> None:
+class PacedToneTts(ToneTts):
+    """Says every sentence as 100 ms of tone: long enough that pacing shows in the call record."""
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.said.append(text)
+        yield b"\x10\x00" * (SENTENCE_BYTES // 2)
+
+
+SENTENCE_BYTES = 5 * FRAME_BYTES  # 100 ms
+
+
+async def after_hearing(tts: PacedToneTts, line: QueueLine, text: str) -> None:
+    """Wait until `text` was said and all the audio said so far went to the line, and the far end played the lead
+    sent ahead of real time (200 ms), so that the caller's next key does not cut a sentence short."""
+    while text not in tts.said or len(line.sent) < len(tts.said) * SENTENCE_BYTES:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+
+
+async def test_without_asr_the_caller_uses_the_keypad_menu_and_the_record_is_honest(settings: Settings,
+                                                                                   vad_model: SileroModel) -> None:
     hotline = Hotline.open(settings)
-    tts = ToneTts(wait_for=prompts.VOICE_UNAVAILABLE)
-    runner = runner_for(hotline, vad_model, tts, None)
+    tts = PacedToneTts(wait_for="")
+    engines = VoiceEngines(new_vad=lambda: SileroVad(vad_model), tts=tts, asr=None, asr_error="no model")
+    runner = CallRunner(engines, call_config(hotline.settings), hotline.answers, hotline.database, hotline.writer,
+                        CallbackTickets(hotline.database, hotline.sms), sms=hotline.sms,
+                        keypad_menu=load_menu())
     line = QueueLine("13900000000")
-    line.caller_says(silence(400))
-    line.inbound.put_nowait(KeyPressed("1"))
-    assert await asyncio.wait_for(runner.run(line), 30) == "asr_unavailable"
-    assert line.hung_up.is_set() and tts.said == [prompts.VOICE_UNAVAILABLE]
+    call = asyncio.create_task(runner.run(line))
+    menu = runner.menu()
+    retirement = hotline.answers.kb.get("normal-retirement-application")
+    caller_ms = 0
+    for heard, key in ((top_options(menu), "2"), (area_options(menu.area("2")), "1"),
+                       (prompts.SMS_OFFER_KEYS, "1"), (prompts.MENU_AFTER_SERVICE, "0")):
+        await asyncio.wait_for(after_hearing(tts, line, heard), 30)
+        line.caller_says(silence(200))  # the caller's line is never silent in the recording
+        caller_ms += 200
+        line.inbound.put_nowait(KeyPressed(key))
+    assert await asyncio.wait_for(call, 30) == "handoff"
+    assert line.hung_up.is_set() and line.clears == 0  # no sentence was cut
+
     stored = hotline.database.get_call(hotline.database.recent_calls()[0].id)
-    assert stored.end_reason == "asr_unavailable"
-    assert [(ticket.reason, ticket.callback_number) for ticket in stored.handoff_tickets] == [
-        ("ASR unavailable: no model", "13900000000")]
-    # The caller's audio is recorded in degraded mode too; the apology follows it on the shared timeline.
-    assert wav_ms(Path(stored.recording_caller_path)) == 400
-    assert wav_ms(Path(stored.recording_assistant_path)) == 400 + 20
+    [ticket] = stored.handoff_tickets
+    assert tts.said == [prompts.GREETING_KEYPAD.format(centre=settings.centre_name), top_options(menu),
+                        "养老保险，请按键选择：", area_options(menu.area("2")),
+                        retirement.spoken, prompts.SMS_OFFER_KEYS,
+                        prompts.SMS_SENT.format(tail="0000"), prompts.MENU_AFTER_SERVICE,
+                        prompts.HANDOFF_REGISTERED_SMS.format(ticket=ticket.id)]
+    guides = [message for message in hotline.sms.outbox.listing(call_id=stored.id) if message.kind is SmsKind.GUIDE]
+    assert [(message.item_id, message.phone) for message in guides] == [(retirement.id, "13900000000")]
+    assert ticket.trigger == "asr_unavailable" and ticket.callback_number == "13900000000"
+    assert [(turn.caller_text, turn.action) for turn in stored.turns] == [
+        ("按键2", "menu"), ("按键1", "menu"), ("按键1", "sms"), ("按键0", "handoff")]
+    assert stored.end_reason == "handoff" and stored.status is CallStatus.ENDED
+    # Every sentence went out paced, none cut: the call lasted at least as long as the audio the caller heard, and
+    # its end is when the last of it was played, not when the record was written.
+    sent_ms = len(line.sent) * 1000 // 16000
+    assert sent_ms == len(tts.said) * 100
+    assert wav_ms(Path(stored.recording_assistant_path)) >= sent_ms
+    assert (stored.ended_at - stored.started_at).total_seconds() * 1000 >= sent_ms
+    # The caller's audio is recorded from the first frame to the last, in this mode too.
+    assert wav_ms(Path(stored.recording_caller_path)) == caller_ms
+    hotline.close()
+
+
+def test_the_call_record_keeps_the_end_time_it_is_given(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    hotline = Hotline.open(settings)
+    call = hotline.database.start_call(CallChannel.SIP, "13900000000")
+    ended = call.started_at + dt.timedelta(seconds=7.8)  # the last audio played, well before the record is written
+    hotline.database.end_call(call.id, "handoff", ended_at=ended)
+    assert hotline.database.get_call(call.id).ended_at == ended
     hotline.close()

@@ -17,6 +17,7 @@ from typing import Protocol
 from rag.base import Action, Answer, ClarifyKind, ConversationContext, ConversationTurn, HandoffCause
 from rag.errors import InvalidQuestionError
 from telephony.calls import prompts
+from telephony.calls.keypad import KeypadMenu
 from telephony.calls.sms_offer import ABSORBED, FlowReply, SmsOfferFlow
 from telephony.calls.turn_log import (
     AnswerReady,
@@ -53,6 +54,9 @@ SHORT_ANSWER_WORDS = re.compile(r"^(是|对|嗯|好|不|没|要|行)$")
 # no words in it (empty text, one syllable) is asked again without counting: the caller may not have spoken at all.
 MISUNDERSTOOD_LIMIT = 2
 MISUNDERSTOOD = frozenset({ClarifyKind.REPEAT, ClarifyKind.REPHRASE})
+# The second caller turn in a row with nothing recognised in it opens the keypad menu instead of asking again; a
+# question recognised later is answered as usual and leaves the menu.
+UNHEARD_LIMIT = 2
 
 
 AgentLink = Callable[[HandoffRequest], Awaitable[AgentOutcome]]  # the call's way to a person (CallRunner builds it)
@@ -139,7 +143,8 @@ class CallSession:
                  after_answer: AfterAnswer = ask_anything_else, hangup: Callable[[], Awaitable[None]] | None = None,
                  sms: SmsOfferFlow | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 is_open: Callable[[], bool] | None = None, agents: AgentLink | None = None) -> None:
+                 is_open: Callable[[], bool] | None = None, agents: AgentLink | None = None,
+                 keypad: KeypadMenu | None = None, asr_unavailable: str | None = None) -> None:
         self.party = party
         self.speech = speech
         self.tts = tts
@@ -154,6 +159,9 @@ class CallSession:
         self.sleep = sleep
         self.is_open = is_open  # whether agents are on duty now (office hours); None: always
         self.agents = agents  # in hours, hands the live call to a person (the desk's queue, the PBX); None: tickets
+        self.keypad = keypad  # the keypad menu (kb/keypad_menu.yaml); None: none is offered
+        self.asr_unavailable = asr_unavailable  # why no speech can be recognised in this call; None: ASR works
+        self.in_menu = False  # the caller is choosing with keys (the menu's replies, the SMS offer by key)
         self.state = DialogueState.GREETING
         self.end_reason: str | None = None
         self.last_spoken = ""
@@ -164,6 +172,7 @@ class CallSession:
         self._conversation: list[ConversationTurn] = []
         self._heard: list[str] = []
         self._misunderstood = 0  # replies in a row that asked the caller to say it again
+        self._unheard = 0  # caller turns in a row with nothing recognised in them
 
     def _move(self, target: DialogueState) -> None:
         self.state = next_state(self.state, target)
@@ -205,7 +214,15 @@ class CallSession:
     async def run(self) -> str:
         """Returns why the call ended."""
         try:
-            await self.say(prompts.GREETING.format(centre=self.config.centre_name))
+            if self.asr_unavailable is None:
+                await self.say(prompts.GREETING.format(centre=self.config.centre_name))
+            elif self.keypad is None:  # nothing the caller could choose: straight to a person
+                await self._hand_off(None, f"ASR unavailable: {self.asr_unavailable}", HandoffTrigger.ASR_UNAVAILABLE,
+                                     spoken_first=prompts.VOICE_UNAVAILABLE.format(centre=self.config.centre_name))
+                return self.end_reason or "handoff"
+            else:
+                self.in_menu = True
+                await self.say(*self.keypad.open(prompts.GREETING_KEYPAD.format(centre=self.config.centre_name)))
             self._move(DialogueState.LISTENING)
             silent_prompts = 0
             while self.state is DialogueState.LISTENING:
@@ -223,7 +240,10 @@ class CallSession:
                     if silent_prompts > self.config.no_speech_reprompts:
                         await self._finish(prompts.SILENCE_GOODBYE, "no_speech")
                         break
-                    await self._respond_with(prompts.SILENCE_REPROMPT)
+                    if self.in_menu and self.keypad is not None:
+                        await self._respond_with(*self.keypad.prompt())
+                    else:
+                        await self._respond_with(prompts.SILENCE_REPROMPT)
                     continue
                 if isinstance(event, CallerSpeechStarted):
                     self._caller_mid_utterance = True
@@ -256,9 +276,9 @@ class CallSession:
                 getter.cancel()
         return getter.result() if getter.done() and not getter.cancelled() else None
 
-    async def _respond_with(self, text: str) -> None:
+    async def _respond_with(self, *texts: str) -> None:
         self._move(DialogueState.RESPONDING)
-        await self.say(text)
+        await self.say(*texts)
         if self.state is DialogueState.RESPONDING:
             self._move(DialogueState.LISTENING)
 
@@ -270,28 +290,72 @@ class CallSession:
         if self.hangup is not None:
             await self.hangup()
 
+    def _key_turn(self, digit: str) -> None:
+        """A key press begins a turn of its own in the call record (「按键1」)."""
+        now = self.clock()
+        self._emit(CallerTurnEnded(UtteranceEnded(f"按键{digit}", "dtmf", TurnTimings(now, now, now, now))))
+
     async def _on_key(self, digit: str) -> None:
+        self._unheard = 0
         if self.sms is not None and self.sms.pending:
             reply = await self.sms.on_key(digit)
             if reply is ABSORBED:
                 return
             if reply is not None:
-                now = self.clock()
-                self._emit(CallerTurnEnded(UtteranceEnded(f"按键{digit}", "dtmf", TurnTimings(now, now, now, now))))
+                self._key_turn(digit)
                 await self._sms_reply(reply)
                 return
+            if self.in_menu:
+                self.sms.lapse()  # a menu key ends the offer: a later 1 chooses from the menu again
+        if self.in_menu and self.keypad is not None:
+            await self._menu_key(digit)
+            return
         if digit == "*":
             await self._respond_with(self.last_spoken or prompts.NOTHING_TO_REPEAT)
         elif digit == "0":
             await self._hand_off(None, "caller pressed 0", HandoffTrigger.KEY_0)
 
+    async def _menu_key(self, digit: str) -> None:
+        """A key in the keypad menu: an area, a service (its spoken summary, then the SMS offer by key), back, repeat,
+        or 0 for a person. Each key is a turn of the call record."""
+        assert self.keypad is not None
+        step = self.keypad.on_key(digit)
+        self._key_turn(digit)
+        if step.person:
+            self._emit(TurnSettled("handoff", "caller pressed 0 in the keypad menu"))
+            if self.asr_unavailable is not None:
+                await self._hand_off(None, f"caller pressed 0 in the keypad menu (ASR unavailable: "
+                                           f"{self.asr_unavailable})", HandoffTrigger.ASR_UNAVAILABLE)
+            else:
+                await self._hand_off(None, "caller pressed 0 in the keypad menu", HandoffTrigger.KEY_0)
+            return
+        if step.service is None:
+            self._emit(TurnSettled("menu", step.reason, "".join(step.texts)))
+            self.speech.expect_reply(ReplyKind.QUESTION)
+            await self._respond_with(*step.texts)
+            return
+        service = step.service
+        # The same spoken summary the engine answers the item with; a follow-up question by voice goes on from it.
+        answer = Answer(f"按键{digit}", Action.ANSWER, service.spoken, "", (), (service.item_id,), 1.0, step.reason)
+        self._conversation.append(answer.as_turn())
+        offer = self.sms.offer(answer) if self.sms is not None else None
+        follow = prompts.SMS_OFFER_KEYS if offer is not None else prompts.MENU_AFTER_SERVICE
+        self.speech.expect_reply(ReplyKind.SHORT if offer is not None else ReplyKind.QUESTION)
+        self._emit(TurnSettled("menu", step.reason, service.spoken + follow, (service.item_id,)))
+        await self._respond_with(service.spoken, follow)
+
     async def _on_utterance(self, event: UtteranceEnded) -> None:
         text = event.text.strip()
         self._emit(CallerTurnEnded(event))
         if not usable(text, self.speech.expects_short_reply):
+            self._unheard += 1
+            if self.keypad is not None and (self.in_menu or self._unheard >= UNHEARD_LIMIT):
+                await self._open_menu_unheard()
+                return
             self._emit(TurnSettled("repeat", "no usable speech recognised"))
             await self._respond_with(prompts.REPEAT_PLEASE)
             return
+        self._unheard = 0
         self._heard.append(text)
         if self.sms is not None:
             reply = await self.sms.on_utterance(text)
@@ -299,6 +363,7 @@ class CallSession:
                 self._misunderstood = 0
                 await self._sms_reply(reply)
                 return
+        self.in_menu = False  # a question recognised is answered as usual, out of the menu
         if self._asked_anything_else and GOODBYE_INTENT.search(text):
             self._emit(TurnSettled("goodbye", "caller has no more questions"))
             await self._finish(prompts.GOODBYE, "caller_done")
@@ -350,14 +415,31 @@ class CallSession:
         if self.state is DialogueState.RESPONDING:
             self._move(DialogueState.LISTENING)
 
+    async def _open_menu_unheard(self) -> None:
+        """Nothing recognised a second time in a row (or again in the menu): 「抱歉，我没有听清。请用电话按键选择：
+        …」."""
+        assert self.keypad is not None
+        if self.in_menu:
+            texts, reason = self.keypad.prompt(prompts.MENU_UNHEARD), "nothing recognised in the keypad menu"
+        else:
+            texts, reason = self.keypad.open(prompts.MENU_UNHEARD), "nothing recognised twice in a row: keypad menu"
+            self.in_menu = True
+            if self.sms is not None:
+                self.sms.lapse()  # key 1 chooses from the menu now, not the SMS offer
+        self._emit(TurnSettled("menu", reason, "".join(texts)))
+        self.speech.expect_reply(ReplyKind.QUESTION)
+        await self._respond_with(*texts)
+
     async def _sms_reply(self, reply: FlowReply) -> None:
-        """Say the SMS offer's reply (then 「还有其他问题吗」 once the exchange is over) and log it as a turn."""
+        """Say the SMS offer's reply (then 「还有其他问题吗」, or in the keypad menu how to go on, once the exchange is
+        over) and log it as a turn."""
         self._emit(TurnSettled("sms", reply.reason, reply.spoken, reply.item_ids, reply.consent, reply.sms_to,
                                reply.message_id, reply.caller_text))
         self.speech.expect_reply(reply.expect)
-        self._asked_anything_else = reply.done
+        self._asked_anything_else = reply.done and not self.in_menu
         self._move(DialogueState.RESPONDING)
-        await self.say(reply.spoken, prompts.ANYTHING_ELSE if reply.done else "")
+        follow = (prompts.MENU_AFTER_SERVICE if self.in_menu else prompts.ANYTHING_ELSE) if reply.done else ""
+        await self.say(reply.spoken, follow)
         if self.state is DialogueState.RESPONDING:
             self._move(DialogueState.LISTENING)
 

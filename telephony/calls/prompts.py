@@ -9,7 +9,8 @@ GOODBYE = "感谢您的来电，再见。"
 MAX_LENGTH_GOODBYE = "本次通话时间比较长，先为您结束通话。还有问题可以再次来电或说转人工，再见。"
 NOTHING_TO_REPEAT = "请直接说出您要咨询的问题。"
 HANDOFF_REGISTERED = "已为您登记人工服务，工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
-VOICE_UNAVAILABLE = "抱歉，语音服务暂时不可用。已为您登记人工服务，工作人员会尽快回电，再见。"
+# No ASR and no keypad menu to offer (the menu file did not load): the caller goes straight to a person (dialogue.py).
+VOICE_UNAVAILABLE = "您好，这里是{centre}。抱歉，语音识别暂时不可用，为您转人工服务。"
 # The second reply in a row that would ask the caller to say it again hands off instead (dialogue.py).
 MISUNDERSTOOD_HANDOFF = "抱歉，我还是没听明白。为了不耽误您，我帮您转人工服务。"
 
@@ -24,6 +25,19 @@ CRISIS_SELF_HARM_AFTER_HOURS = ("现在不是上班时间，人工服务暂时�
                                 "如果有生命危险，请马上拨打幺幺零或者幺二零。")
 CRISIS_ACCIDENT_AFTER_HOURS = ("现在不是上班时间，人工服务暂时没人接听。有人受伤的，请马上拨打急救电话幺二零；"
                                "现场还有危险的，请拨打报警电话幺幺零。")
+
+# The keypad menu (telephony/calls/keypad.py): its areas, services and labels are kb/keypad_menu.yaml; a prompt is a
+# lead sentence followed by the options of the level, each said (and cached) on its own.
+GREETING_KEYPAD = "您好，这里是{centre}智能语音助手。语音识别暂时不可用，请用电话按键选择："
+MENU_CHOOSE = "请按键选择："
+MENU_AREA = "{label}，请按键选择："
+MENU_UNHEARD = "抱歉，我没有听清。请用电话按键选择："
+MENU_NO_SUCH_KEY = "没有这个选项。请按键选择："
+MENU_OPTION = "{key} {label}"
+MENU_TOP_END = "0 人工。"
+MENU_AREA_END = "9 返回上一级，0 人工。"
+MENU_AFTER_SERVICE = "重听请按星号，返回主菜单请按9，人工请按0。"
+SMS_OFFER_KEYS = "需要把完整的办事指南和政策依据发到您的手机上吗？需要请按1，不需要请按2。"
 
 # The SMS offer (telephony/calls/sms_offer.py). Numbers are read digit by digit, grouped 3-4-4.
 SMS_OFFER = "需要把完整的办事指南和政策依据发到您的手机上吗？需要请说“需要”，或按1。"

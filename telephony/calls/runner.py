@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb.keypad_menu import Menu, MenuFile, resolve_menu
 from telephony.answers import Answers
 from telephony.calls import prompts
 from telephony.calls.base import CallerAudio, CallTransport, KeyPressed, Transferred, TransferUnavailable
@@ -20,19 +22,22 @@ from telephony.calls.dialogue import (
     DialogueConfig,
     ask_anything_else,
 )
+from telephony.calls.keypad import KeypadMenu
 from telephony.calls.recording import CallRecorder, RecordingTransport
 from telephony.calls.sms_offer import OutboxSender, SmsOfferFlow
 from telephony.calls.turn_log import TurnLog
 from telephony.errors import StorageError
 from telephony.handoff.acd import AgentOutcome, AgentQueue, CallerWait, QueuedCall, context_card
-from telephony.handoff.base import HandoffRequest, HandoffTarget, HandoffTrigger
+from telephony.handoff.base import HandoffRequest, HandoffTarget
 from telephony.handoff.callback import ticket_context
 from telephony.settings import HandoffMode
 from telephony.sms.compose import mask
 from telephony.sms.service import SmsService
 from telephony.store import CallStatus, Database
+from telephony.store.models import utcnow
 from telephony.store.turns import TurnWriter
 from voice.base import AsrEngine, TtsEngine, Vad, VoiceError
+from voice.noasr import NoAsrStream
 from voice.session import EndpointConfig, SpeechSession
 from voice.vad import DetectorConfig, SpeechDetector
 
@@ -64,7 +69,7 @@ class PersonHandoff:
 @dataclass
 class VoiceEngines:
     """The engines every call shares, warmed once at start. `asr` is None when no ASR could be loaded: calls then get
-    an apology and a callback ticket instead of a dialogue."""
+    the keypad menu (or, without one, a person) instead of speech recognition."""
 
     new_vad: Callable[[], Vad]  # VAD state is per call; the model behind it is shared
     tts: TtsEngine
@@ -78,7 +83,7 @@ class CallRunner:
     def __init__(self, engines: VoiceEngines, config: CallConfig, answers: Answers, database: Database,
                  writer: TurnWriter, handoff: HandoffTarget, after_answer: AfterAnswer = ask_anything_else,
                  sms: SmsService | None = None, is_open: Callable[[], bool] | None = None,
-                 person: PersonHandoff | None = None) -> None:
+                 person: PersonHandoff | None = None, keypad_menu: MenuFile | None = None) -> None:
         self.engines = engines
         self.config = config
         self.answers = answers
@@ -89,7 +94,22 @@ class CallRunner:
         self.sms = sms  # None: no SMS is offered
         self.is_open = is_open  # whether agents are on duty now (the office-hours calendar); None: always
         self.person = person or PersonHandoff()
+        self.keypad_menu = keypad_menu  # kb/keypad_menu.yaml as loaded; None: no keypad menu is offered
+        self._menus: dict[str, Menu] = {}  # the menu resolved against each KB version served
         self.active_calls = 0
+
+    def menu(self) -> Menu | None:
+        """The keypad menu over the KB served now (services of items it no longer has are left out, and logged)."""
+        if self.keypad_menu is None:
+            return None
+        version = self.answers.kb_version
+        if version not in self._menus:
+            menu, problems = resolve_menu(self.keypad_menu, self.answers.kb)
+            for problem in problems:
+                log.error("keypad menu over KB %s: %s (left out; run hotline kb check)", version, problem)
+            self._menus = {version: menu}
+        menu = self._menus[version]
+        return menu if menu.areas else None
 
     async def run(self, line: CallTransport) -> str:
         """Serve the call until the line drops or the dialogue hangs up; returns why it ended."""
@@ -113,16 +133,21 @@ class _Call:
         self.end_reason = "caller_hangup"
         self.transferred = False
         self.queued: QueuedCall | None = None  # waiting for or talking to an agent: the caller's audio goes there
+        self.listening = True  # caller audio goes to the speech session (not while no ASR could hear it)
+        self.ended_at: dt.datetime | None = None  # the line dropped, or the hang-up after the last paced audio
 
     async def run(self) -> str:
         try:
             await self._start()
+            # Read the line until it drops or the dialogue is over, in every mode: the recorder tees the caller's
+            # audio as it is read.
             async for event in self.line.events():
                 if self.queued is not None and isinstance(event, CallerAudio):
                     self.queued.caller_audio(event.pcm16)
                 elif self.speech is not None:
                     if isinstance(event, CallerAudio):
-                        await self.speech.push_audio(event.pcm16)
+                        if self.listening:
+                            await self.speech.push_audio(event.pcm16)
                     elif isinstance(event, KeyPressed):
                         await self.speech.push_dtmf(event.digit)
                 if isinstance(event, Transferred):
@@ -131,9 +156,21 @@ class _Call:
                     break
                 if self.dialogue is not None and self.dialogue.done():
                     break
+            self._ended()  # the line dropped (or was hung up, or the call was transferred)
         finally:
+            self._ended()
             await self._close()
         return self.end_reason
+
+    def _ended(self) -> None:
+        """The call's end time, taken once, when it happened (not when the record is written after clean-up)."""
+        if self.ended_at is None:
+            self.ended_at = utcnow()
+
+    async def _hang_up(self) -> None:
+        """The dialogue's hang-up: its last audio was paced out and played, so the call ends now."""
+        self._ended()
+        await self.line.hang_up()
 
     async def _start(self) -> None:
         runner, info = self.runner, self.line.info
@@ -151,23 +188,30 @@ class _Call:
                 await asyncio.to_thread(runner.database.set_recordings, self.call_id,
                                         str(self.recorder.caller_path), str(self.recorder.assistant_path))
         engines = runner.engines
+        asr_unavailable = None
         if engines.asr is None:
-            self.dialogue = asyncio.create_task(self._apologise(engines.asr_error or "no ASR engine"))
-            return
+            # No recogniser: the caller chooses with keys. Caller audio is recorded but not listened to (noise could
+            # only cut the menu short); keys still interrupt it, and every sentence is paced out as in any call.
+            asr_unavailable = engines.asr_error or "no ASR engine"
+            self.listening = False
+            stream = NoAsrStream()
+        else:
+            stream = engines.asr.open_stream(runner.answers.hotwords)
         detector = SpeechDetector(engines.new_vad(), runner.config.detector)
-        self.speech = SpeechSession(detector, engines.asr.open_stream(runner.answers.hotwords), self.line,
-                                    runner.config.endpoint)
+        self.speech = SpeechSession(detector, stream, self.line, runner.config.endpoint)
         self.speech.start()
         self.turn_log = TurnLog(runner.writer, info.channel, self.call_id)
         sms = None
         if runner.sms is not None:
             sender = OutboxSender(runner.sms, runner.sms.config.centre_phone)
             sms = SmsOfferFlow(sender, self.call_id, info.caller_number)
+        menu = runner.menu()
         self.session = CallSession(
             CallParty(self.call_id, info.caller_number), self.speech, engines.tts, runner.answers,
             runner.config.dialogue, runner.handoff, observers=(self.turn_log,), after_answer=runner.after_answer,
-            hangup=self.line.hang_up, sms=sms, is_open=runner.is_open,
-            agents=self._to_person if runner.person.mode is not HandoffMode.TICKET else None)
+            hangup=self._hang_up, sms=sms, is_open=runner.is_open,
+            agents=self._to_person if runner.person.mode is not HandoffMode.TICKET else None,
+            keypad=KeypadMenu(menu) if menu is not None else None, asr_unavailable=asr_unavailable)
         self.dialogue = asyncio.create_task(self.session.run(), name=f"call-{self.call_id}")
 
     async def _to_person(self, request: HandoffRequest) -> AgentOutcome:
@@ -223,20 +267,6 @@ class _Call:
 
         return context_card(context, request, title)
 
-    async def _apologise(self, asr_error: str) -> None:
-        """No ASR: say so, leave a callback ticket, hang up. Never dead air."""
-        self.end_reason = "asr_unavailable"
-        try:
-            async for chunk in self.runner.engines.tts.synthesize(prompts.VOICE_UNAVAILABLE):
-                await self.line.send_audio(chunk)
-        except VoiceError as exc:
-            log.error("call %s: the apology could not be spoken: %s", self.call_id, exc)
-        info = self.line.info
-        await self.runner.handoff.offer(HandoffRequest(self.call_id, info.caller_number,
-                                                       f"ASR unavailable: {asr_error}",
-                                                       kind=HandoffTrigger.ASR_UNAVAILABLE))
-        await self.line.hang_up()
-
     async def _close(self) -> None:
         dialogue = self.dialogue
         if dialogue is not None and not dialogue.done():
@@ -261,6 +291,7 @@ class _Call:
         if self.call_id is not None:
             status = CallStatus.FAILED if self.end_reason == "error" else CallStatus.ENDED
             try:
-                await asyncio.to_thread(self.runner.database.end_call, self.call_id, self.end_reason, status)
+                await asyncio.to_thread(self.runner.database.end_call, self.call_id, self.end_reason, status,
+                                        self.ended_at)
             except StorageError as exc:
                 log.error("call %s: end not stored: %s", self.call_id, exc)

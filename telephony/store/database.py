@@ -113,12 +113,14 @@ class Database:
             session.add(call)
         return call
 
-    def end_call(self, call_id: str, reason: str, status: CallStatus = CallStatus.ENDED) -> None:
+    def end_call(self, call_id: str, reason: str, status: CallStatus = CallStatus.ENDED,
+                 ended_at: dt.datetime | None = None) -> None:
+        """`ended_at`: when the call ended (its last audio played, or the line dropped); now when not given."""
         with self.session() as session:
             call = _existing_call(session, call_id)
             call.status = status
             call.end_reason = reason
-            call.ended_at = dt.datetime.now(dt.UTC)
+            call.ended_at = ended_at or dt.datetime.now(dt.UTC)
 
     def add_turn(self, call_id: str, **fields) -> Turn:
         """Append a turn to a call; its sequence number is the next free one."""
