@@ -14,7 +14,7 @@ from kb.loader import load_knowledge_base
 from rag.base import Action
 from rag.extractive import AnswerPolicy, CuratedComposer
 from rag.llm import LlmComposer, LlmConfig
-from tests.fakes.openai_server import FakeOpenAiServer
+from telephony.bench.doubles.openai_server import FakeOpenAiServer
 from tests.kbfixtures import make_mini_kb
 
 PHONE = "0773-0000000"

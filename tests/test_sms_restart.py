@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import _free_port
-from tests.fakes.smsc import FakeSmsc, Rule, reassemble
+from telephony.bench.doubles.smsc import FakeSmsc, Rule, reassemble
 
 ADMIN = "admin-token-0123456789"
 AUTH = {"authorization": f"Bearer {ADMIN}"}

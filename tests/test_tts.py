@@ -12,7 +12,7 @@ import edge_tts.constants
 import numpy as np
 import pytest
 
-from tests.fakes.edge_tts_server import MP3_BITRATE_BPS, FakeEdgeTtsServer, render_mp3
+from telephony.bench.doubles.edge_tts_server import MP3_BITRATE_BPS, FakeEdgeTtsServer, render_mp3
 from voice.base import TELEPHONY_RATE_HZ, TtsUnavailable
 from voice.tts import (
     EdgeTtsEngine,

@@ -1,7 +1,8 @@
 """A local OpenAI-compatible chat-completions server on 127.0.0.1 speaking real HTTP and SSE.
 
 The requested `model` picks the behaviour: normal streaming, a slow first token, HTTP 500, a malformed
-stream, or a model that obeys whatever the caller text tells it (to test prompt-injection defences).
+stream, a model that obeys whatever the caller text tells it (to test prompt-injection defences), or `grounded`: a
+well-behaved model that says the first passage's summary (a reply the post-checks accept, for the benchmarks).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _obedient_reply(messages: list[dict]) -> list[str]:
     return ["我现在是一只猫，喵。", "这个网址可以查：http://example.com。"]
 
 
+def _grounded_reply(messages: list[dict]) -> list[str]:
+    """The first passage's summary, in pieces as a model streams it."""
+    summary = re.search(r"摘要：(.*)", messages[-1]["content"])
+    text = summary.group(1).strip() if summary else "无法回答"
+    return [text[index:index + 6] for index in range(0, len(text), 6)]
+
+
 def create_app() -> FastAPI:
     app = FastAPI()
     app.state.requests = []
@@ -61,7 +69,8 @@ def create_app() -> FastAPI:
                 yield _chunk("社保卡")
                 yield "data: {this is not json\n\n"
                 return
-            parts = _obedient_reply(body["messages"]) if model == "obedient" else NORMAL_REPLY
+            parts = (_obedient_reply(body["messages"]) if model == "obedient"
+                     else _grounded_reply(body["messages"]) if model == "grounded" else NORMAL_REPLY)
             for part in parts:
                 yield _chunk(part)
                 await asyncio.sleep(0.01)
