@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _free_port
 from telephony.bench.doubles.smsc import FakeSmsc, Rule, reassemble
+from tests.conftest import _free_port
 
 ADMIN = "admin-token-0123456789"
 AUTH = {"authorization": f"Bearer {ADMIN}"}

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import smpp34
 
+from telephony.bench.doubles.smsc import FakeSmsc, Rule, free_port
 from telephony.sms.base import DeliveryReport, DeliveryState, OutgoingSms, SmsError
 from telephony.sms.compose import segment_count
 from telephony.sms.gateways.smpp import SmppGateway, parse_receipt
-from telephony.bench.doubles.smsc import FakeSmsc, Rule, free_port
 
 SIGNATURE = "【测试社保】"
 GUIDE = (SIGNATURE + "失业保险金申领：参保满一年、非因本人意愿中断就业、已办理失业登记并有求职要求的人员，"
