@@ -465,6 +465,28 @@ def bench_turn_latency(
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
+@bench_app.command("faults")
+def bench_faults(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    only: Annotated[Optional[str], typer.Option(help="Rows to run, comma-separated: engines (asr-server, llm, …) "
+                                                     "or engine:fault (database:kill)")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the run's folder (servers' logs, databases, the spoken "
+                                                      "log) and print where it is")] = False,
+) -> None:
+    """Each engine killed, stalled or garbled mid-call: what the caller heard, how soon, what was stored, and
+    whether the next call is normal (docs/reliability.md)."""
+    from telephony.bench.faults import run_faults, select_rows
+
+    configure_logging("WARNING")
+    chosen = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    try:
+        select_rows(chosen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = run_faults(chosen, keep_workdir=keep)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
 @bench_app.command("review")
 def bench_review(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
