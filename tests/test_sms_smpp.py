@@ -147,6 +147,22 @@ async def test_no_submit_response_in_time_is_retryable_and_a_late_one_is_ignored
     assert receipt.message_id == smsc.submits_to("13800000008")[0].message_id
 
 
+async def test_a_connection_lost_while_a_submit_awaits_its_response_is_an_unknown_outcome(smsc: FakeSmsc,
+                                                                                         harness: Harness):
+    """The SMSC has the submit_sm when the link dies: resending could give the caller the guide twice, so the error
+    says the outcome is unknown (the outbox fails it for staff instead of resending, `hotline bench faults`)."""
+    smsc.rules["13800000018"] = Rule(submit_delay_s=1.0)
+    gateway = await harness.gateway(smsc.port)
+    sending = asyncio.create_task(gateway.send(message("13800000018")))
+    await until(lambda: len(smsc.submits_to("13800000018")) == 1, what="the SMSC has the submit_sm")
+    smsc.drop_connections()
+    with pytest.raises(SmsError) as lost:
+        await sending
+    assert lost.value.outcome_unknown
+    await until(lambda: gateway.status() == "bound", what="bound again")
+    assert len(smsc.submits_to("13800000018")) == 1
+
+
 async def test_smsc_down_at_start_then_up(harness: Harness):
     port = free_port()
     gateway = await harness.gateway(port, bound=False)  # start() returns although nothing listens

@@ -414,9 +414,12 @@ class SmppGateway:
             pass
 
     def _fail_pending(self, reason: str) -> None:
+        """The connection ended with submits written and unanswered: the SMSC may have taken them, so their outcome
+        is unknown (failed for staff, not resent: a resend could reach the caller twice)."""
         pending, self._pending = self._pending, {}
         for future in pending.values():
-            _reject(future, f"SMPP {self.name}: {reason}")
+            _reject(future, f"SMPP {self.name}: {reason}; the SMSC may have taken it, so it is not resent "
+                            "automatically", outcome_unknown=True)
 
 
 def parse_receipt(gateway: str, text: bytes, *, receipted_message_id: bytes | str | None = None,
@@ -460,9 +463,9 @@ def _resolve(future: concurrent.futures.Future, value: object) -> None:
         pass  # the caller gave up (timeout) meanwhile
 
 
-def _reject(future: concurrent.futures.Future, reason: str) -> None:
+def _reject(future: concurrent.futures.Future, reason: str, outcome_unknown: bool = False) -> None:
     try:
-        future.set_exception(SmsError(reason, retryable=True))
+        future.set_exception(SmsError(reason, retryable=True, outcome_unknown=outcome_unknown))
     except concurrent.futures.InvalidStateError:
         pass
 
