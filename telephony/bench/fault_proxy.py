@@ -29,7 +29,7 @@ MODES = ("pass", "kill", "stall", "garbage")
 BUFFER_BYTES = 65536
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the proxy keeps a set of them
 class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
