@@ -101,17 +101,23 @@ class LlmComposer:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def stream_sentences(self, question: str, items: list[ServiceItem]) -> AsyncIterator[str]:
-        """Yield complete sentences as they arrive. Raises on deadline, HTTP or stream errors."""
-        stream = await self.client.chat.completions.create(
+        """Yield complete sentences as they arrive. Raises on deadline, HTTP or stream errors.
+
+        The first-token deadline runs from the request, not from the response headers: a server that accepts the
+        connection and never answers (a stalled API, a dead proxy) costs the caller the deadline, not the HTTP
+        client's whole timeout."""
+        started = time.monotonic()
+        first_token_by = started + self.config.first_token_timeout_s
+        deadline = started + self.config.total_timeout_s
+        stream = await asyncio.wait_for(self.client.chat.completions.create(
             model=self.config.model, messages=self.messages(question, items), stream=True,
             temperature=0.1, max_tokens=self.config.max_tokens,
-        )
+        ), timeout=self.config.first_token_timeout_s)
         iterator = stream.__aiter__()
         buffer = ""
         first = True
-        deadline = time.monotonic() + self.config.total_timeout_s
         while True:
-            timeout = self.config.first_token_timeout_s if first else max(0.05, deadline - time.monotonic())
+            timeout = max(0.05, (first_token_by if first else deadline) - time.monotonic())
             try:
                 chunk = await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
             except StopAsyncIteration:

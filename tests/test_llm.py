@@ -15,6 +15,7 @@ from rag.base import Action
 from rag.extractive import AnswerPolicy, CuratedComposer
 from rag.llm import LlmComposer, LlmConfig
 from telephony.bench.doubles.openai_server import FakeOpenAiServer
+from telephony.bench.fault_proxy import FaultProxy
 from tests.kbfixtures import make_mini_kb
 
 PHONE = "0773-0000000"
@@ -66,6 +67,19 @@ async def test_failures_fall_back_to_the_curated_answer(server, item, model: str
     assert answer.spoken == item.spoken  # the caller hears the curated summary
     assert why in answer.reason and answer.reason.endswith("curated fallback")
     assert answer.sms.endswith(f"咨询电话：{PHONE}【测试社保】")
+
+
+async def test_a_server_that_accepts_and_never_answers_costs_the_first_token_deadline(server, item) -> None:
+    """No response headers at all (a stalled API or proxy): the first-token deadline applies from the request, so the
+    curated answer comes at that deadline, not after the HTTP client's whole timeout."""
+    with FaultProxy(server.port) as proxy:
+        proxy.set_mode("stall")
+        config = LlmConfig(base_url=f"http://127.0.0.1:{proxy.port}/v1", model="normal", api_key="test-key",
+                           first_token_timeout_s=0.3, total_timeout_s=30.0)
+        llm = LlmComposer(config, CuratedComposer(AnswerPolicy(centre_phone=PHONE, sms_signature="测试社保")))
+        answer = await llm.answer("社保卡丢了怎么办", [item], 0.5, "middle")
+    assert answer.spoken == item.spoken
+    assert "LLM first token or total deadline missed" in answer.reason
 
 
 @pytest.mark.parametrize(
