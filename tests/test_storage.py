@@ -11,7 +11,6 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import make_url
 
 from telephony.errors import StorageError
-from telephony.store.database import MIGRATIONS_DIR
 from telephony.store import (
     CallChannel,
     CallStatus,
@@ -23,6 +22,8 @@ from telephony.store import (
     User,
     UserRole,
 )
+from telephony.store.database import MIGRATIONS_DIR
+from telephony.store.turns import TurnJournal, TurnRecord, TurnWriter
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -211,3 +212,26 @@ def test_sqlite_file_runs_in_wal_mode_with_normal_sync_and_foreign_keys(tmp_path
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         db.close()
+
+
+def test_journaled_turns_go_back_into_their_call_when_the_database_returns(database: Database, tmp_path: Path) -> None:
+    """A database that dies mid-call (`hotline bench faults`, database rows): the turns written meanwhile are
+    journaled with their call's id and, at the next successful write, stored in that call before the new turn;
+    a journaled turn whose call is not in the database starts one new call for all its turns."""
+    journal = TurnJournal(tmp_path / "turn-journal.jsonl")
+    call = database.start_call(CallChannel.TWILIO, caller_number="13900000001")
+    up = TurnWriter(database, journal)
+    assert up.write(CallChannel.TWILIO, call.id, TurnRecord("第一句", "answer"), "v1") == (call.id, 1)
+
+    down = TurnWriter(Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"), journal)
+    assert down.write(CallChannel.TWILIO, call.id, TurnRecord("第二句", "answer"), "v1") == (call.id, None)
+    assert down.write(CallChannel.TWILIO, "lost-call", TurnRecord("别的电话一", "repeat"), "v1") == ("lost-call", None)
+    assert down.write(CallChannel.TWILIO, "lost-call", TurnRecord("别的电话二", "answer"), "v1") == ("lost-call", None)
+    assert journal.pending
+
+    assert up.write(CallChannel.TWILIO, call.id, TurnRecord("第三句", "answer"), "v1") == (call.id, 3)
+    assert not journal.pending
+    stored = database.get_call(call.id)
+    assert [turn.caller_text for turn in stored.turns] == ["第一句", "第二句", "第三句"]
+    others = [database.get_call(other.id) for other in database.recent_calls() if other.id != call.id]
+    assert [[turn.caller_text for turn in other.turns] for other in others] == [["别的电话一", "别的电话二"]]
