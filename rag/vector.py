@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.types import EmbeddingFunction
@@ -27,14 +28,33 @@ class ItemProfiles:
     classifier: np.ndarray  # (d, items): ridge-regression weights; embedding @ classifier scores every item
 
 
-def chroma_client(path: str | None = None, host: str | None = None, port: int = 8000) -> ClientAPI:
-    """PersistentClient in a folder (embedded default), HttpClient for a server, or in-memory."""
+# How long one request to a chromadb server may take. chromadb's HTTP client waits without limit, and retrieval
+# runs on the call's event loop: a server that accepts and never answers froze every call until it came back
+# (`hotline bench faults`, vector stall). A query takes milliseconds; a populate batch of 512 texts well under a
+# second. After a timeout the other channels answer alone for VECTOR_RETRY_S (rag/hybrid.py).
+HTTP_TIMEOUT_S = 2.0
+
+
+def chroma_client(path: str | None = None, host: str | None = None, port: int = 8000,
+                  timeout_s: float = HTTP_TIMEOUT_S) -> ClientAPI:
+    """PersistentClient in a folder (embedded default), HttpClient for a server (each request limited to
+    `timeout_s`), or in-memory."""
     settings = ChromaSettings(anonymized_telemetry=False)
     if host:
-        return chromadb.HttpClient(host=host, port=port, settings=settings)
+        client = chromadb.HttpClient(host=host, port=port, settings=settings)
+        limit_requests(client, timeout_s)
+        return client
     if path:
         return chromadb.PersistentClient(path=path, settings=settings)
     return chromadb.EphemeralClient(settings=settings)
+
+
+def limit_requests(client: ClientAPI, timeout_s: float) -> None:
+    """Give a chromadb HttpClient's httpx session a timeout (chromadb creates it with `timeout=None` and has no
+    setting for it)."""
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(timeout_s)
 
 
 class VectorIndex:
@@ -51,20 +71,25 @@ class VectorIndex:
     def populate(self, texts: Sequence[str], item_ids: Sequence[str], batch_size: int = 512, progress=None) -> None:
         """Fill an empty collection (a populated one is reused: collections are named by content)."""
         self._count = None
-        if self.collection.count() == len(texts):
-            return
-        while self.collection.count():
-            existing = self.collection.get(include=[], limit=READ_PAGE)["ids"]
-            self.collection.delete(ids=existing)
-        for start in range(0, len(texts), batch_size):
-            end = min(start + batch_size, len(texts))
-            self.collection.add(
-                ids=[str(index) for index in range(start, end)],
-                documents=list(texts[start:end]),
-                metadatas=[{"item_id": item_id} for item_id in item_ids[start:end]],
-            )
-            if progress is not None:
-                progress(end - start)
+        try:
+            if self.collection.count() == len(texts):
+                return
+            while self.collection.count():
+                existing = self.collection.get(include=[], limit=READ_PAGE)["ids"]
+                self.collection.delete(ids=existing)
+            for start in range(0, len(texts), batch_size):
+                end = min(start + batch_size, len(texts))
+                self.collection.add(
+                    ids=[str(index) for index in range(start, end)],
+                    documents=list(texts[start:end]),
+                    metadatas=[{"item_id": item_id} for item_id in item_ids[start:end]],
+                )
+                if progress is not None:
+                    progress(end - start)
+        except RetrievalError:
+            raise
+        except httpx.HTTPError as exc:  # a chromadb server that is down, stalled or answers garbage
+            raise RetrievalError(f"filling the vector collection failed: {type(exc).__name__}: {exc}") from exc
 
     def embed(self, text: str) -> np.ndarray:
         try:

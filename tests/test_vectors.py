@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +24,8 @@ from rag.text import TextProcessor
 from rag import vector
 from rag.vector import VectorIndex, chroma_client
 from telephony.app import embedding_function
+from telephony.bench.fault_proxy import FaultProxy
+from telephony.bench.turn_latency import _free_port, _wait_port
 from telephony.settings import EmbeddingBackend, Settings
 from tests.kbfixtures import make_mini_kb
 
@@ -159,3 +164,36 @@ def test_the_offline_encoder_is_the_default_embedding() -> None:
     assert settings.embedding_backend is EmbeddingBackend.USE
     assert isinstance(embedding_function(settings), MultilingualUseEmbedding)
     assert isinstance(embedding_function(Settings(_env_file=None, embedding_backend="ngram")), NgramHashEmbedding)
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path):
+    """`chroma run` on 127.0.0.1 (the server deployments point HOTLINE_CHROMA_HOST at)."""
+    port = _free_port()
+    process = subprocess.Popen([str(Path(sys.executable).with_name("chroma")), "run", "--path", str(tmp_path / "srv"),
+                                "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, process, 60)
+        yield port
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+async def test_a_stalled_chroma_server_costs_one_bounded_wait_then_the_lexical_channels_answer(
+        tmp_path: Path, chroma_server: int) -> None:
+    """A chromadb server that accepts and never answers (`hotline bench faults`, vector stall): the query gives up
+    after the request timeout instead of holding the event loop (and every call on it) until the server returns."""
+    with FaultProxy(chroma_server) as proxy:
+        kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
+        retriever = HybridRetriever(kb, TextProcessor(load_lexicon()), FusionWeights(vector_centroid=1.0))
+        index = VectorIndex(chroma_client(host="127.0.0.1", port=proxy.port, timeout_s=0.5), "stall-test",
+                            MultilingualUseEmbedding())
+        index.populate(*retriever.vector_documents())
+        retriever.vector = index
+        proxy.set_mode("stall")
+        ranked = await asyncio.wait_for(asyncio.to_thread(retriever.retrieve, "社保卡丢了怎么挂失"), 30)
+        proxy.set_mode("pass")
+    assert ranked[0].item_id == "card-loss-report"
+    assert ranked[0].channel_scores["vector"] == 0.0 and ranked[0].channel_scores["vector_centroid"] == 0.0
