@@ -27,6 +27,13 @@ class Lexicon:
     hotwords: tuple[str, ...]
     domain_terms: tuple[str, ...] = ()
     out_of_scope_terms: tuple[str, ...] = ()
+    service_subjects: tuple[str, ...] = ()
+
+    def subjects(self, text: str) -> tuple[str, ...]:
+        """The services the text names as its subject (社保卡, 失业金, 工伤 …), as said or in standard terms: a short
+        question that names one the previous answer was not about is a new question, not a follow-up."""
+        normalized = self.normalize(text)
+        return tuple(term for term in self.service_subjects if term in text or term in normalized)
 
     def names_social_insurance(self, text: str) -> bool:
         """Whether the text names social-insurance business itself (any ASR hotword, e.g. 社保, 养老保险)."""
@@ -87,4 +94,6 @@ def load_lexicon(path: Path | str = DEFAULT_LEXICON_FILE) -> Lexicon:
     hotwords = tuple(str(word) for word in (data.get("hotwords") or []))
     domain_terms = tuple(str(term) for term in (data.get("domain_terms") or []))
     out_of_scope = tuple(str(term) for term in (data.get("out_of_scope_terms") or []))
-    return Lexicon(synonyms=synonyms, hotwords=hotwords, domain_terms=domain_terms, out_of_scope_terms=out_of_scope)
+    subjects = tuple(str(term) for term in (data.get("service_subjects") or []))
+    return Lexicon(synonyms=synonyms, hotwords=hotwords, domain_terms=domain_terms, out_of_scope_terms=out_of_scope,
+                   service_subjects=subjects)

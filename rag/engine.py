@@ -349,9 +349,22 @@ class AnswerEngine:
         """A question about the item asked before, unless it confidently names another service."""
         if ranked and ranked[0].item_id == previous.id:
             return True
+        if self.lexicon is not None and self._names_another_service(question, previous):
+            return False
         if confidence >= self.policy.high_confidence and len(question) > FOLLOWUP_MAX_CHARS:
             return False
         return bool(FOLLOWUP_CUE.search(question)) or len(question) <= FOLLOWUP_MAX_CHARS
+
+    def _names_another_service(self, question: str, previous: ServiceItem) -> bool:
+        """The question names a service (lexicon `service_subjects`) that the item answered before is not about (its
+        title and aliases, as written and in standard terms, do not name it)."""
+        assert self.lexicon is not None
+        named = self.lexicon.subjects(question)
+        if not named:
+            return False
+        about = "\n".join((previous.title, *previous.aliases))
+        about += "\n" + self.lexicon.normalize(about)
+        return any(term not in about for term in named)
 
     def _variant_of(self, top: ServiceItem, ranked: list[ScoredItem]) -> ServiceItem | None:
         if score_lead(ranked) > VARIANT_LEAD:

@@ -196,6 +196,18 @@ async def test_noise_is_asked_again_and_a_general_opener_is_asked_which_service(
     assert followed.action is Action.ANSWER and followed.items == ("card-reissue",)
 
 
+async def test_a_short_question_naming_another_service_is_a_new_question_not_a_follow_up(hotline: Hotline) -> None:
+    after_unemployment = ConversationContext(previous_item_ids=("unemployment-benefit-application",))
+    switched = await hotline.answers.ask("社保卡丢了怎么办", after_unemployment)
+    assert switched.action is Action.ANSWER and switched.items[0] == "card-loss-report"
+    switched = await hotline.answers.ask("工伤怎么认定", ConversationContext(previous_item_ids=("card-activation",)))
+    assert switched.action is Action.ANSWER and switched.items[0] == "injury-recognition"
+    # A short question that names no other service, or the same one, stays on the item answered before.
+    for question in ("要带什么材料", "失业金在哪里领"):
+        followed = await hotline.answers.ask(question, after_unemployment)
+        assert followed.items[0] == "unemployment-benefit-application", question
+
+
 async def test_another_offices_word_does_not_hide_a_social_insurance_question(hotline: Hotline) -> None:
     answer = await hotline.answers.ask("农村户口的老人家怎么参加城乡居民养老保险")
     assert answer.action is not Action.HANDOFF
