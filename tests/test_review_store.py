@@ -244,3 +244,16 @@ def test_deleting_a_call_removes_it_from_the_search(database: Database, calls: d
         session.execute(delete(Call).where(Call.id == calls["handed_off"]))  # the database cascades
     assert store.list_calls(CallQuery(text="投诉")).total == 0
     assert store.list_calls(CallQuery()).total == 4
+
+
+def test_a_service_read_from_the_keypad_menu_counts_as_answered(database: Database) -> None:
+    menu_only = make_call(database, at(10), [
+        {"caller_text": "按键1", "action": "menu", "item_ids": []},
+        {"caller_text": "按键3", "action": "menu", "item_ids": ["card-loss-report"]}], end_reason="no_speech")
+    browsed = make_call(database, at(11), [{"caller_text": "按键1", "action": "menu", "item_ids": []}])
+    index_all(database, CATEGORIES)
+    with database.session() as session:
+        outcomes = {review.call_id: review for review in session.query(CallReview)}
+    assert outcomes[menu_only].outcome is CallOutcome.ANSWERED
+    assert outcomes[menu_only].categories == ["社会保障卡"]
+    assert outcomes[browsed].outcome is CallOutcome.ABANDONED

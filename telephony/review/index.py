@@ -43,7 +43,8 @@ def outcome_of(actions: Sequence[str], end_reason: str | None) -> CallOutcome:
 
 def summarize(call: Call, turns: Sequence[Turn], categories: Mapping[str, str]) -> tuple[CallReview, list[str]]:
     """The review row of `call` (not yet added to a session) and the items its turns answered or offered."""
-    actions = [turn.action for turn in turns]
+    # A service read from the keypad menu (a "menu" turn naming its item) answered the caller like a spoken answer.
+    actions = ["answer" if turn.action == "menu" and turn.item_ids else turn.action for turn in turns]
     confidences = [turn.confidence for turn in turns if turn.action in SUBSTANTIVE_ACTIONS]
     items: dict[str, None] = {}
     for turn in turns:
