@@ -36,6 +36,7 @@ from pathlib import Path
 
 import websockets
 
+from rag.hybrid import VECTOR_RETRY_S
 from telephony.bench.fault_proxy import FaultProxy
 from telephony.bench.fault_server import CONTROL_ENV, SPOKEN_LOG_ENV, write_control
 from telephony.bench.turn_latency import _free_port, _start_asr_server, _wait_port
@@ -244,7 +245,10 @@ class Postgres:
                 os.kill(pid, which)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.signal(signal.SIGCONT)  # a stopped cluster cannot shut down
         self.crash()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Chroma:
@@ -327,7 +331,7 @@ class Stack:
     smsc: object | None = None
     numbers: int = 0
     expected_item: str | None = None
-    edge_direct_url: str | None = None  # the edge-tts double itself (the cache is seeded past the proxy)
+    edge: bool = False  # edge-tts (the double) is the primary TTS
     current_number: str = ""
 
     @property
@@ -364,7 +368,7 @@ class Stack:
                 closer()
 
 
-def start_stack(kind: str, workdir: Path, model: Path) -> Stack:
+def start_stack(kind: str, workdir: Path, model: Path, engines: set[str] | None = None) -> Stack:
     stack = Stack(kind, workdir / kind, model)
     stack.workdir.mkdir(parents=True, exist_ok=True)
     stack.control = stack.workdir / "control.json"
@@ -379,12 +383,12 @@ def start_stack(kind: str, workdir: Path, model: Path) -> Stack:
            CONTROL_ENV: str(stack.control), SPOKEN_LOG_ENV: str(stack.spoken_log)}
     try:
         if kind == "network":
-            env |= _network_engines(stack)
+            env |= _network_engines(stack, engines if engines is not None else {row.engine for row in ROWS})
         else:
             stack.database_url = f"sqlite:///{stack.workdir / 'hotline.db'}"
             env |= {"HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_DATABASE_URL": stack.database_url,
                     "HOTLINE_EMBEDDING_BACKEND": "none"}
-        asyncio.run(seed_cache(stack.workdir / "var" / "tts-cache", stack.edge_direct_url))
+        asyncio.run(seed_cache(stack.workdir / "var" / "tts-cache", stack.edge))
         command = [sys.executable, "-c", "from telephony.bench.fault_server import serve_fault_target as s; s()"]
         with (stack.workdir / "server.log").open("ab") as log:
             stack.process = subprocess.Popen(command, env=env, cwd=stack.workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -395,43 +399,56 @@ def start_stack(kind: str, workdir: Path, model: Path) -> Stack:
     return stack
 
 
-def _network_engines(stack: Stack) -> dict[str, str]:
+def _network_engines(stack: Stack, engines: set[str]) -> dict[str, str]:
+    """Start the networked engines the chosen rows fault, each behind a proxy; the others take their local default
+    (in-process ASR, espeak-ng, no LLM, no vectors, SQLite, the outbox), so a run of a few rows starts quickly."""
     from telephony.bench.doubles.edge_tts_server import FakeEdgeTtsServer
     from telephony.bench.doubles.openai_server import FakeOpenAiServer
     from telephony.bench.doubles.smsc import FakeSmsc
 
-    stack.asr = AsrServer(stack.model)
-    stack.closers.append(stack.asr.close)
-    asr = stack.proxy("asr", stack.asr.port)
-    llm_double = FakeOpenAiServer().__enter__()
-    stack.closers.append(lambda: llm_double.__exit__(None, None, None))
-    llm = stack.proxy("llm", llm_double.port)
-    edge_double = FakeEdgeTtsServer().start()
-    stack.closers.append(edge_double.stop)
-    edge = stack.proxy("tts", edge_double.port)
-    stack.chroma = Chroma(stack.workdir / "chroma")
-    stack.closers.append(stack.chroma.close)
-    chroma = stack.proxy("vector", stack.chroma.port)
-    stack.postgres = Postgres(Path(tempfile.mkdtemp(prefix="hotline-faults-pg-")))
-    stack.closers.append(stack.postgres.close)
-    stack.database_url = stack.postgres.url
-    database = stack.proxy("database", stack.postgres.port)
-    smsc = FakeSmsc(lifetime_s=3600).start()
-    stack.smsc = smsc
-    stack.closers.append(smsc.stop)
-    sms = stack.proxy("sms", smsc.port)
-    stack.edge_direct_url = edge_double.endpoint_url
-    edge_url = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{edge.port}", edge_double.endpoint_url)
-    return {
-        "HOTLINE_ASR_ENGINE": "funasr-server", "HOTLINE_ASR_SERVER_URL": f"ws://127.0.0.1:{asr.port}",
-        "HOTLINE_TTS_ENGINE": "edge", "HOTLINE_TTS_EDGE_URL": edge_url,
-        "HOTLINE_LLM_API_KEY": "bench", "HOTLINE_LLM_BASE_URL": f"http://127.0.0.1:{llm.port}/v1",
-        "HOTLINE_LLM_MODEL": "grounded",
-        "HOTLINE_CHROMA_HOST": "127.0.0.1", "HOTLINE_CHROMA_PORT": str(chroma.port),
-        "HOTLINE_DATABASE_URL": f"postgresql+psycopg://hotline@127.0.0.1:{database.port}/postgres",
-        "HOTLINE_SMS_GATEWAY": "smpp", "HOTLINE_SMS_SMPP_HOST": "127.0.0.1", "HOTLINE_SMS_SMPP_PORT": str(sms.port),
-        "HOTLINE_SMS_SMPP_SYSTEM_ID": "hotline", "HOTLINE_SMS_SMPP_PASSWORD": "secret",
-    }
+    env: dict[str, str] = {"HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_EMBEDDING_BACKEND": "none"}
+    if "asr-server" in engines:
+        stack.asr = AsrServer(stack.model)
+        stack.closers.append(stack.asr.close)
+        asr = stack.proxy("asr", stack.asr.port)
+        env |= {"HOTLINE_ASR_ENGINE": "funasr-server", "HOTLINE_ASR_SERVER_URL": f"ws://127.0.0.1:{asr.port}"}
+    if "llm" in engines or "tts-edge" in engines:  # the LLM's replies are the sentences edge-tts renders live
+        llm_double = FakeOpenAiServer().__enter__()
+        stack.closers.append(lambda: llm_double.__exit__(None, None, None))
+        llm = stack.proxy("llm", llm_double.port)
+        env |= {"HOTLINE_LLM_API_KEY": "bench", "HOTLINE_LLM_BASE_URL": f"http://127.0.0.1:{llm.port}/v1",
+                "HOTLINE_LLM_MODEL": "grounded"}
+    if "tts-edge" in engines:
+        edge_double = FakeEdgeTtsServer().start()
+        stack.closers.append(edge_double.stop)
+        edge = stack.proxy("tts", edge_double.port)
+        stack.edge = True
+        env |= {"HOTLINE_TTS_ENGINE": "edge",
+                "HOTLINE_TTS_EDGE_URL": re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{edge.port}", edge_double.endpoint_url)}
+    if "vector" in engines:
+        stack.chroma = Chroma(stack.workdir / "chroma")
+        stack.closers.append(stack.chroma.close)
+        chroma = stack.proxy("vector", stack.chroma.port)
+        env |= {"HOTLINE_CHROMA_HOST": "127.0.0.1", "HOTLINE_CHROMA_PORT": str(chroma.port)}
+        env.pop("HOTLINE_EMBEDDING_BACKEND")
+    if "database" in engines or "sms-smpp" in engines:  # the outbox rows are counted on PostgreSQL too
+        stack.postgres = Postgres(Path(tempfile.mkdtemp(prefix="hotline-faults-pg-")))
+        stack.closers.append(stack.postgres.close)
+        stack.database_url = stack.postgres.url
+        database = stack.proxy("database", stack.postgres.port)
+        env["HOTLINE_DATABASE_URL"] = f"postgresql+psycopg://hotline@127.0.0.1:{database.port}/postgres"
+    else:
+        stack.database_url = f"sqlite:///{stack.workdir / 'hotline.db'}"
+        env["HOTLINE_DATABASE_URL"] = stack.database_url
+    if "sms-smpp" in engines:
+        smsc = FakeSmsc(lifetime_s=3600).start()
+        stack.smsc = smsc
+        stack.closers.append(smsc.stop)
+        sms = stack.proxy("sms", smsc.port)
+        env |= {"HOTLINE_SMS_GATEWAY": "smpp", "HOTLINE_SMS_SMPP_HOST": "127.0.0.1",
+                "HOTLINE_SMS_SMPP_PORT": str(sms.port), "HOTLINE_SMS_SMPP_SYSTEM_ID": "hotline",
+                "HOTLINE_SMS_SMPP_PASSWORD": "secret"}
+    return env
 
 
 # Items whose sentences are cached before the server starts, besides the fixed prompts: the answers of the bench's
@@ -440,13 +457,25 @@ def _network_engines(stack: Stack) -> dict[str, str]:
 SEED_ITEMS = ("card-loss-report", "flexible-worker-enrollment", "unemployment-benefit-application")
 
 
-async def seed_cache(cache_dir: Path, edge_url: str | None) -> None:
+class _SeedVoice:
+    """espeak-ng audio filed under another engine's name, voice and rate: the edge-tts double speaks espeak-ng audio
+    too (through MP3), so the seeded edge cache holds what the double would have sent, rendered in a fraction of the
+    time (the double encodes and the client decodes MP3 for every sentence)."""
+
+    def __init__(self, inner, name: str, voice: str, rate: str) -> None:
+        self.inner, self.name, self.voice, self.rate = inner, name, voice, rate
+
+    def synthesize(self, text: str):
+        return self.inner.synthesize(text)
+
+
+async def seed_cache(cache_dir: Path, edge: bool) -> None:
     from kb.loader import load_knowledge_base
     from rag import phrases
     from rag.extractive import short_title
     from telephony.calls.prerender import fixed_prompts
     from telephony.settings import Settings
-    from voice.tts import EdgeTtsEngine, EspeakTtsEngine, ResilientTts, TtsCache, clauses
+    from voice.tts import EspeakTtsEngine, ResilientTts, TtsCache, clauses
 
     settings = Settings()
     kb = load_knowledge_base(settings.kb_dir)
@@ -460,7 +489,7 @@ async def seed_cache(cache_dir: Path, edge_url: str | None) -> None:
             texts += [item.spoken, *clauses(item.spoken)]
             texts += [clause for fact in item.facts for clause in clauses(fact.say)]
     espeak = EspeakTtsEngine()
-    primary = EdgeTtsEngine(settings.tts_voice, settings.tts_rate, endpoint_url=edge_url) if edge_url else espeak
+    primary = _SeedVoice(espeak, "edge", settings.tts_voice, settings.tts_rate) if edge else espeak
     await ResilientTts(primary, espeak, TtsCache(cache_dir)).prerender(texts)
 
 
@@ -559,8 +588,8 @@ def sms_counts(stack: Stack, number: str) -> tuple[int, int, int]:
     for row in rows:
         per_item[(row.call_id, row.item_id)] = per_item.get((row.call_id, row.item_id), 0) + 1
     received = 0
-    if stack.smsc is not None:
-        received = len([s for s in stack.smsc.submits_to(number) if s.message_id is not None])
+    if stack.smsc is not None:  # whole messages (a guide goes as several UCS-2 parts), each time the SMSC took one
+        received = len(stack.smsc.texts_to(number))
     return len(rows), max(per_item.values(), default=0), received
 
 
@@ -579,6 +608,7 @@ class Row:
     reference: str = "the end of the caller's question (its last voiced frame sent)"
     heal_before_hangup: bool = True
     question: str = ""  # what the caller asks (default: the scenario's)
+    settle_s: float = 0.0  # wait before the row, so an earlier row's back-off (the vector channel's 30 s) is over
 
     @property
     def key(self) -> str:
@@ -669,9 +699,11 @@ ROWS: tuple[Row, ...] = (
     Row("vector", "kill", "network", "question", _chroma_kill, _chroma_restart,
         "SIGKILL the `chroma run` server as the caller starts the question; heal: start it again"),
     Row("vector", "stall", "network", "question", _proxy("vector", "stall"), _proxy("vector", "pass"),
-        "fault proxy: chromadb connections accepted, nothing answered, from the question's start"),
+        "fault proxy: chromadb connections accepted, nothing answered, from the question's start",
+        settle_s=VECTOR_RETRY_S + 1),
     Row("vector", "garbage", "network", "question", _proxy("vector", "garbage"), _proxy("vector", "pass"),
-        "fault proxy: chromadb's response bytes replaced by random bytes, from the question's start"),
+        "fault proxy: chromadb's response bytes replaced by random bytes, from the question's start",
+        settle_s=VECTOR_RETRY_S + 1),
     Row("database", "kill", "network", "question", _pg_crash, _pg_start,
         "`pg_ctl stop -m immediate` (every PostgreSQL process quits, as in a crash) as the caller starts the "
         "question; heal: `pg_ctl start` (crash recovery)"),
@@ -721,6 +753,7 @@ async def _speech(text: str) -> bytes:
 
 
 async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
+    await asyncio.sleep(row.settle_s)
     number = stack.next_number()
     stack.current_number = number
     notes: list[str] = []
@@ -796,13 +829,16 @@ async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
     stored = len(call.turns) if call is not None else 0
     if call is None:
         notes.append("no call record")
+    turns = [{"caller_text": turn.caller_text, "action": turn.action, "reason": (turn.reason or "")[:160],
+              "item_ids": list(turn.item_ids or []), "spoken": (turn.spoken_text or "")[:40]}
+             for turn in (call.turns if call is not None else [])]
     result = {
         "engine": row.engine, "fault": row.fault, "heard": heard,
         "fallback_ms": round((fallback_at - reference) * 1000) if fallback_at and reference else None,
         "within_target": bool(fallback_at and reference and (fallback_at - reference) * 1000 <= TARGET_MS),
         "reference": row.reference, "injected": row.how,
         "fault_to_reference_ms": round((reference - fault_at) * 1000) if reference else None,
-        "turns_spoken": spoken, "turns_stored": stored,
+        "turns_spoken": spoken, "turns_stored": stored, "stored": turns,
         "sms_sent": None, "sms_duplicates": None, "next_call_normal": next_ok, "notes": notes,
     }
     if row.scenario == "drop":
@@ -873,7 +909,7 @@ def run_faults(only: list[str] | None = None, keep_workdir: bool = False) -> dic
             chosen = [row for row in rows if row.stack == kind]
             if not chosen:
                 continue
-            stack = start_stack(kind, workdir, model)
+            stack = start_stack(kind, workdir, model, {row.engine for row in chosen})
             try:
                 results += asyncio.run(_run_rows(stack, chosen, audio))
             finally:

@@ -2,7 +2,8 @@
 
 The requested `model` picks the behaviour: normal streaming, a slow first token, HTTP 500, a malformed
 stream, a model that obeys whatever the caller text tells it (to test prompt-injection defences), or `grounded`: a
-well-behaved model that says the first passage's summary (a reply the post-checks accept, for the benchmarks).
+well-behaved model that says the first passage's summary in words of its own (a reply the post-checks accept, for the
+benchmarks).
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def _obedient_reply(messages: list[dict]) -> list[str]:
 
 
 def _grounded_reply(messages: list[dict]) -> list[str]:
-    """The first passage's summary, in pieces as a model streams it."""
+    """The first passage's summary after 「好的，」 (a sentence of its own, as a model's would be, so no cache holds
+    it), in pieces as a model streams it."""
     summary = re.search(r"摘要：(.*)", messages[-1]["content"])
-    text = summary.group(1).strip() if summary else "无法回答"
+    text = "好的，" + summary.group(1).strip() if summary else "无法回答"
     return [text[index:index + 6] for index in range(0, len(text), 6)]
 
 
