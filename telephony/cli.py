@@ -487,6 +487,33 @@ def bench_faults(
     typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
+@bench_app.command("soak")
+def bench_soak(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=500,
+                                             help="Simulated callers, each placing calls back to back")] = 100,
+    minutes: Annotated[float, typer.Option("--minutes", min=0.1, max=240.0,
+                                           help="How long new calls are placed (the calls in flight then finish)")
+                       ] = 10.0,
+    transcripts: Annotated[str, typer.Option(help="'known': the spoken question's text (correct-transcript "
+                                                  "assumption); 'model': the tiny random ASR's own text")] = "known",
+    asr_server: Annotated[bool, typer.Option("--asr-server/--in-process-asr",
+                                             help="Run the ASR as a separate `hotline asr-server` process (as the "
+                                                  "100-call turn-latency runs do)")] = True,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the run's folder (database, recordings, server log) "
+                                                      "and print where it is")] = False,
+) -> None:
+    """Simulated callers for minutes on end: latency per minute, dropped frames, server memory and open files,
+    and whether every turn and call reached the database (docs/soak.md)."""
+    from telephony.bench.soak import run_soak
+
+    configure_logging("WARNING")
+    if transcripts not in ("model", "known"):
+        raise typer.BadParameter("--transcripts is 'model' or 'known'")
+    result = run_soak(concurrency, minutes, transcripts == "known", asr_server, keep_workdir=keep)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
 @bench_app.command("review")
 def bench_review(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,

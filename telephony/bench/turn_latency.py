@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -99,11 +100,13 @@ def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 120) -> 
 
 
 def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: str | None,
-                  known_transcripts: bool = False, sip: dict[str, str] | None = None) -> subprocess.Popen:
+                  known_transcripts: bool = False, sip: dict[str, str] | None = None,
+                  settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """`settings`: further HOTLINE_ variables, over the bench's own."""
     env = {**(sip or {}), **os.environ, "HOTLINE_DATA_DIR": str(workdir / "var"), "HOTLINE_ASR_MODEL": str(model),
            "HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_MEDIA_STREAM_TOKEN": token, "HOTLINE_PORT": str(port),
            "HOTLINE_HOST": "127.0.0.1", "HOTLINE_KB_WATCH": "false", "HOTLINE_LOG_LEVEL": "WARNING",
-           "HOTLINE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}"}
+           "HOTLINE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}", **(settings or {})}
     if asr_url is not None:
         env |= {"HOTLINE_ASR_ENGINE": "funasr-server", "HOTLINE_ASR_SERVER_URL": asr_url}
     command = [sys.executable, "-c", "from telephony.cli import main; main()", "serve"]
@@ -113,7 +116,9 @@ def _start_server(workdir: Path, model: Path, token: str, port: int, asr_url: st
         return subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600, line: str = "media-stream") -> None:
+def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600, line: str = "media-stream",
+                prerendered: bool = True) -> None:
+    """Until the voice engines and `line` are ready (and, with `prerendered`, the TTS cache filled)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -123,7 +128,8 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout_s: float = 600, li
             state = voice.get("lines", {}).get(line, {})
             if state.get("state") == "failed":
                 raise RuntimeError(f"the {line} line failed: {state.get('detail')}")
-            if voice.get("asr") == "ready" and voice.get("tts_prerendered") and state.get("state") == "listening":
+            cache_ready = voice.get("tts_prerendered") or not prerendered
+            if voice.get("asr") == "ready" and cache_ready and state.get("state") == "listening":
                 return
             if str(voice.get("asr", "")).startswith(("unavailable", "failed")):
                 raise RuntimeError(f"server voice engines failed: {voice}")
@@ -169,16 +175,36 @@ def run_turn_latency(concurrency: int = 1, calls: int | None = None, turns_per_c
                      line: str = "media-stream") -> dict:
     """Run the benchmark in a fresh folder (server data, database, recordings; about 150 MB), removed afterwards
     unless `keep_workdir`: then its path is in the result as `workdir`."""
-    workdir = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
+    return in_fresh_workdir("hotline-bench-", keep_workdir, lambda workdir: _run_in(
+        workdir, concurrency, calls, turns_per_call, asr_model, ramp_s, asr_server, known_transcripts, asr_engines,
+        line))
+
+
+def in_fresh_workdir(prefix: str, keep: bool, run: Callable[[Path], dict]) -> dict:
+    """`run(workdir)` in a new temporary folder, removed afterwards (also when the run fails) unless `keep`: then
+    its path is in the result as `workdir`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        result = _run_in(workdir, concurrency, calls, turns_per_call, asr_model, ramp_s, asr_server, known_transcripts,
-                         asr_engines, line)
+        result = run(workdir)
     finally:
-        if not keep_workdir:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    if keep_workdir:
+    if keep:
         result["workdir"] = str(workdir)
     return result
+
+
+def stop_processes(*processes: subprocess.Popen | None, grace_s: float = 20) -> None:
+    """Terminate each child, then kill any that has not exited within `grace_s`."""
+    for child in filter(None, processes):
+        if child.poll() is None:
+            child.terminate()
+    for child in filter(None, processes):
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: int, asr_model: Path | None,
@@ -234,12 +260,7 @@ def _run_in(workdir: Path, concurrency: int, calls: int | None, turns_per_call: 
         wall_s = time.monotonic() - started
         time.sleep(1.0)  # let the server close the last call records
     finally:
-        for child in filter(None, (process, asr_process)):
-            child.terminate()
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(process, asr_process)
     result = _report(reports, workdir, concurrency, calls, wall_s, idle_rss, peak[0], model, asr_model is None)
     result["engines"]["asr_process"] = (f"separate FunASR 2pass server ({asr_url}, {asr_engines} engine(s))"
                                         if asr_url else "in process")
@@ -311,6 +332,34 @@ def _sip_run(workdir: Path, process: subprocess.Popen, base: str, questions: lis
 DROPPED_FRAMES_TOLERANCE = 0.005  # a few frames at call start and end are normal; more means CPU starvation
 
 
+def recorded_caller_frames(path: str | None) -> int | None:
+    """20 ms frames in a call's caller recording: what the server received; None without a recording."""
+    if not path or not Path(path).exists():
+        return None
+    with wave.open(path, "rb") as recording:
+        return recording.getnframes() // 160
+
+
+def dropped_caller_frames(reports: list[CallReport], recordings: list[tuple[str | None, str | None]]) -> int:
+    """Caller frames sent but not in the server's caller recording, over the stored calls given as
+    (caller_number, recording_caller_path), matched to the callers' reports by caller."""
+    by_caller = {report.caller: report for report in reports}
+    dropped = 0
+    for caller, path in recordings:
+        received = recorded_caller_frames(path)
+        match = by_caller.get(caller or "")
+        if received is not None and match is not None:
+            dropped += max(0, match.frames_sent - received)
+    return dropped
+
+
+def dropped_frames_warning(dropped: int, sent: int) -> str | None:
+    if dropped > DROPPED_FRAMES_TOLERANCE * max(1, sent):
+        return (f"{dropped} of {sent} caller frames never reached the server: this machine could not keep the "
+                "callers and the hotline in real time, so the latencies are not valid")
+    return None
+
+
 def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: int, wall_s: float,
             idle_rss: float, peak_rss: float, model: Path, tiny: bool) -> dict:
     latencies = [turn.latency_ms for report in reports for turn in report.turns if turn.latency_ms is not None]
@@ -318,27 +367,19 @@ def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: i
                  if turn.barge_in_clear_ms is not None]
     database = Database(f"sqlite:///{workdir / 'bench.db'}")
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    dropped_frames = 0
-    by_caller = {report.caller: report for report in reports}
+    recordings = []
     for call in database.recent_calls(limit=calls * 2):
         stored = database.get_call(call.id)
         for turn in stored.turns:
             for stage in STAGES:
                 if stage in (turn.timings_ms or {}):
                     stages[stage].append(float(turn.timings_ms[stage]))
-        if stored.recording_caller_path and Path(stored.recording_caller_path).exists():
-            with wave.open(stored.recording_caller_path, "rb") as recording:
-                received_frames = recording.getnframes() // 160
-            match = by_caller.get(stored.caller_number or "")
-            if match is not None:
-                dropped_frames += max(0, match.frames_sent - received_frames)
+        recordings.append((stored.caller_number, stored.recording_caller_path))
     database.close()
+    dropped_frames = dropped_caller_frames(reports, recordings)
     frames_sent = sum(report.frames_sent for report in reports)
     unheard = [turn for report in reports for turn in report.turns if turn.latency_ms is None]
-    warnings = []
-    if dropped_frames > DROPPED_FRAMES_TOLERANCE * max(1, frames_sent):
-        warnings.append(f"{dropped_frames} of {frames_sent} caller frames never reached the server: this machine "
-                        "could not keep the callers and the hotline in real time, so the latencies are not valid")
+    warnings = list(filter(None, [dropped_frames_warning(dropped_frames, frames_sent)]))
     if unheard:
         warnings.append(f"{len(unheard)} turns got no reply the callers could time")
     return {
@@ -359,5 +400,6 @@ def _report(reports: list[CallReport], workdir: Path, concurrency: int, calls: i
         "wall_s": round(wall_s, 1),
         "warnings": warnings,
         "engines": {"asr": f"tiny random streaming Paraformer ({model}): plumbing cost, not the real model's"
-                    if tiny else f"FunASR model {model}", "tts": "espeak-ng, prerendered cache", "answers": "extractive"},
+                    if tiny else f"FunASR model {model}", "tts": "espeak-ng, prerendered cache",
+                    "answers": "extractive"},
     }
