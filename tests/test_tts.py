@@ -355,3 +355,23 @@ def test_engines_carry_the_identity_their_renders_are_cached_under() -> None:
 
     assert (edge.name, edge.voice, edge.rate) == ("edge", "zh-CN-YunxiNeural", "+5%")
     assert (espeak.name, espeak.voice, espeak.rate, espeak.speed_wpm) == ("espeak", "cmn-latn-pinyin", "180wpm", 180)
+
+
+class _HungEngine:
+    """An engine that never sends its first audio (espeak-ng stopped, a frozen disk)."""
+
+    name, voice, rate = "hung", "v", "+0%"
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover - never reached
+
+
+async def test_a_hung_fallback_fails_the_utterance_instead_of_holding_dead_air() -> None:
+    """`hotline bench faults`, tts-espeak stall: primary and fallback both hang; the utterance fails after the
+    fallback's deadline, so the call goes on to its next sentence."""
+    tts = ResilientTts(_HungEngine(), _HungEngine(), None, first_audio_deadline_ms=50, fallback_deadline_ms=100)
+    synthesis = tts.synthesize("社保卡丢了怎么办")
+    with pytest.raises(TtsUnavailable, match="both TTS engines failed: hung: no audio within 50 ms; hung: no audio "
+                                             "within 100 ms"):
+        await asyncio.wait_for(collect(synthesis), 10)

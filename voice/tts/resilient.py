@@ -116,9 +116,12 @@ class ResilientTts:
 
     def __init__(self, primary: TtsEngine, fallback: TtsEngine, cache: TtsCache | None = None,
                  first_audio_deadline_ms: int = 800, *, cached_chunk_ms: int = 40, failures_before_cooldown: int = 3,
-                 primary_cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 primary_cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 fallback_deadline_ms: int | None = None) -> None:
         self.primary, self.fallback, self.cache = primary, fallback, cache
         self.first_audio_deadline_ms, self.cached_chunk_ms = first_audio_deadline_ms, cached_chunk_ms
+        # The fallback's first audio: 3× the primary's deadline, at least 2 s (the last engine is given time).
+        self.fallback_deadline_ms = fallback_deadline_ms or max(3 * first_audio_deadline_ms, 2000)
         self.failures_before_cooldown, self.primary_cooldown_s, self._clock = failures_before_cooldown, primary_cooldown_s, clock
         self._consecutive_failures = 0
         self._cooldown_since: float | None = None
@@ -217,11 +220,28 @@ class ResilientTts:
             self._primary_failed()
         logger.warning("TTS falls back from %s to %s for this utterance: %s", self.primary.name, self.fallback.name, reason)
         report(SynthesisOutcome(self.fallback.name, from_cache=False, complete=True, fallback_reason=reason))
+        # The fallback has a first-audio deadline too (a looser one: it is the last engine): a hung fallback (espeak-ng
+        # stopped, the disk frozen) fails the utterance, so the call goes on to its next sentence instead of holding
+        # dead air for ever.
+        stream = self.fallback.synthesize(text)
         try:
-            async for chunk in self.fallback.synthesize(text):
+            try:
+                async with asyncio.timeout(self.fallback_deadline_ms / 1000):
+                    first = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise TtsUnavailable(f"both TTS engines failed: {self.primary.name}: {reason}; {self.fallback.name}: "
+                                     f"no audio within {self.fallback_deadline_ms} ms") from None
+            yield first
+            async for chunk in stream:
                 yield chunk
         except TtsUnavailable as error:
+            if str(error).startswith("both TTS engines failed"):
+                raise
             raise TtsUnavailable(f"both TTS engines failed: {self.primary.name}: {reason}; {self.fallback.name}: {error}") from error
+        finally:
+            await _close_stream(stream)
 
     async def prerender(self, texts: Iterable[str], concurrency: int = 4) -> PrerenderReport:
         """Render texts with the primary into the cache (no deadline, no fallback); already cached texts are skipped."""
