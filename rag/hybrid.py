@@ -3,6 +3,7 @@ matching (characters and pinyin), and an optional vector channel in chromadb, fu
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import re
@@ -32,6 +33,12 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 INDEXED_SECTIONS = ("conditions", "materials", "steps", "notes", "faq", "handled_by")
 VECTOR_CHANNELS = ("vector", "vector_centroid", "vector_classifier")  # the channels that need an embedding
 VECTOR_RETRY_S = 30.0  # after the vector index fails, the other channels answer alone this long before a retry
+# How long a question waits for the vector index's nearest texts (milliseconds when it is healthy, local or on a
+# chromadb server). Retrieval runs on the call's event loop: a chromadb server that stalls or answers garbage held
+# every call for its whole request timeout (`hotline bench faults`, vector stall); past this deadline the question
+# is answered by the other channels and the query finishes, or times out, in its thread.
+VECTOR_DEADLINE_S = 0.5
+_VECTOR_QUERIES = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vector-query")
 SIBLINGS = 30  # the lexical classifier trains each item against this many nearest items (chosen on dev data)
 KEY_REPEAT = 3  # keys (title, aliases) are repeated in the BM25 document so they outweigh long sections
 
@@ -295,7 +302,7 @@ class HybridRetriever:
         if self.vector is not None and normalized.strip() and self.clock() >= self._vector_down_until:
             try:
                 embedding = self.vector.embed(normalized)
-                for item_id, similarity in self.vector.nearest(embedding).items():
+                for item_id, similarity in self._nearest(embedding).items():
                     if item_id in self._index_of:
                         vector_scores[self._index_of[item_id]] = similarity
                 rows, profiles = self._vector_profiles()
@@ -309,6 +316,13 @@ class HybridRetriever:
         channels["vector_centroid"] = vector_centroid
         channels["vector_classifier"] = vector_classifier
         return ChannelScores(channels, best_keys, cosine)
+
+    def _nearest(self, embedding: np.ndarray) -> dict[str, float]:
+        query = _VECTOR_QUERIES.submit(self.vector.nearest, embedding)
+        try:
+            return query.result(timeout=VECTOR_DEADLINE_S)
+        except concurrent.futures.TimeoutError:
+            raise RetrievalError(f"the vector index gave no answer within {VECTOR_DEADLINE_S:g} s") from None
 
     def _vector_profiles(self) -> tuple[np.ndarray, ItemProfiles]:
         """(item rows, profiles) of the items the vector collection holds, computed once per index."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,3 +198,23 @@ async def test_a_stalled_chroma_server_costs_one_bounded_wait_then_the_lexical_c
         proxy.set_mode("pass")
     assert ranked[0].item_id == "card-loss-report"
     assert ranked[0].channel_scores["vector"] == 0.0 and ranked[0].channel_scores["vector_centroid"] == 0.0
+
+
+def test_a_vector_query_past_its_deadline_leaves_the_question_to_the_other_channels(tmp_path: Path) -> None:
+    """The query waits VECTOR_DEADLINE_S, not the chromadb client's request timeout: retrieval runs on the call's
+    event loop, so every call on the worker would wait with it."""
+    retriever, index = retriever_with_vectors(tmp_path, "deadline-test")
+    release = threading.Event()
+    answer = index.nearest
+
+    def hung(embedding, limit: int = 30):
+        release.wait(10)
+        return answer(embedding, limit)
+
+    index.nearest = hung
+    try:
+        ranked = retriever.retrieve("社保卡丢了怎么挂失")
+    finally:
+        release.set()
+    assert ranked[0].item_id == "card-loss-report"
+    assert ranked[0].channel_scores["vector"] == 0.0
