@@ -613,8 +613,12 @@ def sms_counts(stack: Stack, number: str) -> tuple[int, int, int]:
     for row in rows:
         per_item[(row.call_id, row.item_id)] = per_item.get((row.call_id, row.item_id), 0) + 1
     received = 0
-    if stack.smsc is not None:  # whole messages (a guide goes as several UCS-2 parts), each time the SMSC took one
-        received = len(stack.smsc.texts_to(number))
+    if stack.smsc is not None:
+        from telephony.bench.doubles.smsc import reassemble
+
+        # Whole messages (a guide goes as several UCS-2 parts) each time the SMSC received one, answered or not: a
+        # submit_sm the SMSC holds when the link dies may reach the phone.
+        received = len(reassemble(stack.smsc.submits_to(number)))
     return len(rows), max(per_item.values(), default=0), received
 
 
