@@ -37,6 +37,7 @@ from telephony.bench.turn_latency import (
     dropped_frames_warning,
     in_fresh_workdir,
     percentile,
+    recorded_caller_frames,
     stop_processes,
 )
 from telephony.store import Call, Database, Turn
@@ -89,9 +90,39 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
+_TCP_STATES = {"01": "established", "06": "time_wait", "07": "close", "08": "close_wait", "09": "last_ack",
+               "0A": "listen", "04": "fin_wait1", "05": "fin_wait2", "0B": "closing"}
+
+
+def _sockets(pid: int) -> dict[str, str]:
+    """Socket inode → what it is: 'tcp <state> in on :port' (accepted on a port this process listens on), 'tcp
+    <state> out to :port', 'tcp listen', or 'unix'."""
+    tcp = []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                tcp.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state, inode))
+    listening = {local for local, _remote, state, _inode in tcp if state == "0A"}
+    kinds = {}
+    for local, remote, state, inode in tcp:
+        name = _TCP_STATES.get(state, state)
+        kinds[inode] = ("tcp listen" if state == "0A" else f"tcp {name} in on :{local}" if local in listening
+                        else f"tcp {name} out to :{remote}")
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 7:
+                kinds.setdefault(fields[6], "unix")
+    return kinds
+
+
 def open_fd_kinds(pid: int) -> dict[str, int]:
-    """The server's open files by kind: socket, pipe, anon_inode:[eventfd], or a file by its suffix (*.wav)."""
+    """The server's open files by kind: sockets (TCP by state and direction, unix), pipe, anon_inode:[eventfd], or a
+    file by its suffix (*.wav)."""
     kinds: Counter[str] = Counter()
+    sockets = _sockets(pid)
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
@@ -99,7 +130,11 @@ def open_fd_kinds(pid: int) -> dict[str, int]:
                 if target.startswith("/"):
                     name = Path(target.removesuffix(" (deleted)"))
                     target = f"file *{''.join(name.suffixes[-1:])}" if name.suffix else f"file {name.name}"
-                kinds[target.split(":[")[0] if not target.startswith("anon_inode") else target] += 1
+                elif target.startswith("socket:["):
+                    target = "socket " + sockets.get(target[8:-1], "other")
+                elif not target.startswith("anon_inode"):
+                    target = target.split(":[")[0]
+                kinds[target] += 1
     return dict(sorted(kinds.items()))
 
 
@@ -282,6 +317,15 @@ def _stored(workdir: Path, with_recordings: bool = True) -> dict:
         database.close()
 
 
+def _call_detail(call: PlacedCall, stored_calls: dict) -> dict:
+    """One call whose rows differ from its turns: what the caller timed, turn by turn, beside what was stored."""
+    reason, rows = stored_calls.get(call.caller, (None, 0))
+    turns = call.report.turns if call.report else []
+    return {"caller": call.caller, "end_reason": reason, "rows": rows, "spoken": len(turns),
+            "reply_latency_ms": [turn.latency_ms for turn in turns],
+            "barge_in_clear_ms": [turn.barge_in_clear_ms for turn in turns]}
+
+
 def _latency(values: list[float]) -> dict[str, float | None]:
     return {"p50_ms": percentile(values, 0.5), "p95_ms": percentile(values, 0.95)}
 
@@ -317,10 +361,14 @@ def _report(started: float, placed: list[PlacedCall], samples: list[Sample], sta
     # caller, spoken over the goodbye: not a turn for the dialogue, so no row. Every other call: one row a turn.
     lost: list[str] = []
     after_server_end: list[str] = []
+    whole = {caller for caller, path in stored["recordings"]  # calls whose every frame reached the server
+             if dropped_caller_frames(reports, [(caller, path)]) == 0 and recorded_caller_frames(path) is not None}
+    lost_whole = 0
     for call in placed:
         if call.report is None:
             continue
         reason, rows = stored["calls"].get(call.caller, (None, 0))
+        lost_whole += call.caller in whole and rows != len(call.report.turns)
         if rows != len(call.report.turns):
             (lost if reason == "caller_hangup" or rows > len(call.report.turns) else after_server_end).append(
                 call.caller)
@@ -330,7 +378,11 @@ def _report(started: float, placed: list[PlacedCall], samples: list[Sample], sta
         "calls_with_other_row_count": len(lost) + len(after_server_end),
         "calls_hung_up_by_caller_with_other_row_count": len(lost),
         "calls_ended_by_server_with_fewer_rows": len(after_server_end),
-        "calls_with_other_row_count_sample": sorted(lost + after_server_end)[:10],
+        "calls_with_other_row_count_sample": [_call_detail(call, stored["calls"]) for call in placed
+                                               if call.caller in set(sorted(lost + after_server_end)[:10])],
+        # Attribution: a turn the server never heard whole (frames dropped) has no row by design.
+        "calls_without_dropped_frames": len(whole),
+        "calls_without_dropped_frames_with_other_row_count": lost_whole,
         "calls_rows": stored["calls_rows"], "calls_placed": len(placed),
         "calls_connected": len(reports),
         "calls_not_ended": stored["calls_not_ended"],
