@@ -417,7 +417,10 @@ def _report(started: float, placed: list[PlacedCall], samples: list[Sample], sta
                   "failed": sum(1 for call in placed if call.report is None),
                   "failures": dict(failures),
                   "cut_by_deadline": cut_by_deadline},
-        "turns": {"spoken": spoken, "answered": answered, "no_reply": spoken - answered},
+        # Each question is spoken over the assistant: with no clear from the server, the server did not hear it as a
+        # barge-in, and the "reply" its caller timed may be the earlier reply still playing.
+        "turns": {"spoken": spoken, "answered": answered, "no_reply": spoken - answered,
+                  "without_barge_in_clear": sum(turn.barge_in_clear_ms is None for turn in turns)},
         "latency_ms": {**_latency(latencies), "per_minute": per_minute,
                        "measured": "end of the caller's speech → first reply audio the caller received"},
         "frames": {"caller_frames_sent": frames_sent, "dropped_caller_frames": dropped,
