@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, WebSocket
+from fastapi import Depends, HTTPException, Path, Request, WebSocket
 from starlette.requests import HTTPConnection
 
 from telephony.answers import Answers, TextConversations
@@ -57,6 +57,9 @@ HotlineDep = Annotated[Hotline, Depends(hotline)]
 AnswersDep = Annotated[Answers, Depends(answers)]
 ConversationsDep = Annotated[TextConversations, Depends(conversations)]
 AdminDep = Depends(require_admin)
+# A row id in a path (/api/sms/{message_id}, …): the database's signed 64-bit range, so a larger number is a 422
+# and not an OverflowError from the driver (a 500).
+RowId = Annotated[int, Path(ge=-(2**63), le=2**63 - 1)]
 
 
 def websocket_hotline(websocket: WebSocket) -> Hotline | None:

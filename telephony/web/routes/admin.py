@@ -36,7 +36,7 @@ from telephony.handoff.accounts import (
 )
 from telephony.review import audit
 from telephony.store.models import UserRole
-from telephony.web.deps import HotlineDep
+from telephony.web.deps import HotlineDep, RowId
 from telephony.web.staff_auth import Staff, staff_error, staff_member
 from telephony.web.staff_pages import staff_page
 
@@ -219,7 +219,7 @@ async def add_user(request: Request, staff: AdminStaff, hotline: HotlineDep) -> 
 
 
 @router.post("/admin/api/users/{user_id}/password")
-async def reset_password(user_id: int, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
+async def reset_password(user_id: RowId, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
     """{password}: the user's new password (tell them in person; they keep it or ask again)."""
     body = await _body(request, PasswordBody)
     if isinstance(body, JSONResponse):
@@ -230,7 +230,7 @@ async def reset_password(user_id: int, request: Request, staff: AdminStaff, hotl
 
 
 @router.post("/admin/api/users/{user_id}/role")
-async def change_role(user_id: int, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
+async def change_role(user_id: RowId, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
     """{role}: agent | supervisor | kb_editor | admin. An admin cannot demote themselves."""
     body = await _body(request, RoleBody)
     if isinstance(body, JSONResponse):
@@ -240,7 +240,7 @@ async def change_role(user_id: int, request: Request, staff: AdminStaff, hotline
 
 
 @router.post("/admin/api/users/{user_id}/active")
-async def set_active(user_id: int, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
+async def set_active(user_id: RowId, request: Request, staff: AdminStaff, hotline: HotlineDep) -> JSONResponse:
     """{active: false} deactivates (the user's open sessions end at their next request), {active: true}
     reactivates. An admin cannot deactivate themselves."""
     body = await _body(request, ActiveBody)

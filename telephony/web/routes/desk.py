@@ -55,7 +55,7 @@ from telephony.store.models import (
     SmsKind,
     User,
 )
-from telephony.web.deps import HotlineDep
+from telephony.web.deps import HotlineDep, RowId
 from telephony.web.staff_auth import (
     ACCOUNT_GONE,
     CSRF_FAILED,
@@ -424,7 +424,7 @@ async def list_tickets(staff: DeskStaff, hotline: HotlineDep, status: str | None
 
 
 @router.get("/desk/api/tickets/{ticket_id}")
-async def get_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep) -> JSONResponse:
+async def get_ticket(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep) -> JSONResponse:
     """One ticket with its attempts (`attempt_list`)."""
     try:
         return JSONResponse(await asyncio.to_thread(ticket_detail, hotline, ticket_id))
@@ -433,7 +433,7 @@ async def get_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep) -> J
 
 
 @router.post("/desk/api/tickets/{ticket_id}/claim")
-async def claim_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep) -> JSONResponse:
+async def claim_ticket(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep) -> JSONResponse:
     """Take an open ticket; 409 with the owner's name when someone holds it."""
     response = await _ticket_operation(hotline, ticket_id, lambda desk: desk.claim(ticket_id, staff.id))
     if response.status_code == 200:
@@ -442,7 +442,7 @@ async def claim_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep) ->
 
 
 @router.post("/desk/api/tickets/{ticket_id}/attempts")
-async def record_attempt(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
+async def record_attempt(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep,
                          body: AttemptBody | None = None) -> JSONResponse:
     """Record a call to the caller: {outcome: reached | no_answer | busy | wrong_number | other, note}."""
     try:
@@ -458,7 +458,7 @@ async def record_attempt(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
 
 
 @router.post("/desk/api/tickets/{ticket_id}/resolve")
-async def resolve_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
+async def resolve_ticket(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep,
                          body: NoteBody | None = None) -> JSONResponse:
     """Close the ticket as done; the note (required) says what was agreed."""
     note = _note(body, "请填写办结说明")
@@ -468,7 +468,7 @@ async def resolve_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
 
 
 @router.post("/desk/api/tickets/{ticket_id}/release")
-async def release_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
+async def release_ticket(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep,
                          body: NoteBody | None = None) -> JSONResponse:
     """Give the ticket back to the queue (its owner; a supervisor or admin for anyone's)."""
     note = _note(body, None)
@@ -478,7 +478,7 @@ async def release_ticket(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
 
 
 @router.post("/desk/api/tickets/{ticket_id}/notes")
-async def add_note(ticket_id: int, staff: DeskStaff, hotline: HotlineDep,
+async def add_note(ticket_id: RowId, staff: DeskStaff, hotline: HotlineDep,
                    body: NoteBody | None = None) -> JSONResponse:
     """Append a dated, signed note (in any state)."""
     note = _note(body, "请填写备注内容")

@@ -34,7 +34,7 @@ from telephony.review.kb_changes import (
     UnknownItemError,
     UnknownTurnError,
 )
-from telephony.web.deps import HotlineDep
+from telephony.web.deps import HotlineDep, RowId
 from telephony.web.staff_auth import Staff, staff_error, staff_member
 from telephony.web.staff_pages import staff_page
 
@@ -153,7 +153,7 @@ async def list_changes(staff: Viewer, changes: ServiceDep,
 
 
 @router.get("/review/api/kb-changes/{change_id}")
-async def get_change(_staff: Viewer, changes: ServiceDep, change_id: int) -> Response:
+async def get_change(_staff: Viewer, changes: ServiceDep, change_id: RowId) -> Response:
     row, error = await _run(changes.get, change_id)
     return error or JSONResponse(row.to_json())
 
@@ -170,7 +170,7 @@ async def propose(staff: Proposer, changes: ServiceDep, proposal: Annotated[Prop
 
 
 @router.post("/review/api/kb-changes/{change_id}/apply")
-async def apply_change(staff: Editor, changes: ServiceDep, change_id: int) -> Response:
+async def apply_change(staff: Editor, changes: ServiceDep, change_id: RowId) -> Response:
     """Write it into the item files, check, build and publish: the change with its new `kb_version`; 409 with the
     check's `errors` when the check fails (the files are put back and the change stays proposed)."""
     row, error = await _run(changes.apply, staff, change_id)
@@ -178,7 +178,8 @@ async def apply_change(staff: Editor, changes: ServiceDep, change_id: int) -> Re
 
 
 @router.post("/review/api/kb-changes/{change_id}/draft")
-async def edit_draft(staff: Editor, changes: ServiceDep, change_id: int, edit: Annotated[DraftEdit, Body()]) -> Response:
+async def edit_draft(staff: Editor, changes: ServiceDep, change_id: RowId,
+                     edit: Annotated[DraftEdit, Body()]) -> Response:
     """A KB editor completes a proposed new item's draft: the change with the draft's remaining `problems` (none:
     it can be applied); 422 with `errors` for what cannot be stored at all (personal data, another id)."""
     row, error = await _run(changes.update_draft, staff, change_id, edit.draft)
@@ -186,7 +187,7 @@ async def edit_draft(staff: Editor, changes: ServiceDep, change_id: int, edit: A
 
 
 @router.post("/review/api/kb-changes/{change_id}/reject")
-async def reject_change(staff: Editor, changes: ServiceDep, change_id: int,
+async def reject_change(staff: Editor, changes: ServiceDep, change_id: RowId,
                         rejection: Annotated[Rejection, Body()]) -> Response:
     row, error = await _run(changes.reject, staff, change_id, rejection.note)
     return error or JSONResponse(row.to_json())

@@ -34,7 +34,7 @@ from telephony.review.store import (
 )
 from telephony.sms.compose import mask
 from telephony.store.models import CallOutcome, QaLabel, UserRole
-from telephony.web.deps import HotlineDep
+from telephony.web.deps import HotlineDep, RowId
 from telephony.web.staff_auth import Staff, staff_error, staff_member
 from telephony.web.staff_pages import staff_page
 
@@ -276,7 +276,7 @@ class MarkBody(BaseModel):
 
 
 @router.post("/review/api/calls/{call_id}/turns/{seq}/mark")
-async def mark_turn(hotline: HotlineDep, staff: ReviewStaff, call_id: str, seq: int, body: MarkBody) -> JSONResponse:
+async def mark_turn(hotline: HotlineDep, staff: ReviewStaff, call_id: str, seq: RowId, body: MarkBody) -> JSONResponse:
     """Mark one turn (correct / wrong answer / incomplete / should have handed off / ASR error) with a comment."""
     store = ReviewStore(hotline.database)
     try:

@@ -17,7 +17,7 @@ from telephony.sms.compose import InvalidNumberError
 from telephony.sms.outbox import SmsRefused, UnknownSmsError, message_summary
 from telephony.sms.service import UnknownItemError
 from telephony.store.models import SmsStatus
-from telephony.web.deps import AdminDep, HotlineDep
+from telephony.web.deps import AdminDep, HotlineDep, RowId
 from telephony.web.errors import error_response
 
 router = APIRouter(tags=["sms"])
@@ -64,7 +64,7 @@ async def list_sms(hotline: HotlineDep, state: SmsStatus | None = None, call_id:
 
 
 @router.get("/api/sms/{message_id}", dependencies=[AdminDep])
-async def get_sms(message_id: int, hotline: HotlineDep) -> JSONResponse:
+async def get_sms(message_id: RowId, hotline: HotlineDep) -> JSONResponse:
     message = await asyncio.to_thread(hotline.sms.outbox.get, message_id)
     if message is None:
         return error_response(404, f"no SMS message {message_id}")
@@ -72,7 +72,7 @@ async def get_sms(message_id: int, hotline: HotlineDep) -> JSONResponse:
 
 
 @router.post("/api/sms/{message_id}/resend", dependencies=[AdminDep])
-async def resend_sms(message_id: int, hotline: HotlineDep) -> JSONResponse:
+async def resend_sms(message_id: RowId, hotline: HotlineDep) -> JSONResponse:
     try:
         message = await hotline.sms.resend(message_id)
     except SmsRefused as exc:
