@@ -28,9 +28,14 @@ def test_a_short_soak_stores_every_spoken_turn_and_closes_every_call() -> None:
     assert turns["spoken"] >= 2 * calls["completed"]
     assert turns["answered"] + turns["no_reply"] == turns["spoken"]
 
-    assert database["turns_rows"] == turns["spoken"]
-    assert database["rows_match_turns_spoken"] is True
-    assert database["calls_with_other_row_count"] == 0
+    # One row per turn spoken, but for a last question the server never heard as a barge-in over its previous reply
+    # before the caller hung up (docs/soak.md: the caller timed that reply still playing): no turn, so no row.
+    differ = database["calls_with_other_row_count_sample"]
+    assert database["calls_with_other_row_count"] == len(differ)
+    for call in differ:
+        assert call["rows"] == call["spoken"] - 1 and call["barge_in_clear_ms"][-1] is None, call
+    assert database["turns_rows"] == turns["spoken"] - len(differ)
+    assert database["rows_match_turns_spoken"] is (not differ)
     assert database["calls_not_ended"] == 0
     assert database["end_reasons"] == {"caller_hangup": database["calls_rows"]}
     assert database["calls_rows"] == database["calls_connected"] == calls["placed"] - calls["failed"]
