@@ -288,10 +288,15 @@ class AsrServer:
         self.model = model
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
-        self.start()
+        self.start(wait=False)  # it loads its model while the other engines start
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self.process = _start_asr_server(self.model, self.port)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        assert self.process is not None
         _wait_port(self.port, self.process)
 
     def signal(self, which: signal.Signals) -> None:
@@ -389,6 +394,8 @@ def start_stack(kind: str, workdir: Path, model: Path, engines: set[str] | None 
             env |= {"HOTLINE_TTS_ENGINE": "espeak", "HOTLINE_DATABASE_URL": stack.database_url,
                     "HOTLINE_EMBEDDING_BACKEND": "none"}
         asyncio.run(seed_cache(stack.workdir / "var" / "tts-cache", stack.edge))
+        if stack.asr is not None:
+            stack.asr.wait()
         command = [sys.executable, "-c", "from telephony.bench.fault_server import serve_fault_target as s; s()"]
         with (stack.workdir / "server.log").open("ab") as log:
             stack.process = subprocess.Popen(command, env=env, cwd=stack.workdir, stdout=log, stderr=subprocess.STDOUT)
