@@ -68,7 +68,11 @@ def test_a_stalled_edge_tts_falls_back_to_espeak_for_the_reply(report: dict) -> 
 
 def test_an_llm_answering_garbage_gives_the_curated_answer(report: dict) -> None:
     row = report["llm:garbage"]
-    assert row["stored"][0]["action"] == "answer" and "curated fallback" in row["stored"][0]["reason"], row
+    # The LLM's garbage is never spoken: the curated answer is. On a loaded machine the vector channel may miss its
+    # deadline, the confidence falls into the middle band and the answer by name (which asks no LLM) is given.
+    stored = row["stored"][0]
+    assert stored["action"] == "answer", row
+    assert "curated fallback" in stored["reason"] or stored["reason"].startswith("middle"), row
     assert row["heard"][0]["prompt"] == "reply", row
 
 

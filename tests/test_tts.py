@@ -96,14 +96,17 @@ async def test_edge_engines_with_different_endpoints_run_concurrently_without_le
     assert f"{edge_tts.communicate.WSS_URL}" == edge_tts.constants.WSS_URL  # code outside an engine sees the real URL
 
 
-@pytest.mark.parametrize(("behaviour", "message"), [
-    ("error_before_audio", "NoAudioReceived"),
-    ("error_mid_stream", "ended before turn.end"),
-    ("hang", "sent no audio for 0.3 s"),
+# The double renders its MP3 with espeak-ng before sending: only the hang is timed by the short receive timeout, the
+# others get one a loaded machine cannot reach.
+@pytest.mark.parametrize(("behaviour", "message", "receive_timeout_s"), [
+    ("error_before_audio", "NoAudioReceived", 10.0),
+    ("error_mid_stream", "ended before turn.end", 10.0),
+    ("hang", "sent no audio for 0.3 s", 0.3),
 ])
-async def test_edge_engine_failures_raise_tts_unavailable(edge_server: FakeEdgeTtsServer, behaviour: str, message: str) -> None:
+async def test_edge_engine_failures_raise_tts_unavailable(edge_server: FakeEdgeTtsServer, behaviour: str, message: str,
+                                                          receive_timeout_s: float) -> None:
     edge_server.behaviour = behaviour
-    engine = EdgeTtsEngine(endpoint_url=edge_server.endpoint_url, receive_timeout_s=0.3)
+    engine = EdgeTtsEngine(endpoint_url=edge_server.endpoint_url, receive_timeout_s=receive_timeout_s)
 
     with pytest.raises(TtsUnavailable, match=message):
         await collect(engine.synthesize(GREETING))
