@@ -171,8 +171,8 @@ class Settings(BaseSettings):
     short_reply_silence_ms: int = Field(default=300, ge=100, le=3000)
     max_utterance_ms: int = Field(default=20000, ge=2000, le=120000)
     speculative_final: bool = Field(default=True, description="Final ASR decode at the first pause (costs ASR time)")
-    asr_final_deadline_ms: int = Field(default=1000, ge=200, le=10000, description="Longest wait for the ASR's final "
-                                       "text after a turn ends; later, the turn ends without text (asked again)")
+    asr_final_deadline_ms: int = Field(default=1300, ge=500, le=10000, description="Longest wait for the ASR's final "
+                                       "text, from the caller's last words; later, the turn ends without text")
     barge_in_min_speech_ms: int = Field(default=200, ge=60, le=2000)
     vad_threshold: float = Field(default=0.5, gt=0, lt=1)
     no_speech_timeout_ms: int = Field(default=8000, ge=1000, le=60000)

@@ -35,7 +35,7 @@ from telephony.web.app import create_app  # noqa: E402
 
 # Examples per operation (valid and invalid requests mixed); generating them is most of the time. CI keeps it small;
 # HOTLINE_OPENAPI_EXAMPLES=50 runs the long version (docs/fuzzing.md).
-MAX_EXAMPLES = int(os.environ.get("HOTLINE_OPENAPI_EXAMPLES", "6"))
+MAX_EXAMPLES = int(os.environ.get("HOTLINE_OPENAPI_EXAMPLES", "4"))
 # Deliberate 503s of an app started without voice engines (`create_app(voice=False)`): "not ready", not a bug.
 NOT_READY = {("GET", "/api/phone/session")}
 # Rebuilds the whole answer stack (seconds each): covered by tests/test_api.py, not worth a dozen rebuilds here.

@@ -48,11 +48,12 @@ class EndpointConfig:
     pre_roll_ms: int = 400  # audio kept from before the VAD fired, so the first syllable reaches the ASR
     playback_lead_ms: int = 200  # how far ahead of real time audio is sent to the transport
     speculative_final: bool = True  # at the first pause, a final decode on a copy of the ASR cache (see _should_peek)
-    # The longest a caller waits, after the turn was declared over, for the ASR's final text. A final that is not
-    # there by then (a stalled model, a server that stopped answering) ends the turn with no text, so the dialogue
-    # speaks at once (asks again, then the keypad menu) instead of leaving the caller in silence; the ASR task that
-    # was stuck is abandoned and a fresh one takes the queued audio.
-    final_deadline_ms: int = 1000
+    # The longest a caller waits for the ASR's final text, counted from the caller's last voiced audio (so the
+    # end-of-turn silence is part of it). A final that is not there by then (a stalled model, a server that stopped
+    # answering) ends the turn with no text, so the dialogue speaks at once (asks again, then the keypad menu)
+    # instead of leaving the caller in silence; the ASR task that was stuck is abandoned and a fresh one takes the
+    # queued audio.
+    final_deadline_ms: int = 1300
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class SpeechSession:
         self._playback = PacedPlayback(sink, config.playback_lead_ms, clock)
         self._carry = b""
         self._watchdogs: set[asyncio.Task] = set()
+        self._abandoned: set[asyncio.Task] = set()  # ASR tasks replaced after a missed final deadline
         self.asr_errors = 0
         self.asr_overdue = 0  # finals that missed `final_deadline_ms`: the turn ended without text
 
@@ -266,17 +268,19 @@ class SpeechSession:
 
     async def _final_deadline(self, utterance: _Utterance, endpoint_at: float, reason: str) -> None:
         """The final did not come in time: the turn ends without text and the stuck ASR task is replaced."""
-        await self.sleep(self.config.final_deadline_ms / 1000)
+        await self.sleep(max(0.0, utterance.voiced_until + self.config.final_deadline_ms / 1000 - self.clock()))
         if utterance.reported:
             return
         utterance.reported = True
         self.asr_errors += 1
         self.asr_overdue += 1
-        log.warning("ASR final not ready %d ms after the end of the turn: the turn ends without text",
+        log.warning("ASR final not ready %d ms after the caller's last words: the turn ends without text",
                     self.config.final_deadline_ms)
         stuck = self._asr_task
         if stuck is not None and not stuck.done():
-            stuck.cancel()
+            stuck.cancel()  # kept until it has ended: an engine call that ignores cancellation must not be collected
+            self._abandoned.add(stuck)
+            stuck.add_done_callback(self._abandoned.discard)
             self._asr_task = asyncio.create_task(self._run_asr(), name="speech-session-asr")
         self._partial = ""
         timings = TurnTimings(utterance.started_at, utterance.voiced_until, endpoint_at, self.clock())
