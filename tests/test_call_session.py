@@ -16,6 +16,7 @@ from telephony.handoff.base import HandoffOutcome, HandoffRequest
 from telephony.handoff.callback import CallbackTickets
 from telephony.settings import Settings
 from telephony.store import CallChannel
+from voice.base import TtsUnavailable
 from voice.session import DtmfPressed, PlaybackResult, ReplyKind, TurnTimings, UtteranceEnded
 
 
@@ -214,3 +215,31 @@ def test_dialogue_state_table_rejects_illegal_moves() -> None:
     assert not usable("", False) and not usable("。，", False)
     assert not usable("嗯", False) and usable("是", True) and not usable("啊", True)
     assert usable("社保卡丢了", False)
+
+
+class FailingAnswerTts(TranscriptTts):
+    """No engine can render the answer (its sentences fail); the fixed prompts come from the cache."""
+
+    def __init__(self, fails: str) -> None:
+        super().__init__()
+        self.fails = fails
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.said.append(text)
+        if self.fails in text:
+            raise TtsUnavailable("every engine failed")
+        yield bytes(320)
+
+
+async def test_an_answer_no_engine_can_speak_is_replaced_by_a_spoken_apology_not_silence(hotline: Hotline) -> None:
+    call = make_call(hotline, no_speech_timeout_ms=20, no_speech_reprompts=0)
+    call.session.tts = call.tts = FailingAnswerTts("挂失")
+    call.speech.events.put_nowait(utterance("社保卡丢了怎么办"))
+    await call.session.run()
+    answer = next(text for text in call.tts.said if "挂失" in text)
+    after = call.tts.said[call.tts.said.index(answer) + 1:]
+    assert after[0] == prompts.SPEECH_FAILED and after[1] == prompts.ANYTHING_ELSE, call.tts.said
+    call.turn_log.close()
+    await call.turn_log.flush()
+    [turn] = hotline.database.get_call(call.session.party.call_id).turns
+    assert turn.action == "answer" and "挂失" in turn.spoken_text  # the record keeps what should have been said

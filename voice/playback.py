@@ -82,6 +82,10 @@ class PacedPlayback:
         finally:
             if self._playback is playback:
                 self._playback = None
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:  # a reply cut short: its synthesis (an engine stream, a process) ends now
+                with contextlib.suppress(Exception):
+                    await aclose()
         return result
 
     async def _send_paced(self, playback: _Playback, block: bytes, started: float, lead_s: float) -> bool:

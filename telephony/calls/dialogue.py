@@ -6,6 +6,7 @@ reports each turn's events to its observers; it stores nothing itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -184,14 +185,27 @@ class CallSession:
     # -- speaking --------------------------------------------------------------------------------
 
     async def _audio(self, texts: tuple[str, ...]) -> AsyncIterator[bytes]:
+        """The sentences' audio one after another. A sentence no engine could render at all is replaced by
+        SPEECH_FAILED (prerendered), never by silence. Each synthesis is closed when playback stops reading (a
+        barge-in, a hang-up): an engine's stream and process do not outlive the sentence."""
         for text in texts:
             if not text:
                 continue
+            spoken = False
             try:
-                async for chunk in self.tts.synthesize(text):
-                    yield chunk
+                async with contextlib.aclosing(self.tts.synthesize(text)) as audio:
+                    async for chunk in audio:
+                        spoken = True
+                        yield chunk
             except VoiceError as exc:
                 log.error("call %s: no audio for %r: %s", self.party.call_id, text, exc)
+                if not spoken and text != prompts.SPEECH_FAILED:
+                    try:
+                        async with contextlib.aclosing(self.tts.synthesize(prompts.SPEECH_FAILED)) as audio:
+                            async for chunk in audio:
+                                yield chunk
+                    except VoiceError as again:
+                        log.error("call %s: no audio for the apology either: %s", self.party.call_id, again)
 
     async def say(self, *texts: str) -> PlaybackResult:
         """Speak sentences one after another; each is synthesized (and cached) on its own. The turn's observers hear

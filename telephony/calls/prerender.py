@@ -15,7 +15,7 @@ def fixed_prompts(centre_name: str) -> list[str]:
     return [
         prompts.GREETING.format(centre=centre_name), prompts.ANYTHING_ELSE, prompts.REPEAT_PLEASE,
         prompts.SILENCE_REPROMPT, prompts.SILENCE_GOODBYE, prompts.GOODBYE, prompts.MAX_LENGTH_GOODBYE,
-        prompts.NOTHING_TO_REPEAT, prompts.HANDOFF_REGISTERED,
+        prompts.NOTHING_TO_REPEAT, prompts.SPEECH_FAILED, prompts.HANDOFF_REGISTERED,
         prompts.VOICE_UNAVAILABLE.format(centre=centre_name), prompts.GREETING_KEYPAD.format(centre=centre_name),
         prompts.MISUNDERSTOOD_HANDOFF, prompts.CRISIS_SELF_HARM_AFTER_HOURS, prompts.CRISIS_ACCIDENT_AFTER_HOURS,
         prompts.QUEUE_NEXT, *(prompts.QUEUE_POSITION.format(ahead=ahead) for ahead in range(1, 10)),

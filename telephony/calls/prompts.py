@@ -8,6 +8,9 @@ SILENCE_GOODBYE = "很久没有听到您的声音，本次通话先结束了。�
 GOODBYE = "感谢您的来电，再见。"
 MAX_LENGTH_GOODBYE = "本次通话时间比较长，先为您结束通话。还有问题可以再次来电或说转人工，再见。"
 NOTHING_TO_REPEAT = "请直接说出您要咨询的问题。"
+# Said (from the prerendered cache) in place of a sentence no speech engine could render, so the caller is never left in
+# silence and what follows (the SMS offer, 「还有其他问题吗」) still makes sense.
+SPEECH_FAILED = "抱歉，这段回答暂时无法播放。需要的话可以把办事指南发短信给您，或者说转人工。"
 HANDOFF_REGISTERED = "已为您登记人工服务，工作人员会按您的来电号码尽快回电，请保持电话畅通。再见。"
 # No ASR and no keypad menu to offer (the menu file did not load): the caller goes straight to a person (dialogue.py).
 VOICE_UNAVAILABLE = "您好，这里是{centre}。抱歉，语音识别暂时不可用，为您转人工服务。"
