@@ -17,6 +17,13 @@ import yaml
 from telephony.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The ASR final's deadline (HOTLINE_ASR_FINAL_DEADLINE_MS, 1300 ms from the caller's last words) turns a final that is
+# merely slow into 「请您再说一遍」. On a CI machine running two test workers, real SIP peers and servers on two cores,
+# the tiny test model's finals are at times that slow, and a call under test would take another path than the one it
+# tests. Servers started by the tests (in process or as child processes) give the final 4 s; the deadline itself is
+# tested in tests/test_speech_session.py, and `hotline bench faults` measures the default.
+TEST_ASR_FINAL_DEADLINE_MS = 4000
+os.environ.setdefault("HOTLINE_ASR_FINAL_DEADLINE_MS", str(TEST_ASR_FINAL_DEADLINE_MS))
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,7 +63,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     # No ASR model on disk (fails fast instead of trying a hub download) and no TTS prerender: text-only tests
     # do not pay for voice engines; the voice tests configure their own.
     return Settings(data_dir=tmp_path / "var", centre_phone="0773-0000000", sms_signature="测试社保",
-                    asr_model=str(tmp_path / "no-asr-model"), tts_prerender=False, tts_engine="espeak")
+                    asr_model=str(tmp_path / "no-asr-model"), tts_prerender=False, tts_engine="espeak",
+                    asr_final_deadline_ms=TEST_ASR_FINAL_DEADLINE_MS)
 
 
 @pytest.fixture(scope="session")
