@@ -105,8 +105,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 def _operations() -> list[tuple[str, str]]:
     """(method, path) of every operation, read from the schema of an app that is not started (no lifespan)."""
     paths = create_app(Settings(_env_file=None), voice=False).openapi()["paths"]
-    return [(method.upper(), path) for path, operations in paths.items() for method in operations
-            if (method.upper(), path) not in SKIPPED]
+    # Sorted: every xdist worker must collect the same tests in the same order.
+    return sorted((method.upper(), path) for path, operations in paths.items() for method in operations
+                  if (method.upper(), path) not in SKIPPED)
 
 
 OPERATIONS = _operations()

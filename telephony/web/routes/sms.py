@@ -84,7 +84,10 @@ async def resend_sms(message_id: RowId, hotline: HotlineDep) -> JSONResponse:
     return JSONResponse(message_summary(message))
 
 
-@router.api_route("/api/sms/receipts/{gateway}", methods=["GET", "POST"], include_in_schema=True)
+# Kannel calls its dlr-url with GET, Aliyun and Tencent push with POST: two routes on one handler, each with its own
+# operation id (one route with both methods gives FastAPI's duplicate operation-id warning and an unordered schema).
+@router.get("/api/sms/receipts/{gateway}", operation_id="sms_delivery_reports_get")
+@router.post("/api/sms/receipts/{gateway}", operation_id="sms_delivery_reports_post")
 async def delivery_reports(gateway: str, request: Request, hotline: HotlineDep) -> JSONResponse:
     """Delivery-report callbacks (Kannel dlr-url, Aliyun and Tencent pushes), authenticated by the shared token."""
     settings = hotline.settings
