@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from telephony.calls import prompts
 from telephony.calls.base import CallerAudio, CallInfo, KeyPressed, LineEvent
 from telephony.calls.keypad import area_options, top_options
 from telephony.calls.runner import CallRunner, VoiceEngines
+from telephony.errors import StorageError
 from telephony.handoff.callback import CallbackTickets
 from telephony.settings import Settings
 from telephony.store import CallChannel, CallStatus, SmsKind
@@ -223,4 +225,76 @@ def test_the_call_record_keeps_the_end_time_it_is_given(settings: Settings) -> N
     ended = call.started_at + dt.timedelta(seconds=7.8)  # the last audio played, well before the record is written
     hotline.database.end_call(call.id, "handoff", ended_at=ended)
     assert hotline.database.get_call(call.id).ended_at == ended
+    hotline.close()
+
+
+async def test_a_slow_database_does_not_keep_the_caller_waiting_and_the_record_is_complete_when_it_answers(
+        settings: Settings, vad_model: SileroModel) -> None:
+    """The database takes the call's record only after the caller was greeted, answered and hung up: the caller
+    hears everything without waiting for it, and once it answers the record holds the call, its recordings, its turn
+    and the end time of when the line dropped."""
+    hotline = Hotline.open(settings)
+    database_answers = threading.Event()
+    start_call = hotline.database.start_call
+
+    def slow_start_call(*args, **kwargs):
+        database_answers.wait(30)
+        return start_call(*args, **kwargs)
+
+    hotline.database.start_call = slow_start_call  # the runner and the turn writer share this database
+    tts = ToneTts(wait_for=prompts.ANYTHING_ELSE)
+    runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
+    line = QueueLine("13800000000")
+    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
+    line.caller_says(speech)
+    call = asyncio.create_task(runner.run(line))
+    await asyncio.wait_for(tts.said_event.wait(), 60)
+    assert not database_answers.is_set() and hotline.database.recent_calls() == []
+    assert tts.said[0] == prompts.GREETING.format(centre=settings.centre_name) and "挂失" in tts.said[1]
+    line.drop()
+    await asyncio.sleep(0.2)
+    dropped = dt.datetime.now(dt.UTC)
+    database_answers.set()
+    assert await asyncio.wait_for(call, 30) == "caller_hangup"
+
+    [stored] = hotline.database.recent_calls()
+    stored = hotline.database.get_call(stored.id)
+    assert stored.status is CallStatus.ENDED and stored.end_reason == "caller_hangup"
+    assert stored.ended_at < dropped  # when the line dropped, not when the database answered
+    [turn] = stored.turns
+    assert (turn.caller_text, turn.action, turn.item_ids) == (QUESTION, "answer", ["card-loss-report"])
+    assert wav_ms(Path(stored.recording_caller_path)) == len(speech) // FRAME_BYTES * 20
+    assert stored.id in stored.recording_caller_path
+    hotline.close()
+
+
+async def test_a_call_whose_record_cannot_be_created_keeps_its_turns_in_one_record(settings: Settings,
+                                                                                   vad_model: SileroModel) -> None:
+    """The database refuses the call's record, then takes the turns: the call goes on, and its two turns are stored
+    in one call (started by the first turn), not in a call each."""
+    hotline = Hotline.open(settings)
+    start_call = hotline.database.start_call
+    refused: list[str] = []
+
+    def refuse_once(*args, **kwargs):
+        if not refused:
+            refused.append(kwargs.get("call_id"))
+            raise StorageError("database refused the call")
+        return start_call(*args, **kwargs)
+
+    hotline.database.start_call = refuse_once
+    tts = ToneTts(wait_for="")
+    runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
+    line = QueueLine("13800000000")
+    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
+    call = asyncio.create_task(runner.run(line))
+    for count in (1, 2):
+        line.caller_says(speech)
+        while tts.said.count(prompts.ANYTHING_ELSE) < count:
+            await asyncio.sleep(0.02)
+    line.drop()
+    assert await asyncio.wait_for(call, 30) == "caller_hangup"
+    assert len(refused) == 1
+    [stored] = hotline.database.recent_calls()
+    assert [turn.caller_text for turn in hotline.database.get_call(stored.id).turns] == [QUESTION, QUESTION]
     hotline.close()

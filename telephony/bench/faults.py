@@ -637,7 +637,7 @@ class Row:
     engine: str
     fault: str
     stack: str  # network | local | any (the caller's own line: the first stack that runs)
-    scenario: str  # question | llm-question | sms | drop | garbage-frames
+    scenario: str  # question | llm-question | sms | drop | garbage-frames | call-start
     inject: Callable[[Stack], None]
     heal: Callable[[Stack], None]
     how: str  # how the fault is injected
@@ -745,6 +745,10 @@ ROWS: tuple[Row, ...] = (
         "question; heal: `pg_ctl start` (crash recovery)"),
     Row("database", "stall", "network", "question", _pg_stop, _pg_cont,
         "SIGSTOP every PostgreSQL process as the caller starts the question; heal: SIGCONT"),
+    Row("database", "stall-at-start", "network", "call-start", _pg_stop, _pg_cont,
+        "SIGSTOP every PostgreSQL process before the call connects; the caller hears the greeting and asks the "
+        "question with the database stopped; heal: SIGCONT before the caller hangs up",
+        reference="the call's start message sent (the time to fallback is the time to the greeting's first audio)"),
     Row("database", "garbage", "network", "question", _proxy("database", "garbage"), _proxy("database", "pass"),
         "fault proxy: PostgreSQL's bytes to the hotline replaced by random bytes, from the question's start"),
     Row("sms-smpp", "kill", "network", "sms", _sms_in_flight_kill, _proxy("sms", "pass"),
@@ -801,10 +805,31 @@ async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
 
         stack.smsc.rules[number] = Rule(submit_delay_s=1.5)
     question = row.question or (LLM_QUESTION if row.scenario == "llm-question" else QUESTION)
+    if row.scenario == "call-start":
+        stack.set(transcript=question)
+        fault_at = time.monotonic()
+        await asyncio.to_thread(row.inject, stack)
     async with FaultCaller(stack.ws_url, number) as caller:
-        if not await caller.greeting():
+        if row.scenario == "call-start":
+            reference = caller.started_at
+        elif not await caller.greeting():
             notes.append("no greeting")
-        if row.scenario == "sms":
+        if row.scenario == "call-start":
+            fallback_at = await caller.first_audio_after(reference, REPLY_WAIT_S)
+            if fallback_at is None:
+                notes.append(f"no greeting within {REPLY_WAIT_S:g} s: dead air")
+            await asyncio.sleep(LISTEN_S)
+            end = await caller.speak(audio[question])
+            spoken += 1
+            answered = await caller.first_audio_after(end, REPLY_WAIT_S)
+            if answered is None:
+                notes.append("the question asked with the database stopped got no reply")
+            else:
+                notes.append(f"the question asked with the database stopped was answered in "
+                             f"{round((answered - end) * 1000)} ms")
+                await caller.listen(answered)
+            await asyncio.to_thread(row.heal, stack)
+        elif row.scenario == "sms":
             stack.set(transcript=QUESTION)
             end = await caller.speak(audio[QUESTION])
             spoken += 1
@@ -834,7 +859,7 @@ async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
             await asyncio.sleep(0.5)
             caller.drop()
             fallback_at = first
-        else:
+        elif row.scenario != "call-start":  # that scenario heard its greeting and reply above
             fallback_at = await caller.first_audio_after(reference, REPLY_WAIT_S)
             if fallback_at is None:
                 notes.append(f"no reply audio within {REPLY_WAIT_S:g} s: dead air")
@@ -882,8 +907,8 @@ async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
     if row.scenario == "drop":
         result["within_target"] = None
         result["fallback_ms"] = None
-        if call is not None:
-            result["call_status"] = f"{call.status.value}: {call.end_reason}"
+    if row.scenario in ("drop", "call-start") and call is not None:
+        result["call_status"] = f"{call.status.value}: {call.end_reason}"
     if stack.smsc is not None and row.scenario == "sms":
         rows, most, received = await asyncio.to_thread(sms_counts, stack, number)
         result["sms_sent"] = received

@@ -34,7 +34,7 @@ from telephony.settings import HandoffMode
 from telephony.sms.compose import mask
 from telephony.sms.service import SmsService
 from telephony.store import CallStatus, Database
-from telephony.store.models import utcnow
+from telephony.store.models import new_id, utcnow
 from telephony.store.turns import TurnWriter
 from voice.base import AsrEngine, TtsEngine, Vad, VoiceError
 from voice.noasr import NoAsrStream
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # At hang-up, turn writes still in flight get this long before the call record is closed without them (they are
 # journaled if the database is down, so this only bounds a database that hangs).
 TURN_FLUSH_LIMIT_S = 5.0
+CALL_RECORD_LIMIT_S = 1.0  # the greeting waits at most this long for the database to create the call's record
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class CallRunner:
         self.keypad_menu = keypad_menu  # kb/keypad_menu.yaml as loaded; None: no keypad menu is offered
         self._menus: dict[str, Menu] = {}  # the menu resolved against each KB version served
         self.active_calls = 0
+        self.late_records: set[asyncio.Task] = set()  # records of ended calls, ended when the database answers
 
     def menu(self) -> Menu | None:
         """The keypad menu over the KB served now (services of items it no longer has are left out, and logged)."""
@@ -135,6 +137,9 @@ class _Call:
         self.queued: QueuedCall | None = None  # waiting for or talking to an agent: the caller's audio goes there
         self.listening = True  # caller audio goes to the speech session (not while no ASR could hear it)
         self.ended_at: dt.datetime | None = None  # the line dropped, or the hang-up after the last paced audio
+        self.planned_id = ""  # the id the call's record gets (`call_id` once the record exists in time)
+        self.record: asyncio.Task | None = None  # creates the call's record
+        self.record_failed = False
 
     async def run(self) -> str:
         try:
@@ -174,19 +179,25 @@ class _Call:
 
     async def _start(self) -> None:
         runner, info = self.runner, self.line.info
-        try:
-            call = await asyncio.to_thread(runner.database.start_call, info.channel, info.caller_number,
-                                           runner.answers.kb_version)
-            self.call_id = call.id
-        except StorageError as exc:
-            log.error("call record not created, the call goes on unrecorded: %s", exc)
+        # The call's record is created in the background under an id chosen here: a slow database must not keep the
+        # greeting waiting. Within CALL_RECORD_LIMIT_S the call is recorded as usual; later, the call goes on, its
+        # turns wait for the record (they are written in the background anyway) and the record is ended at hang-up.
+        # SMS and a ticket of a call whose record came late are stored without the call's id.
+        self.planned_id = new_id()
         recordings = runner.config.recordings_dir
-        if recordings is not None and self.call_id is not None:
-            self.recorder = CallRecorder(recordings, self.call_id)
+        if recordings is not None:
+            self.recorder = CallRecorder(recordings, self.planned_id)
             self.line = RecordingTransport(self.line, self.recorder)
-            with contextlib.suppress(StorageError):
-                await asyncio.to_thread(runner.database.set_recordings, self.call_id,
-                                        str(self.recorder.caller_path), str(self.recorder.assistant_path))
+        paths = (str(self.recorder.caller_path), str(self.recorder.assistant_path)) if self.recorder else None
+        self.record = asyncio.create_task(asyncio.to_thread(
+            runner.database.start_call, info.channel, info.caller_number, runner.answers.kb_version,
+            call_id=self.planned_id, recordings=paths), name=f"call-record-{self.planned_id}")
+        await asyncio.wait({self.record}, timeout=CALL_RECORD_LIMIT_S)
+        if self.record.done():
+            self.call_id = await self._recorded_id()
+        else:
+            log.error("call %s: the database did not create the call's record within %.1f s; the call goes on and "
+                      "is recorded when the database answers", self.planned_id, CALL_RECORD_LIMIT_S)
         engines = runner.engines
         asr_unavailable = None
         if engines.asr is None:
@@ -200,7 +211,8 @@ class _Call:
         detector = SpeechDetector(engines.new_vad(), runner.config.detector)
         self.speech = SpeechSession(detector, stream, self.line, runner.config.endpoint)
         self.speech.start()
-        self.turn_log = TurnLog(runner.writer, info.channel, self.call_id)
+        self.turn_log = TurnLog(runner.writer, info.channel, self.call_id,
+                                record=None if self.record.done() else self._recorded_id)
         sms = None
         if runner.sms is not None:
             sender = OutboxSender(runner.sms, runner.sms.config.centre_phone)
@@ -288,10 +300,34 @@ class _Call:
             await self.speech.close()
         if self.recorder is not None:
             self.recorder.close()
-        if self.call_id is not None:
-            status = CallStatus.FAILED if self.end_reason == "error" else CallStatus.ENDED
-            try:
-                await asyncio.to_thread(self.runner.database.end_call, self.call_id, self.end_reason, status,
-                                        self.ended_at)
-            except StorageError as exc:
-                log.error("call %s: end not stored: %s", self.call_id, exc)
+        if self.record is not None and not self.record.done():
+            await asyncio.wait({self.record}, timeout=TURN_FLUSH_LIMIT_S)
+            if not self.record.done():  # the database still does not answer: the record is ended when it does
+                end = asyncio.create_task(self._end_record(), name=f"call-record-end-{self.planned_id}")
+                self.runner.late_records.add(end)
+                end.add_done_callback(self.runner.late_records.discard)
+                return
+        await self._end_record()
+
+    async def _recorded_id(self) -> str | None:
+        """The call's id once its record exists; None when it could not be created (the call goes on unrecorded:
+        its turns start a record of their own)."""
+        assert self.record is not None
+        try:
+            await asyncio.shield(self.record)
+        except StorageError as exc:
+            if not self.record_failed:
+                self.record_failed = True
+                log.error("call %s: record not created, the call goes on unrecorded: %s", self.planned_id, exc)
+            return None
+        return self.planned_id
+
+    async def _end_record(self) -> None:
+        call_id = self.call_id or (await self._recorded_id() if self.record is not None else None)
+        if call_id is None:
+            return
+        status = CallStatus.FAILED if self.end_reason == "error" else CallStatus.ENDED
+        try:
+            await asyncio.to_thread(self.runner.database.end_call, call_id, self.end_reason, status, self.ended_at)
+        except StorageError as exc:
+            log.error("call %s: end not stored: %s", call_id, exc)

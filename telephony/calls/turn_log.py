@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,10 +108,14 @@ class _OpenTurn:
 class TurnLog:
     """Implements `TurnObserver` for one call: collects each turn's events and writes it in the background, in order."""
 
-    def __init__(self, writer: TurnWriter, channel: CallChannel, call_id: str | None) -> None:
+    def __init__(self, writer: TurnWriter, channel: CallChannel, call_id: str | None,
+                 record: Callable[[], Awaitable[str | None]] | None = None) -> None:
+        """`record`: when the call's record was not there at the start, awaits it and gives its id (None: no
+        record; the first turn written starts one, and the call's later turns go in it)."""
         self.writer = writer
         self.channel = channel
         self.call_id = call_id
+        self._record = record
         self._turn: _OpenTurn | None = None
         self._lock = asyncio.Lock()  # asyncio locks are FIFO: turns are written in the order they closed
         self._writes: set[asyncio.Task] = set()
@@ -143,8 +148,11 @@ class TurnLog:
     def _write(self, record: TurnRecord, kb_version: str | None) -> None:
         async def write() -> None:
             async with self._lock:
-                _call_id, seq = await asyncio.to_thread(self.writer.write, self.channel, self.call_id, record,
-                                                        kb_version)
+                if self._record is not None:
+                    self.call_id, self._record = await self._record(), None
+                call_id, seq = await asyncio.to_thread(self.writer.write, self.channel, self.call_id, record,
+                                                       kb_version)
+                self.call_id = self.call_id or call_id
                 self.written.append(seq)
 
         task = asyncio.create_task(write(), name=f"turn-write-{self.call_id}")

@@ -107,9 +107,16 @@ class Database:
 
     # -- calls and turns ------------------------------------------------------------------------
 
-    def start_call(self, channel: CallChannel, caller_number: str | None = None, kb_version: str | None = None) -> Call:
+    def start_call(self, channel: CallChannel, caller_number: str | None = None, kb_version: str | None = None, *,
+                   call_id: str | None = None, recordings: tuple[str, str] | None = None) -> Call:
+        """`call_id`: the id the caller of this method chose (a call runs before its record exists); a new one when
+        not given. `recordings`: the paths of the caller's and the assistant's track."""
         with self.session() as session:
             call = Call(channel=channel, caller_number=caller_number, kb_version=kb_version)
+            if call_id is not None:
+                call.id = call_id
+            if recordings is not None:
+                call.recording_caller_path, call.recording_assistant_path = recordings
             session.add(call)
         return call
 
