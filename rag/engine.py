@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from kb.lexicon import Lexicon
 from kb.loader import KnowledgeBase
@@ -16,6 +19,10 @@ from rag.extractive import AnswerPolicy, CuratedComposer, item_citations, valida
 from rag.meaning import names_no_service, says_nothing
 
 log = logging.getLogger(__name__)
+
+# Retrieval's threads, apart from the loop's default executor (which the database's blocking calls can fill when the
+# database stalls): a few, since retrieval is mostly CPU work under the GIL and waits only on a network vector index.
+_RETRIEVALS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieval")
 
 # Who a caller may ask for instead of the assistant; "X在不在" and "找/叫/跟 … X" both ask for a person.
 _PERSON = (r"(同志|工作人员|办事员|负责的|管事的|领导|科长|主任|老师|妹妹|小姐姐|服务台|窗口的人|里面的人|懂的人|"
@@ -172,12 +179,12 @@ class AnswerEngine:
             return self._handoff(question, phrases.ABUSE, RULE_CONFIDENCE, "abusive language", HandoffCause.ABUSE)
 
         if context.offers_a_switch:
-            switched = self._resolve_switch(question, context)
+            switched = await self._resolve_switch(question, context)
             if switched is not None:
                 return switched
         elif context.offered_item_ids:
             asked = context.previous_questions[-1] if context.previous_questions else ""
-            chosen = self._resolve_choice(question, context.offered_item_ids, asked)
+            chosen = await self._resolve_choice(question, context.offered_item_ids, asked)
             if chosen is not None:
                 return chosen
 
@@ -198,7 +205,7 @@ class AnswerEngine:
             return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), NO_SERVICE_CONFIDENCE,
                           "social insurance named in general, no service")
 
-        ranked = self.retriever.retrieve(question, limit=5)
+        ranked = await self._retrieve(question, 5)
         if not ranked:
             return Answer(question, Action.CLARIFY, phrases.EMPTY_QUESTION, "", (), (), NO_SERVICE_CONFIDENCE,
                           "nothing to search for")
@@ -255,6 +262,12 @@ class AnswerEngine:
                                 self._reason("middle, choose between the two closest", ranked, confidence))
         return self._confirm(question, top, confidence, self._reason("middle, confirm the service", ranked, confidence))
 
+    async def _retrieve(self, query: str, limit: int) -> list[ScoredItem]:
+        """The retriever runs in a thread of its own: its vector channel may wait on a network index (up to its
+        deadline), and every other call on this worker must go on meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(_RETRIEVALS, partial(self.retriever.retrieve, query,
+                                                                                     limit=limit))
+
     @staticmethod
     def _choose(question: str, first: ServiceItem, second: ServiceItem, confidence: float, reason: str,
                 phrase: str = phrases.CHOOSE_ITEMS) -> Answer:
@@ -272,7 +285,7 @@ class AnswerEngine:
     def _close_runner_up(self, ranked: list[ScoredItem]) -> ServiceItem | None:
         return self.kb.get(ranked[1].item_id) if score_lead(ranked) <= CHOICE_LEAD else None
 
-    def _resolve_choice(self, reply: str, offered: tuple[str, ...], asked: str = "") -> Answer | None:
+    async def _resolve_choice(self, reply: str, offered: tuple[str, ...], asked: str = "") -> Answer | None:
         """The caller's reply to a clarifying question (asked after the question `asked`): pick the offered item,
         offer the next candidates when the caller says it was neither, or ask to rephrase.
 
@@ -287,7 +300,7 @@ class AnswerEngine:
         elif CHOOSE_FIRST.search(reply):
             picked = items[0]
         elif _turns_down(reply):
-            return self._next_candidates(reply, offered, asked) or Answer(
+            return await self._next_candidates(reply, offered, asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
                 "caller rejected the offered services", ClarifyKind.REPHRASE)
         elif CONFIRM.search(reply) and len(items) == 1:
@@ -295,7 +308,7 @@ class AnswerEngine:
         else:
             # The caller may name one of the offered services ("未成年人那个"); anything whose best match is
             # another service is a new question.
-            ranked = self.retriever.retrieve(reply, limit=1)
+            ranked = await self._retrieve(reply, 1)
             if ranked and ranked[0].item_id in offered and len(reply) <= CHOICE_REPLY_MAX_CHARS:
                 picked = self.kb.get(ranked[0].item_id)
         if picked is None:
@@ -303,19 +316,19 @@ class AnswerEngine:
         return self.curated.answer(reply, picked, CHOSEN_CONFIDENCE,
                                    f"caller chose {picked.id} from {', '.join(offered)}")
 
-    def _resolve_switch(self, reply: str, context: ConversationContext) -> Answer | None:
+    async def _resolve_switch(self, reply: str, context: ConversationContext) -> Answer | None:
         """The caller's reply to an answer that named its service and offered another: 「另一个」 / 「不是这个」 switch to
         the offer, 「我问的是…」 names the one meant, 「都不是」 gets the next candidates. None for anything else (a
         follow-up on the answer, or a new question: the normal path takes it)."""
         answered, offered = context.previous_item_ids[-1], context.offered_item_ids
         asked = context.previous_questions[-1] if context.previous_questions else ""
         if BOTH_REJECTED.search(reply) and len(reply) <= CHOICE_REPLY_MAX_CHARS:
-            return self._next_candidates(reply, (answered, *offered), asked) or Answer(
+            return await self._next_candidates(reply, (answered, *offered), asked) or Answer(
                 reply, Action.CLARIFY, phrases.REPHRASE, "", (), (), NO_SERVICE_CONFIDENCE,
                 "caller rejected the answered and the offered service", ClarifyKind.REPHRASE)
         if not SWITCH.search(reply):
             return None
-        ranked = self.retriever.retrieve(reply, limit=1)
+        ranked = await self._retrieve(reply, 1)
         named = ranked[0].item_id if ranked else None
         if named in offered:
             picked = named
@@ -329,12 +342,12 @@ class AnswerEngine:
         return self.curated.answer(reply, item, CHOSEN_CONFIDENCE,
                                    f"caller switched from {answered} to the offered {item.id}", asked=asked)
 
-    def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
+    async def _next_candidates(self, reply: str, offered: tuple[str, ...], asked: str) -> Answer | None:
         """After "都不是": the next two services the first question ranked, once. None when the offered services were
         not that question's top candidates (the caller already turned down a second offer) or nothing is left."""
         if not asked.strip() or _turns_down(asked):
             return None
-        ranked = self.retriever.retrieve(asked, limit=len(offered) + NEXT_CANDIDATES)
+        ranked = await self._retrieve(asked, len(offered) + NEXT_CANDIDATES)
         if tuple(scored.item_id for scored in ranked[:len(offered)]) != offered:
             return None
         rest = [item for item in (self.kb.get(scored.item_id) for scored in ranked[len(offered):]) if item is not None]

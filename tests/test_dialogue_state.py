@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 from kb.loader import load_knowledge_base
@@ -99,3 +101,33 @@ def test_an_answer_carries_its_clarify_state_into_its_turn_and_json() -> None:
     assert payload["reason"] == "middle, choose between the two closest" and payload["items"] == ["a", "b"]
     plain = Answer("转人工", Action.HANDOFF, "好的", "", (), (), 1.0, "caller asked for a human")
     assert plain.to_json()["clarify"] is None and plain.to_json()["offered_items"] == []
+
+
+class LoopWatchingRetriever(ScriptedRetriever):
+    """Retrieves only after a coroutine on the event loop ran: it can run only if retrieval is off the loop (as a
+    vector index that waits on the network must be, or every call on the worker waits with it)."""
+
+    def __init__(self, ranking: list[tuple[str, float]]) -> None:
+        super().__init__(ranking)
+        self.loop_ran = threading.Event()
+        self.saw_the_loop_run: list[bool] = []
+
+    def retrieve(self, query: str, limit: int = 5) -> list[ScoredItem]:
+        self.saw_the_loop_run.append(self.loop_ran.wait(10))
+        return super().retrieve(query, limit)
+
+
+async def test_retrieval_runs_off_the_event_loop(tmp_path: Path) -> None:
+    kb = load_knowledge_base(make_mini_kb(tmp_path / "items"))
+    policy = AnswerPolicy(centre_phone="0773-0000000", sms_signature="测试社保", named_confidence=0.6)
+    retriever = LoopWatchingRetriever([("card-loss-report", 1.0), ("pension-certification-test", 0.1)])
+    answerer = AnswerEngine(kb, retriever, policy, MIDDLE_BAND)
+
+    async def another_call() -> None:
+        await asyncio.sleep(0.05)
+        retriever.loop_ran.set()
+
+    other = asyncio.create_task(another_call())
+    asked = await answerer.answer("卡的事情")
+    await other
+    assert asked.offered_items == ("card-loss-report",) and retriever.saw_the_loop_run == [True]

@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from voice.base import SAMPLE_WIDTH_BYTES, TELEPHONY_RATE_HZ, TtsEngine, TtsUnavailable
@@ -74,10 +75,15 @@ class Synthesis(AsyncIterator[bytes]):
         await self._chunks.aclose()
 
 
+# Cache writes have threads of their own: the loop's default executor also runs the database's blocking calls, and a
+# stalled database fills it; a reply's synthesis ends with its cache write, so it must never queue behind them.
+_CACHE_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-cache-write")
+
+
 async def _store(cache: TtsCache, key: str, pcm: bytes) -> bool:
     """Write off the event loop; a full or read-only disk costs the cache entry, never the call."""
     try:
-        await asyncio.to_thread(cache.put, key, pcm)
+        await asyncio.get_running_loop().run_in_executor(_CACHE_WRITES, cache.put, key, pcm)
     except OSError as error:
         logger.warning("TTS cache write failed: %s", error)
         return False
