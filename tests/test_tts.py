@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,6 +136,29 @@ async def test_espeak_engine_produces_audible_8khz_speech() -> None:
 
     assert 1.0 < len(pcm) / BYTES_PER_SECOND < 4.0  # ten syllables at 200 words per minute
     assert rms(pcm) > 300
+
+
+def _open_pipes_and_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(("pipe:", "socket:"))
+    return count
+
+
+async def test_a_cut_espeak_render_is_reaped_and_leaves_no_pipe_open() -> None:
+    """A reply cut short (barge-in, hang-up) once espeak-ng has filled its stdout: closing the stream ends the
+    process and closes its pipes. Before, `Process.wait()` (Python < 3.12) waited for a pipe that nobody would read
+    again: the close hung and each cut reply kept its pipes and socket pair (the soak's growing unix sockets)."""
+    text = "失业保险累计缴费满三年的，失业保险金最长可以领十二个月，还要符合非本人意愿失业等条件。" * 6
+    engine = EspeakTtsEngine()
+    before = _open_pipes_and_sockets()
+    for _ in range(3):
+        stream = engine.synthesize(text)
+        await anext(stream)
+        await asyncio.sleep(1.0)  # espeak-ng writes ahead until its stdout pipe is full (~40 s of audio here)
+        await asyncio.wait_for(stream.aclose(), 20)
+    assert _open_pipes_and_sockets() == before
 
 
 async def test_espeak_engine_missing_binary_names_the_install_command() -> None:

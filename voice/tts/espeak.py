@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ from voice.tts.wav import WavStreamToTelephonyPcm
 
 ESPEAK_INSTALL_HINT = "apt-get install espeak-ng"
 _STDOUT_READ_BYTES = 8192
+_REAP_LIMIT_S = 5.0  # a killed espeak-ng's last output read and its exit awaited, each at most this long
 
 
 class EspeakTtsEngine:
@@ -56,5 +58,12 @@ class EspeakTtsEngine:
         finally:
             if process.returncode is None:
                 process.kill()
-                await process.wait()
+            # Read what the process wrote and nobody took (a reply cut short) to the end of the file before waiting:
+            # before Python 3.12, Process.wait() returns only once every pipe is closed, and a pipe left full of
+            # unread audio is paused and never closes: the wait, the pipe and the socket pair behind it were kept for
+            # ever, one per cut reply.
+            with contextlib.suppress(OSError, ValueError, asyncio.TimeoutError):
+                await asyncio.wait_for(process.stdout.read(), _REAP_LIMIT_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), _REAP_LIMIT_S)
             stderr_reader.cancel()
