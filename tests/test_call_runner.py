@@ -118,6 +118,14 @@ def runner_for(hotline: Hotline, vad_model: SileroModel, tts: ToneTts, asr: Scri
                       CallbackTickets(hotline.database))
 
 
+def call_asking(runner: CallRunner) -> tuple[QueueLine, bytes, asyncio.Task]:
+    """A call on a new line whose caller asks QUESTION once: (the line, the caller's audio, the call's task)."""
+    line = QueueLine("13800000000")
+    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
+    line.caller_says(speech)
+    return line, speech, asyncio.create_task(runner.run(line))
+
+
 def wav_ms(path: Path) -> int:
     with wave.open(str(path)) as reader:
         return reader.getnframes() * 1000 // reader.getframerate()
@@ -128,10 +136,7 @@ async def test_a_question_on_another_line_is_answered_recorded_and_stored(settin
     hotline = Hotline.open(settings)
     tts = ToneTts(wait_for=prompts.ANYTHING_ELSE)
     runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
-    line = QueueLine("13800000000")
-    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
-    line.caller_says(speech)
-    call = asyncio.create_task(runner.run(line))
+    line, speech, call = call_asking(runner)
     await asyncio.wait_for(tts.said_event.wait(), 60)
     assert runner.active_calls == 1
     line.drop()
@@ -244,10 +249,7 @@ async def test_a_slow_database_does_not_keep_the_caller_waiting_and_the_record_i
     hotline.database.start_call = slow_start_call  # the runner and the turn writer share this database
     tts = ToneTts(wait_for=prompts.ANYTHING_ELSE)
     runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
-    line = QueueLine("13800000000")
-    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
-    line.caller_says(speech)
-    call = asyncio.create_task(runner.run(line))
+    line, speech, call = call_asking(runner)
     await asyncio.wait_for(tts.said_event.wait(), 60)
     assert not database_answers.is_set() and hotline.database.recent_calls() == []
     assert tts.said[0] == prompts.GREETING.format(centre=settings.centre_name) and "挂失" in tts.said[1]
@@ -285,13 +287,12 @@ async def test_a_call_whose_record_cannot_be_created_keeps_its_turns_in_one_reco
     hotline.database.start_call = refuse_once
     tts = ToneTts(wait_for="")
     runner = runner_for(hotline, vad_model, tts, ScriptedAsrEngine(QUESTION))
-    line = QueueLine("13800000000")
-    speech = padded(synthesize_mandarin(QUESTION), before_ms=300, after_ms=1500)
-    call = asyncio.create_task(runner.run(line))
+    line, speech, call = call_asking(runner)
     for count in (1, 2):
-        line.caller_says(speech)
         while tts.said.count(prompts.ANYTHING_ELSE) < count:
             await asyncio.sleep(0.02)
+        if count == 1:
+            line.caller_says(speech)  # the same question again
     line.drop()
     assert await asyncio.wait_for(call, 30) == "caller_hangup"
     assert len(refused) == 1

@@ -91,9 +91,10 @@ def _call(database: Database, folder: Path, started: dt.datetime, words: str, re
                       sms_text=f"{words}办事指南")
     database.add_turn(call_id, caller_text="好的谢谢", spoken_text="不客气", action="answer")
     caller, assistant = _recordings(folder, call_id, write=record)
-    database.set_recordings(call_id, str(caller), str(assistant))
     with database.session() as session:
-        session.execute(update(Call).where(Call.id == call_id).values(started_at=started, ended_at=started))
+        session.execute(update(Call).where(Call.id == call_id).values(
+            started_at=started, ended_at=started, recording_caller_path=str(caller),
+            recording_assistant_path=str(assistant)))
         session.execute(update(Turn).where(Turn.call_id == call_id).values(created_at=started))
         review = CallReview(call_id=call_id, started_at=started, channel="sip", outcome=CallOutcome.ANSWERED,
                             turns=2, first_question=f"我想问一下{words}", search_text=f"我 想 问 一下 {TOKENS[words]}")

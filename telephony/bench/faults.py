@@ -146,6 +146,14 @@ class FaultCaller:
         later = [at for at in self.media_times if at > moment]
         return later[0] if later else None
 
+    async def ask(self, pcm16: bytes) -> tuple[float, float | None]:
+        """Say it, wait for the reply and hear it: (end of the caller's speech, the reply's first audio or None)."""
+        end = await self.speak(pcm16)
+        replied = await self.first_audio_after(end, REPLY_WAIT_S)
+        if replied is not None:
+            await self.listen(replied)
+        return end, replied
+
     async def greeting(self, limit_s: float = 20.0) -> bool:
         """The greeting started; the caller listens a moment and then speaks over it, as callers do."""
         heard = await self.first_audio_after(0.0, limit_s)
@@ -819,25 +827,18 @@ async def run_row(stack: Stack, row: Row, audio: dict[str, bytes]) -> dict:
             if fallback_at is None:
                 notes.append(f"no greeting within {REPLY_WAIT_S:g} s: dead air")
             await asyncio.sleep(LISTEN_S)
-            end = await caller.speak(audio[question])
+            end, answered = await caller.ask(audio[question])
             spoken += 1
-            answered = await caller.first_audio_after(end, REPLY_WAIT_S)
-            if answered is None:
-                notes.append("the question asked with the database stopped got no reply")
-            else:
-                notes.append(f"the question asked with the database stopped was answered in "
-                             f"{round((answered - end) * 1000)} ms")
-                await caller.listen(answered)
+            notes.append("the question asked with the database stopped got no reply" if answered is None else
+                         f"the question asked with the database stopped was answered in "
+                         f"{round((answered - end) * 1000)} ms")
             await asyncio.to_thread(row.heal, stack)
         elif row.scenario == "sms":
             stack.set(transcript=QUESTION)
-            end = await caller.speak(audio[QUESTION])
+            _end, answered = await caller.ask(audio[QUESTION])
             spoken += 1
-            answered = await caller.first_audio_after(end, REPLY_WAIT_S)
             if answered is None:
                 notes.append("the question before the SMS offer got no reply")
-            else:
-                await caller.listen(answered)
             stack.set(transcript=CONSENT)
             fault_at = time.monotonic()
             if row.fault == "kill":
@@ -925,10 +926,7 @@ async def normal_call(stack: Stack, audio: dict[str, bytes]) -> tuple[bool, str]
     async with FaultCaller(stack.ws_url, number) as caller:
         if not await caller.greeting():
             return False, "next call: no greeting"
-        end = await caller.speak(audio[QUESTION])
-        replied = await caller.first_audio_after(end, REPLY_WAIT_S)
-        if replied is not None:
-            await caller.listen(replied)
+        _end, replied = await caller.ask(audio[QUESTION])
     if replied is None:
         return False, "next call: no reply"
     for _ in range(50):

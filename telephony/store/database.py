@@ -138,12 +138,6 @@ class Database:
             session.add(turn)
         return turn
 
-    def set_recordings(self, call_id: str, caller_path: str, assistant_path: str) -> None:
-        with self.session() as session:
-            call = _existing_call(session, call_id)
-            call.recording_caller_path = caller_path
-            call.recording_assistant_path = assistant_path
-
     def set_call_agent(self, call_id: str, user_id: int) -> bool:
         """The agent who accepted the call at the desk; False when there is no such call record."""
         with self.session() as session:
