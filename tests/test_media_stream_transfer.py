@@ -36,10 +36,12 @@ TARGET = "8001"
 
 @dataclass
 class Webhook:
-    """The gateway's call control: records each POST and answers `status`."""
+    """The gateway's call control: records each POST and answers `status`, `delay_s` after it was recorded (a relay
+    that moves the call before it answers)."""
 
     port: int
     status: int = 200
+    delay_s: float = 0.0
     requests: list[dict] = field(default_factory=list)
 
     @property
@@ -56,6 +58,7 @@ def webhook() -> Iterator[Webhook]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             hook.requests.append({"path": self.path, "authorization": self.headers.get("Authorization"),
                                   "body": json.loads(body)})
+            time.sleep(hook.delay_s)
             reply = b'{"ok": true}' if hook.status < 300 else b'{"error": "no such call"}'
             self.send_response(hook.status)
             self.send_header("Content-Type", "application/json")
@@ -168,6 +171,18 @@ def test_an_accepted_transfer_hands_the_call_to_the_gateway(hotline: Hotline, we
     assert prompts.TRANSFER_FAILED not in hotline.tts.said
     line = httpx.get(f"{hotline.base}/readyz", timeout=5).json()["voice"]["lines"]["media-stream"]
     assert "1 done, 0 failed" in line["detail"]
+
+
+def test_a_stream_stopped_before_the_webhook_answers_is_still_a_transfer(hotline: Hotline, webhook: Webhook) -> None:
+    """A relay may have Twilio move the call (which stops the stream) before its own HTTP answer is back: that stop
+    is the transfer, not the caller hanging up."""
+    webhook.delay_s = 1.0
+    ended = asyncio.run(asyncio.wait_for(_press_zero(hotline.stream_url(), "MZearly", "13800000004", webhook), 60))
+    assert ended == "stopped by the gateway"
+    call = hotline.call_of("13800000004")
+    assert call.end_reason == "transferred" and call.status is CallStatus.ENDED
+    assert call.handoff_tickets == []
+    assert prompts.TRANSFER_FAILED not in hotline.tts.said
 
 
 def test_a_refused_transfer_leaves_the_caller_an_apology_and_a_ticket(hotline: Hotline, webhook: Webhook) -> None:

@@ -310,32 +310,28 @@ def test_two_workers_on_one_postgresql_never_claim_the_same_message(fresh_postgr
             database.close()
 
 
-def test_a_report_committing_while_the_submit_response_is_recorded_is_not_overwritten(fresh_postgres_url: str) -> None:
+def test_a_report_committing_while_the_submit_response_is_recorded_is_not_overwritten(database: Database) -> None:
     """Kannel's delivery report can reach the server while the worker is still recording the submit response (a
-    real CI failure). The worker's transaction must wait for the report's and keep its "delivered"."""
-    database = Database(fresh_postgres_url)
-    database.migrate()
-    try:
-        outbox = SmsOutbox(database)
-        message = outbox.enqueue(new_sms("race-1")).message
-        assert [m.id for m in outbox.claim("w", 1)] == [message.id]
-        locked, release = threading.Event(), threading.Event()
+    real CI failure, on PostgreSQL and again on SQLite, where FOR UPDATE is a no-op and the worker read "sending"
+    before the report committed). The worker's write must wait for the report's and keep its "delivered"."""
+    outbox = SmsOutbox(database)
+    message = outbox.enqueue(new_sms("race-1")).message
+    assert [m.id for m in outbox.claim("w", 1)] == [message.id]
+    locked, release = threading.Event(), threading.Event()
 
-        def report_in_flight() -> None:  # what apply_report does, held open at the point of commit
-            with database.session() as session:
-                row = session.get(SmsMessage, message.id, with_for_update=True)
-                row.status = SmsStatus.DELIVERED
-                session.flush()
-                locked.set()
-                release.wait(10)
+    def report_in_flight() -> None:  # what apply_report does, held open at the point of commit
+        with database.session() as session:
+            row = session.get(SmsMessage, message.id, with_for_update=True)
+            row.status = SmsStatus.DELIVERED
+            session.flush()
+            locked.set()
+            release.wait(10)
 
-        thread = threading.Thread(target=report_in_flight)
-        thread.start()
-        assert locked.wait(10)
-        threading.Timer(0.3, release.set).start()  # commits while submitted() waits on the row
-        outbox.submitted(message.id, SmsReceipt("scripted", "gw-9", DeliveryState.SUBMITTED, segments=1))
-        thread.join(10)
-        stored = outbox.get(message.id)
-        assert stored.status is SmsStatus.DELIVERED and stored.gateway_message_id == "gw-9" and stored.sends == 1
-    finally:
-        database.close()
+    thread = threading.Thread(target=report_in_flight)
+    thread.start()
+    assert locked.wait(10)
+    threading.Timer(0.3, release.set).start()  # commits while submitted() waits on the row
+    outbox.submitted(message.id, SmsReceipt("scripted", "gw-9", DeliveryState.SUBMITTED, segments=1))
+    thread.join(10)
+    stored = outbox.get(message.id)
+    assert stored.status is SmsStatus.DELIVERED and stored.gateway_message_id == "gw-9" and stored.sends == 1

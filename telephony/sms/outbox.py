@@ -206,15 +206,19 @@ class SmsOutbox:
     def submitted(self, message_id: int, receipt: SmsReceipt) -> None:
         now = self.clock()
         with self.database.session() as session:
-            # FOR UPDATE: a delivery report that overtook this response may be committing now; without the lock
-            # this transaction would read "sending" and write "submitted" over the report's "delivered"
+            # A delivery report that overtook this response may be committing now. On PostgreSQL FOR UPDATE waits
+            # for it; SQLite ignores FOR UPDATE (the read can still say "sending"), so the status is written by one
+            # UPDATE whose condition is checked under the write lock: a report's final state is never undone.
             message = session.get(SmsMessage, message_id, with_for_update=True)
             if message is None:
                 return
             final = receipt.state in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.EXPIRED)
-            if not message.status.final:  # a report that overtook the submit response is not undone
-                message.status = SmsStatus(receipt.state.value) if final else SmsStatus.SUBMITTED
-                message.finished_at = now if final else None
+            session.execute(
+                update(SmsMessage)
+                .where(SmsMessage.id == message_id, SmsMessage.status.not_in([s for s in SmsStatus if s.final]))
+                .values(status=SmsStatus(receipt.state.value) if final else SmsStatus.SUBMITTED,
+                        finished_at=now if final else None)
+                .execution_options(synchronize_session=False))
             message.gateway = receipt.gateway
             message.gateway_message_id = receipt.message_id
             message.part_ids = list(receipt.part_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import deque
@@ -93,6 +94,9 @@ class MediaStreamTransport:
         self.stream_sid = ""
         self.closed = False
         self.transferred_to: str | None = None  # the webhook took the call there: the assistant's part is over
+        # Set while the transfer webhook is asked: the gateway may stop the stream before the webhook's answer is
+        # back, and that stop is the transfer, not the caller hanging up.
+        self.transfer_pending: asyncio.Event | None = None
         self.early_media: deque[bytes] = deque(maxlen=EARLY_MEDIA_FRAMES)  # μ-law before start, the call's first audio
         self.early_media_dropped = 0
 
@@ -150,9 +154,15 @@ class MediaStreamTransport:
             elif isinstance(event, Dtmf):
                 yield KeyPressed(event.digit)
             elif isinstance(event, Stop):
-                return
+                break
             else:
                 log.warning("stream %s: second start event ignored", self.stream_sid)
+        pending = self.transfer_pending
+        if self.transferred_to is None and pending is not None and not pending.is_set():
+            # The stream ended while the webhook was being asked: its answer decides whether the call was moved.
+            limit = (self.line.transfers.timeout_s if self.line.transfers is not None else 0) + 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pending.wait(), limit)
         if self.transferred_to is not None:
             yield Transferred(self.transferred_to)
 
@@ -179,13 +189,17 @@ class MediaStreamTransport:
                                       "(HOTLINE_TWILIO_TRANSFER_WEBHOOK)")
         if self.closed:
             raise TransferUnavailable("the caller has already hung up")
+        self.transfer_pending = asyncio.Event()
         try:
             await webhook.request(self.info.line_call_id or "", self.stream_sid, target, self.info.caller_number)
         except TransferUnavailable:
             self.line.transfer_failures += 1
             raise
-        self.line.transferred += 1
-        self.transferred_to = target
+        else:
+            self.line.transferred += 1
+            self.transferred_to = target
+        finally:
+            self.transfer_pending.set()
 
     async def hang_up(self) -> None:
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
