@@ -24,6 +24,7 @@ from telephony.store.database import Database
 from telephony.store.models import SmsKind, SmsMessage, SmsReportLog, SmsStatus
 
 log = logging.getLogger(__name__)
+_FINAL = tuple(status for status in SmsStatus if status.final)  # a message in one of these is never changed back
 
 
 class SmsRefused(TelephonyError):
@@ -212,12 +213,11 @@ class SmsOutbox:
             message = session.get(SmsMessage, message_id, with_for_update=True)
             if message is None:
                 return
-            final = receipt.state in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.EXPIRED)
+            status = SmsStatus(receipt.state.value)  # submitted, or a gateway that answers with the final state
             session.execute(
                 update(SmsMessage)
-                .where(SmsMessage.id == message_id, SmsMessage.status.not_in([s for s in SmsStatus if s.final]))
-                .values(status=SmsStatus(receipt.state.value) if final else SmsStatus.SUBMITTED,
-                        finished_at=now if final else None)
+                .where(SmsMessage.id == message_id, SmsMessage.status.not_in(_FINAL))
+                .values(status=status, finished_at=now if status.final else None)
                 .execution_options(synchronize_session=False))
             message.gateway = receipt.gateway
             message.gateway_message_id = receipt.message_id

@@ -160,9 +160,9 @@ class MediaStreamTransport:
         pending = self.transfer_pending
         if self.transferred_to is None and pending is not None and not pending.is_set():
             # The stream ended while the webhook was being asked: its answer decides whether the call was moved.
-            limit = (self.line.transfers.timeout_s if self.line.transfers is not None else 0) + 1
+            assert self.line.transfers is not None  # only the webhook sets a transfer pending
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(pending.wait(), limit)
+                await asyncio.wait_for(pending.wait(), self.line.transfers.timeout_s + 1)
         if self.transferred_to is not None:
             yield Transferred(self.transferred_to)
 
